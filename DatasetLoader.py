@@ -1,0 +1,335 @@
+"""Training and test data: list parsing, header validation, crops, the speaker-balanced sampler.
+
+A training step's data path: the sampler plans every batch of an epoch (which files, how long
+each view, where each crop starts), workers only read those crops with partial reads, and
+`collate_views` stacks them into N x V x samples tensors.
+"""
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import soundfile
+import torch
+from torch.utils.data import Dataset
+
+from audio_manifest import ListError, check_audio_files, resolve
+
+log = logging.getLogger(__name__)
+
+
+def crop_samples(frames):
+    """Samples in a crop of `frames` 10 ms frames (25 ms window: 240 extra samples)."""
+    return frames * 160 + 240
+
+
+# ---------------------------------------------------------------------------- lists
+
+@dataclass
+class TrainList:
+    files: list                      # absolute or train_path-relative paths, one per utterance
+    lengths: np.ndarray              # samples per file, from the validated manifest
+    labels: np.ndarray               # speaker index per file, -1 when the list has no speakers
+    speakers: list = field(default_factory=list)   # speaker name per index
+
+
+def read_train_list(list_path, train_path, need_labels=True):
+    """Parse `speaker path` lines (or bare `path` lines when labels are not needed)."""
+    names, files, lines = [], [], []
+    for number, columns in _list_lines(list_path):
+        if len(columns) == 2:
+            names.append(columns[0])
+            files.append(columns[1])
+        elif len(columns) == 1 and not need_labels:
+            names.append(None)
+            files.append(columns[0])
+        else:
+            expected = "'speaker path'" if need_labels else "'speaker path' or 'path'"
+            raise ListError(f"{list_path}:{number}: expected {expected}, got {len(columns)} "
+                            f"columns: {' '.join(columns)!r}")
+        lines.append(number)
+    if not files:
+        raise ListError(f"{list_path}: the training list is empty")
+    lengths = check_audio_files(list_path, train_path, files, lines)
+    if None in names:
+        labels = np.full(len(files), -1, dtype=np.int64)
+        speakers = []
+    else:
+        speakers = sorted(set(names))
+        index = {name: i for i, name in enumerate(speakers)}
+        labels = np.array([index[name] for name in names], dtype=np.int64)
+    return TrainList(files=[_join(train_path, f) for f in files], lengths=lengths,
+                     labels=labels, speakers=speakers)
+
+
+@dataclass
+class TrialList:
+    labels: np.ndarray           # 1 target, 0 non-target, -1 unlabelled
+    pairs: np.ndarray            # trials x 2 indices into `files`
+    files: list                  # unique files, as written in the list
+    lengths: np.ndarray
+
+
+def read_trial_list(list_path, test_path):
+    """Parse `label a b` (or unlabelled `a b`) trial lines; validate each unique file once."""
+    labels, ends, lines = [], [], []
+    for number, columns in _list_lines(list_path):
+        if len(columns) == 3 and columns[0] in ("0", "1"):
+            labels.append(int(columns[0]))
+            ends.append(columns[1:])
+        elif len(columns) == 2:
+            labels.append(-1)
+            ends.append(columns)
+        else:
+            raise ListError(f"{list_path}:{number}: expected 'label file1 file2' with label 0 or 1 "
+                            f"(or 'file1 file2'), got: {' '.join(columns)!r}")
+        lines.append(number)
+    if not ends:
+        raise ListError(f"{list_path}: the trial list is empty")
+    files, first_line, index = [], [], {}
+    for number, pair in zip(lines, ends):
+        for name in pair:
+            if name not in index:
+                index[name] = len(files)
+                files.append(name)
+                first_line.append(number)
+    lengths = check_audio_files(list_path, test_path, files, first_line)
+    pairs = np.array([[index[a], index[b]] for a, b in ends], dtype=np.int64)
+    return TrialList(labels=np.array(labels), pairs=pairs, files=files, lengths=lengths)
+
+
+def _list_lines(list_path):
+    try:
+        with open(list_path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                columns = line.split()
+                if columns:
+                    yield number, columns
+    except FileNotFoundError:
+        raise ListError(f"list file not found: {list_path}") from None
+    except UnicodeDecodeError as err:
+        raise ListError(f"{list_path}: not a UTF-8 text list ({err.reason})") from None
+
+
+def _join(root, name):
+    return str(resolve(root, name))
+
+
+# ---------------------------------------------------------------------------- audio reads
+
+def read_crop(path, total, start, length):
+    """`length` samples from `start`, reading only that span; shorter files wrap around."""
+    if total < length:
+        audio, _ = soundfile.read(path, dtype="float32", always_2d=False)
+        return np.pad(audio, (0, length - len(audio)), mode="wrap")
+    audio, _ = soundfile.read(path, start=start, frames=length, dtype="float32", always_2d=False)
+    if len(audio) < length:          # header overstated the length: stay shape-stable
+        audio = np.pad(audio, (0, length - len(audio)), mode="wrap")
+    return audio
+
+
+def eval_crop_starts(total, length, num_eval):
+    """Evenly spaced crop offsets from the start to the end of the file."""
+    return np.linspace(0, max(total - length, 0), num=num_eval).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------- sampler
+
+@dataclass
+class CropRequest:
+    """One group of views: which files, how many frames per view, where each crop starts."""
+    files: tuple
+    frames: tuple
+    starts: tuple                # fractions in [0, 1) of the free range before each crop
+    label: int
+
+
+class SpeakerBalancedSampler:
+    """Plans an epoch of batches of `groups_per_batch` groups of `views` crops each.
+
+    Supervised (group_by_utterance=False): a group is `views` different utterances of one
+    speaker, at most `max_seg_per_spk` utterances per speaker per epoch, and no speaker twice
+    in a batch. A group whose speaker is already in the batch being filled waits for a later
+    batch (first fit) instead of being dropped. Self-supervised: a group is `views` crops of
+    one utterance and utterances are assumed to be different speakers.
+
+    The plan depends only on (seed, epoch), so every rank and every resumed run sees the
+    same epoch; ranks take disjoint, equally many batches.
+    """
+
+    def __init__(self, labels, groups_per_batch, views, max_seg_per_spk, seed=10,
+                 group_by_utterance=False, view_frames=None, rank=0, world_size=1):
+        self.labels = np.asarray(labels)
+        self.groups_per_batch = groups_per_batch
+        self.views = views
+        self.max_seg_per_spk = max_seg_per_spk
+        self.seed = seed
+        self.group_by_utterance = group_by_utterance
+        self.view_frames = view_frames or (lambda epoch, rng: (200,) * views)
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.stats = {}
+        self._planned = (None, [])
+        self._check_feasible()
+
+    def _check_feasible(self):
+        if self.group_by_utterance:
+            usable = len(self.labels)
+            what = "utterances"
+        else:
+            _, counts = np.unique(self.labels, return_counts=True)
+            usable = int((counts >= self.views).sum())
+            skipped = int((counts < self.views).sum())
+            if skipped:
+                log.warning("%d speakers have fewer than nPerSpeaker=%d utterances and are skipped",
+                            skipped, self.views)
+            what = f"speakers with at least nPerSpeaker={self.views} utterances"
+        if usable < self.groups_per_batch * self.world_size:
+            raise ValueError(f"--batch_size {self.groups_per_batch} (x {self.world_size} ranks) is "
+                             f"larger than the {usable} {what} in the training list; lower --batch_size")
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def plan(self, epoch):
+        """All batches of `epoch` (for every rank), each a list of CropRequest."""
+        rng = np.random.default_rng([self.seed, epoch])
+        groups, keys = self._groups(rng)
+        batches = self._pack(groups, keys)
+        usable = len(batches) // self.world_size * self.world_size
+        batches = batches[:usable]
+        requests = []
+        for batch in batches:
+            frames = tuple(int(f) for f in self.view_frames(epoch, rng))
+            if len(frames) != self.views:
+                raise ValueError(f"objective asked for {len(frames)} view lengths, sampler draws {self.views}")
+            requests.append([CropRequest(files=group, frames=frames,
+                                         starts=tuple(rng.random(self.views)),
+                                         label=int(self.labels[group[0]]))
+                             for group in batch])
+        per_group = 1 if self.group_by_utterance else self.views
+        self.stats = {"utterances": len(self.labels), "eligible": len(groups) * per_group,
+                      "used": len(batches) * self.groups_per_batch * per_group,
+                      "batches": len(batches)}
+        self._planned = (epoch, requests)
+        return requests
+
+    def _groups(self, rng):
+        if self.group_by_utterance:
+            order = rng.permutation(len(self.labels))
+            return [(int(i),) * self.views for i in order], order.tolist()
+        groups, keys = [], []
+        by_speaker = np.argsort(self.labels, kind="stable")
+        speakers, starts = np.unique(self.labels[by_speaker], return_index=True)
+        bounds = list(starts[1:]) + [len(by_speaker)]
+        for speaker, begin, end in zip(speakers, starts, bounds):
+            utterances = rng.permutation(by_speaker[begin:end])
+            count = min(len(utterances), self.max_seg_per_spk) // self.views * self.views
+            for i in range(0, count, self.views):
+                groups.append(tuple(int(u) for u in utterances[i:i + self.views]))
+                keys.append(int(speaker))
+        order = rng.permutation(len(groups))
+        return [groups[i] for i in order], [keys[i] for i in order]
+
+    def _pack(self, groups, keys):
+        """First-fit packing of groups into batches with distinct keys, in creation order.
+
+        A key's next group can only go after the batch its last group went to (earlier
+        batches are full or already hold it), and full batches are skipped through a
+        path-compressed pointer, so packing stays near-linear on a million groups.
+        """
+        size = self.groups_per_batch
+        batches, members = [], []
+        next_open = []                       # skip pointer past full batches
+        last_batch = {}
+
+        def first_open(i):
+            skipped = []
+            while i < len(batches) and len(batches[i]) == size:
+                skipped.append(i)
+                i = next_open[i]
+            for j in skipped:
+                next_open[j] = i
+            return i
+
+        for group, key in zip(groups, keys):
+            slot = first_open(last_batch.get(key, -1) + 1)
+            if slot == len(batches):
+                batches.append([])
+                members.append(set())
+                next_open.append(slot + 1)
+            batches[slot].append(group)
+            members[slot].add(key)
+            last_batch[key] = slot
+        return [batch for batch in batches if len(batch) == size]
+
+    def _epoch_plan(self):
+        if self._planned[0] != self.epoch:
+            self.plan(self.epoch)
+        return self._planned[1]
+
+    def __iter__(self):
+        yield from self._epoch_plan()[self.rank::self.world_size]
+
+    def __len__(self):
+        return len(self._epoch_plan()) // self.world_size
+
+
+# ---------------------------------------------------------------------------- datasets
+
+class TrainDataset(Dataset):
+    """Reads the crops a CropRequest names; nothing random happens in the workers."""
+
+    def __init__(self, train_list):
+        self.files = train_list.files
+        self.lengths = train_list.lengths
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, request):
+        views = []
+        for index, frames, start in zip(request.files, request.frames, request.starts):
+            length = crop_samples(frames)
+            total = int(self.lengths[index])
+            offset = int(start * max(total - length, 0))
+            views.append(read_crop(self.files[index], total, offset, length))
+        return views, request.label
+
+
+def collate_views(batch):
+    """-> (list of N x V_run x samples tensors, one per run of equal-length views; labels)."""
+    views = [item[0] for item in batch]
+    labels = torch.tensor([item[1] for item in batch], dtype=torch.long)
+    lengths = [len(v) for v in views[0]]
+    tensors, begin = [], 0
+    for end in range(1, len(lengths) + 1):
+        if end == len(lengths) or lengths[end] != lengths[begin]:
+            run = np.stack([np.stack(v[begin:end]) for v in views])
+            tensors.append(torch.from_numpy(run))
+            begin = end
+    return tensors, labels
+
+
+class TestDataset(Dataset):
+    """num_eval evenly spaced crops of eval_frames per file; eval_frames 0 = the whole file."""
+
+    def __init__(self, files, lengths, test_path, eval_frames, num_eval):
+        self.paths = [_join(test_path, f) for f in files]
+        self.lengths = lengths
+        self.eval_frames = eval_frames
+        self.num_eval = num_eval
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        audio, _ = soundfile.read(self.paths[index], dtype="float32", always_2d=False)
+        if self.eval_frames == 0:
+            return torch.from_numpy(audio).unsqueeze(0), index
+        length = crop_samples(self.eval_frames)
+        if len(audio) < length:
+            audio = np.pad(audio, (0, length - len(audio)), mode="wrap")
+        starts = eval_crop_starts(len(audio), length, self.num_eval)
+        crops = np.stack([audio[s:s + length] for s in starts])
+        return torch.from_numpy(crops), index

@@ -1,0 +1,178 @@
+"""SpeakerNet (encoder + objective) and the trainer: steps, epochs, evaluation, checkpoint state.
+
+The objective protocol (voxceleb_trainer's, plus optional attributes read with getattr):
+
+    forward(x, label=None) -> (loss, metric)   x: N x V x D, or N x D when V == 1
+    test_normalize   bool  score with cosine similarity (default True)
+    uses_labels      bool  False for self-supervised objectives: groups are utterances and
+                           the objective is called with label=None (default True)
+    min_views        int   smallest nPerSpeaker the objective accepts (default 1)
+    num_views        int   views per group it needs, overriding --nPerSpeaker
+    view_frames(epoch, rng) -> frames per view for one batch (default max_frames for all)
+    attach_encoder(encoder)  given the encoder once, for momentum/teacher copies
+    on_epoch_start(epoch)    curricula: margins, mining, crop lengths
+    on_step_end(step)        after each optimizer step: EMA teachers, queues
+Objective state kept in parameters or buffers is saved in checkpoints with the model.
+"""
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from DatasetLoader import TestDataset
+from scoring import score_trials
+from tuneThreshold import compute_eer, compute_min_dcf
+
+log = logging.getLogger(__name__)
+
+
+class SpeakerNet(nn.Module):
+    def __init__(self, encoder, objective):
+        super().__init__()
+        self.encoder = encoder
+        self.objective = objective
+        if hasattr(objective, "attach_encoder"):
+            objective.attach_encoder(encoder)
+
+    def embed(self, views):
+        """List of N x V_i x samples tensors -> N x V x D (N x D when V == 1)."""
+        embeddings = [self.encoder(v.flatten(0, 1)).unflatten(0, v.shape[:2]) for v in views]
+        x = torch.cat(embeddings, dim=1)
+        return x.squeeze(1) if x.size(1) == 1 else x
+
+    def forward(self, views, labels=None):
+        # The loss is computed inside forward so DistributedDataParallel sees every parameter.
+        return self.objective(self.embed(views), labels)
+
+
+def objective_attr(objective, name, default):
+    return getattr(objective, name, default)
+
+
+class Trainer:
+    """One training step, one epoch, embedding extraction and scoring, on any device."""
+
+    def __init__(self, model, optimizer, scheduler, step_unit, device, mixedprec=False,
+                 ddp_model=None, is_main=True, augment=None):
+        self.model = model
+        self.net = ddp_model or model          # what forward/backward run through
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.step_unit = step_unit
+        self.device = device
+        self.is_main = is_main
+        self.augment = augment
+        self.uses_labels = objective_attr(model.objective, "uses_labels", True)
+        # bf16 needs no loss scaling; fp16 (CUDA) does.
+        self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        self.mixedprec = mixedprec
+        self.scaler = torch.amp.GradScaler(device.type, enabled=mixedprec and device.type == "cuda")
+        self.step = 0
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.mixedprec)
+
+    def train_epoch(self, loader, epoch):
+        """Train one epoch; -> {'loss', 'metric', 'utt_per_s', 'data_wait', 'lr', 'steps'}."""
+        self.model.train()
+        hook = getattr(self.model.objective, "on_epoch_start", None)
+        if hook:
+            hook(epoch)
+        step_hook = getattr(self.model.objective, "on_step_end", None)
+        totals = {"loss": 0.0, "metric": 0.0, "count": 0, "utterances": 0, "wait": 0.0}
+        start = last = time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not self.is_main,
+                   dynamic_ncols=True, leave=False)
+        for views, labels in bar:
+            fetched = time.perf_counter()
+            totals["wait"] += fetched - last
+            views = [v.to(self.device, non_blocking=True) for v in views]
+            labels = labels.to(self.device, non_blocking=True) if self.uses_labels else None
+            if self.augment is not None:
+                views = self.augment(views)
+            with self._autocast():
+                loss, metric = self.net(views, labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step "
+                                         f"{totals['count'] + 1}; lower --lr or check the data")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.step += 1
+            if step_hook:
+                step_hook(self.step)
+            if self.step_unit == "iteration":
+                self.scheduler.step()
+            batch_size = sum(v.shape[0] * v.shape[1] for v in views)
+            totals["loss"] += loss.item()
+            totals["metric"] += float(metric)
+            totals["count"] += 1
+            totals["utterances"] += batch_size
+            last = time.perf_counter()
+            elapsed = last - start
+            bar.set_postfix(loss=f"{totals['loss'] / totals['count']:.3f}",
+                            metric=f"{totals['metric'] / totals['count']:.1f}",
+                            utt_s=f"{totals['utterances'] / elapsed:.0f}",
+                            wait=f"{100 * totals['wait'] / elapsed:.0f}%")
+        bar.close()
+        if self.step_unit == "epoch":
+            self.scheduler.step()
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        count = max(totals["count"], 1)
+        return {"loss": totals["loss"] / count, "metric": totals["metric"] / count,
+                "utt_per_s": totals["utterances"] / elapsed, "data_wait": totals["wait"] / elapsed,
+                "lr": self.optimizer.param_groups[0]["lr"], "steps": totals["count"]}
+
+    @torch.no_grad()
+    def extract(self, files, lengths, test_path, eval_frames, num_eval, workers, batch_files=20):
+        """Crop embeddings of every file: files x crops x D on the CPU, several files per pass."""
+        self.model.eval()
+        dataset = TestDataset(files, lengths, test_path, eval_frames, num_eval)
+        # Whole files differ in length; crops of a fixed length batch across files.
+        loader = DataLoader(dataset, batch_size=batch_files if eval_frames else 1,
+                            num_workers=workers, pin_memory=self.device.type == "cuda")
+        out = [None] * len(files)
+        for crops, index in tqdm(loader, desc="embedding", unit="batch", disable=not self.is_main,
+                                 dynamic_ncols=True, leave=False):
+            crops = crops.to(self.device, non_blocking=True)
+            with self._autocast():
+                emb = self.model.encoder(crops.flatten(0, 1)).float()
+            emb = emb.unflatten(0, crops.shape[:2]).cpu()
+            for i, e in zip(index.tolist(), emb):
+                out[i] = e
+        return torch.stack(out)
+
+    def evaluate(self, trials, test_path, eval_frames, num_eval, workers, dcf):
+        """Score a TrialList -> dict with scores, EER (%), minDCF and its threshold."""
+        started = time.perf_counter()
+        crops = self.extract(trials.files, trials.lengths, test_path, eval_frames, num_eval, workers)
+        normalize = objective_attr(self.model.objective, "test_normalize", True)
+        scores = score_trials(crops, trials.pairs, normalize=normalize).numpy()
+        result = {"scores": scores, "seconds": time.perf_counter() - started}
+        labelled = trials.labels >= 0
+        if labelled.any() and len(np.unique(trials.labels[labelled])) == 2:
+            eer, eer_threshold = compute_eer(scores[labelled], trials.labels[labelled])
+            min_dcf, dcf_threshold = compute_min_dcf(scores[labelled], trials.labels[labelled],
+                                                     p_target=dcf["p_target"], c_miss=dcf["c_miss"],
+                                                     c_fa=dcf["c_fa"])
+            result.update(eer=eer, eer_threshold=eer_threshold, min_dcf=min_dcf,
+                          dcf_threshold=dcf_threshold, trials=int(labelled.sum()))
+        else:
+            result.update(eer=math.nan, min_dcf=math.nan, trials=0)
+        return result
+
+    def state_dict(self):
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step}
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]

@@ -1,0 +1,123 @@
+"""Validate every audio file a list names before any training time is spent.
+
+Headers (readable, 16 kHz, mono, non-empty) are checked once and cached in a manifest beside
+the list (`<list>.manifest.json`); later starts reuse each entry while the list and the file's
+size and modification time are unchanged, so a million-file list is read once. The lengths
+also let the loader place crops without opening a file twice.
+"""
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+MANIFEST_VERSION = 1
+MAX_REPORTED = 10
+
+
+class ListError(ValueError):
+    """A list, or a file it names, that cannot be used; the message names file and line."""
+
+
+def resolve(root, name):
+    """Path of list entry `name` under `root` (absolute entries are kept as they are)."""
+    path = Path(name)
+    return path if path.is_absolute() else Path(root) / path
+
+
+def check_audio_files(list_path, root, names, line_numbers):
+    """Samples per file for `names`, or ListError naming the list line of the first bad file."""
+    manifest_path = Path(f"{list_path}.manifest.json")
+    cached = _load_manifest(manifest_path, list_path, root)
+    paths = [resolve(root, name) for name in names]
+    lengths = np.zeros(len(names), dtype=np.int64)
+    todo, problems, entries = [], [], {}
+    for i, path in enumerate(paths):
+        try:
+            stat = os.stat(path)
+        except OSError:
+            problems.append((i, f"file not found: {path} (check --train_path/--test_path)"))
+            continue
+        key = str(path)
+        entry = cached.get(key)
+        if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
+            lengths[i] = entry[2]
+            entries[key] = entry
+        else:
+            todo.append((i, path, stat))
+    if todo:
+        show = len(todo) > 2000
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            headers = pool.map(lambda job: _read_header(job[1]), todo)
+            for (i, path, stat), (frames, problem) in tqdm(
+                    zip(todo, headers), total=len(todo), disable=not show, unit="file",
+                    desc=f"checking audio in {Path(list_path).name}"):
+                if problem:
+                    problems.append((i, f"{path}: {problem}"))
+                else:
+                    lengths[i] = frames
+                    entries[str(path)] = [stat.st_size, stat.st_mtime_ns, frames]
+    if problems:
+        problems.sort()
+        for i, message in problems[:MAX_REPORTED]:
+            log.error("%s:%d: %s", list_path, line_numbers[i], message)
+        i, message = problems[0]
+        more = f" ({len(problems) - 1} more bad files, see the log)" if len(problems) > 1 else ""
+        raise ListError(f"{list_path}:{line_numbers[i]}: {message}{more}")
+    if todo:
+        _save_manifest(manifest_path, list_path, root, entries)
+    return lengths
+
+
+def _read_header(path):
+    """(frames, None) for a usable file, else (0, what is wrong and how to fix it)."""
+    try:
+        info = soundfile.info(str(path))
+    except Exception as err:  # libsndfile raises several types for broken files
+        return 0, f"unreadable audio ({str(err).strip() or type(err).__name__}); re-encode it as 16 kHz mono WAV"
+    if info.samplerate != SAMPLE_RATE:
+        return 0, (f"sample rate {info.samplerate} Hz, expected {SAMPLE_RATE} Hz; resample it, "
+                   f"e.g. ffmpeg -i in -ar 16000 -ac 1 out.wav")
+    if info.channels != 1:
+        return 0, f"{info.channels} channels, expected mono; downmix it, e.g. ffmpeg -i in -ac 1 out.wav"
+    if info.frames <= 0:
+        return 0, "empty audio (0 samples)"
+    return info.frames, None
+
+
+def _list_signature(list_path, root):
+    stat = os.stat(list_path)
+    return {"version": MANIFEST_VERSION, "list_size": stat.st_size,
+            "list_mtime_ns": stat.st_mtime_ns, "root": str(Path(root).resolve())}
+
+
+def _load_manifest(manifest_path, list_path, root):
+    try:
+        with open(manifest_path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        if data.get("signature") == _list_signature(list_path, root):
+            return data["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return {}
+
+
+def _save_manifest(manifest_path, list_path, root, entries):
+    """Write atomically; a list in a read-only folder is simply checked again next time."""
+    data = {"signature": _list_signature(list_path, root), "files": entries}
+    tmp = manifest_path.with_name(f".{manifest_path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, manifest_path)
+    except OSError as err:
+        log.info("could not cache audio headers in %s (%s); they will be checked again next run",
+                 manifest_path, err)
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,140 @@
+"""Checkpoint files: atomic writes, safe loads, and voxceleb_trainer compatibility."""
+import logging
+import os
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT = "speakernet-checkpoint-1"
+NAME = re.compile(r"^model(\d{9})\.model$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message says why."""
+
+
+def checkpoint_path(model_dir, epoch):
+    return Path(model_dir) / f"model{epoch:09d}.model"
+
+
+def list_checkpoints(model_dir):
+    """[(epoch, path)] of this project's checkpoints in `model_dir`, oldest first."""
+    found = []
+    if Path(model_dir).is_dir():
+        for path in Path(model_dir).iterdir():
+            match = NAME.match(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`:
+    a crash mid-write leaves the previous file intact."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_file(path):
+    """Read a checkpoint without running code from it (weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (check --initial_model)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint: {first}") from None
+
+
+def model_state(obj, model):
+    """The model state dict (our parameter names) inside a loaded checkpoint of either format."""
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return obj["model"]
+    if isinstance(obj, dict) and "model_state_dict" in obj:
+        obj = obj["model_state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError("not a state dict of tensors")
+    renames = getattr(model.encoder, "reference_renames", {})
+    state = {}
+    for key, value in obj.items():
+        key = key.removeprefix("module.")
+        if key.startswith("__S__."):
+            key = "encoder." + _rename(key.removeprefix("__S__."), renames)
+        elif key.startswith("__L__."):
+            key = "objective." + key.removeprefix("__L__.")
+        state[key] = value
+    return state
+
+
+def _rename(key, renames):
+    for old, new in renames.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def load_weights(model, state, source):
+    """Copy `state` into `model`, refusing tensors that do not fit, named one by one.
+
+    Objective parameters may be absent (weights trained with another objective): they keep
+    their initial values. Missing encoder parameters are an error.
+    """
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+             for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state and k.startswith("encoder.")]
+    unexpected = [k for k in state if k not in own and k.startswith("encoder.")]
+    if wrong or missing or unexpected:
+        parts = []
+        for label, items in (("wrong shape", wrong), ("missing", missing), ("unexpected", unexpected)):
+            if items:
+                parts.append(f"{label}: {', '.join(items[:5])}" + (f" (+{len(items) - 5} more)"
+                                                                   if len(items) > 5 else ""))
+        raise CheckpointError(f"{source} does not fit this model ({'; '.join(parts)}); "
+                              f"check --model, --nOut, --encoder_type and --n_mels")
+    skipped = [k for k in state if k not in own]
+    if skipped:
+        log.warning("%s: ignoring %d objective tensors this objective does not have (%s)",
+                    source, len(skipped), ", ".join(skipped[:5]))
+    kept = [k for k in own if k not in state]
+    if kept:
+        log.warning("%s has no values for %s; they keep their initial values", source, ", ".join(kept[:5]))
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+# ---------------------------------------------------------------------------- RNG states
+
+def capture_rng():
+    """Every random-number-generator state a resumed run needs, as plain tensors and lists."""
+    version, internal, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": [np_kind, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state):
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

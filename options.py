@@ -1,0 +1,184 @@
+"""Command-line options: defaults < YAML (--config) < command line.
+
+voxceleb_trainer's option names, meanings and defaults are kept. Components add their own
+options through an optional `add_arguments(parser)` in their file, so a YAML key is valid
+when the core or any loaded component declares it; anything else is an error naming the
+closest valid key.
+"""
+import argparse
+import difflib
+from pathlib import Path
+
+import yaml
+
+import plugins
+
+COMPONENT_OPTIONS = {"model": "models", "trainfunc": "loss", "optimizer": "optimizer",
+                     "scheduler": "scheduler"}
+
+
+class OptionError(ValueError):
+    """A bad option value or config key; the message names it and the fix."""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description="Train or evaluate a speaker-embedding network.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = p.add_argument
+    flag = dict(action=argparse.BooleanOptionalAction, default=False)
+    add("--config", type=str, default=None, help="YAML file of options (command line wins)")
+    g = p.add_argument_group("data loader")
+    g.add_argument("--max_frames", type=int, default=200, help="training crop length in 10 ms frames")
+    g.add_argument("--eval_frames", type=int, default=300,
+                   help="evaluation crop length in frames; 0 scores whole files")
+    g.add_argument("--num_eval", type=int, default=10, help="evaluation crops per file")
+    g.add_argument("--batch_size", type=int, default=200, help="groups (speakers) per batch, per process")
+    g.add_argument("--max_seg_per_spk", type=int, default=500, help="utterances per speaker per epoch, at most")
+    g.add_argument("--nDataLoaderThread", type=int, default=5, help="data-loading worker processes")
+    g.add_argument("--augment", help="augment training crops with MUSAN noise and RIR reverberation", **flag)
+    g.add_argument("--seed", type=int, default=10, help="seed for sampling, crops and initialisation")
+    g = p.add_argument_group("training")
+    g.add_argument("--test_interval", type=int, default=10, help="evaluate and save every this many epochs")
+    g.add_argument("--max_epoch", type=int, default=500, help="epochs to train")
+    g.add_argument("--trainfunc", type=str, default="", help="objective: a file name in loss/")
+    g.add_argument("--optimizer", type=str, default="adam", help="a file name in optimizer/")
+    g.add_argument("--scheduler", type=str, default="steplr", help="a file name in scheduler/")
+    g.add_argument("--lr", type=float, default=0.001, help="learning rate")
+    g.add_argument("--lr_decay", type=float, default=0.95, help="learning-rate factor per step of steplr")
+    g.add_argument("--weight_decay", type=float, default=0.0, help="weight decay")
+    g = p.add_argument_group("objectives")
+    g.add_argument("--hard_prob", type=float, default=0.5, help="triplet: probability of a hard negative")
+    g.add_argument("--hard_rank", type=int, default=10, help="triplet: hard negatives drawn from this top rank")
+    g.add_argument("--margin", type=float, default=0.1, help="margin of margin-based objectives")
+    g.add_argument("--scale", type=float, default=30.0, help="scale of margin-based objectives")
+    g.add_argument("--nPerSpeaker", type=int, default=1, help="utterances (views) per group")
+    g.add_argument("--nClasses", type=int, default=5994, help="training speakers, for classifier objectives")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--dcf_p_target", type=float, default=0.05, help="minDCF target prior")
+    g.add_argument("--dcf_c_miss", type=float, default=1.0, help="minDCF cost of a miss")
+    g.add_argument("--dcf_c_fa", type=float, default=1.0, help="minDCF cost of a false alarm")
+    g = p.add_argument_group("load and save")
+    g.add_argument("--initial_model", type=str, default="", help="start from these weights "
+                   "(this project's or voxceleb_trainer's checkpoint)")
+    g.add_argument("--save_path", type=str, default="exps/exp1", help="checkpoints, scores and logs go here")
+    g = p.add_argument_group("data")
+    g.add_argument("--train_list", type=str, default="data/train_list.txt", help="'speaker path' lines")
+    g.add_argument("--test_list", type=str, default="data/test_list.txt", help="'label path1 path2' trials")
+    g.add_argument("--train_path", type=str, default="data/voxceleb2", help="root of train_list paths")
+    g.add_argument("--test_path", type=str, default="data/voxceleb1", help="root of test_list paths")
+    g.add_argument("--musan_path", type=str, default="data/musan_split", help="MUSAN noise root")
+    g.add_argument("--rir_path", type=str, default="data/RIRS_NOISES/simulated_rirs", help="RIR root")
+    g = p.add_argument_group("model")
+    g.add_argument("--n_mels", type=int, default=40, help="mel bands of the front end")
+    g.add_argument("--log_input", help="take the log of the filterbank energies", **flag)
+    g.add_argument("--model", type=str, default="", help="encoder: a file name in models/")
+    g.add_argument("--encoder_type", type=str, default="SAP", help="pooling (SAP, ASP, ...)")
+    g.add_argument("--nOut", type=int, default=512, help="embedding size")
+    g = p.add_argument_group("run")
+    g.add_argument("--eval", help="only evaluate --initial_model (or the newest checkpoint)", **flag)
+    g.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--mixedprec", help="mixed precision (bf16 on CPU, fp16 on CUDA)", **flag)
+    g.add_argument("--distributed", help="DistributedDataParallel under torchrun", **flag)
+    return p
+
+
+def parse_options(argv=None):
+    """Resolve options from defaults, the YAML file and the command line, in that order."""
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    config = load_config(first.config) if first.config else {}
+    # Component names decide which extra options exist: command line, else YAML, else default.
+    explicit = _explicit_values(parser, argv)
+    for option, kind in COMPONENT_OPTIONS.items():
+        name = explicit.get(option, config.get(option, parser.get_default(option)))
+        if name:
+            module = plugins.load_module(kind, str(name))
+            if hasattr(module, "add_arguments"):
+                module.add_arguments(parser.add_argument_group(f"{kind}/{name}.py"))
+    parser.set_defaults(**_checked_config(parser, config, first.config))
+    options = parser.parse_args(argv)
+    validate(options)
+    return options
+
+
+def load_config(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise OptionError(f"--config {path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise OptionError(f"--config {path}: not valid YAML ({err})") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise OptionError(f"--config {path}: expected 'key: value' lines, got a {type(config).__name__}")
+    return config
+
+
+def _explicit_values(parser, argv):
+    """Options given on the command line (not defaults), by destination."""
+    shadow = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            shadow._add_action(action)
+    values, _ = shadow.parse_known_args(argv)
+    return vars(values)
+
+
+def _checked_config(parser, config, path):
+    """Validate YAML keys and value types against the parser's options."""
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    checked = {}
+    for key, value in config.items():
+        if key not in actions:
+            hint = difflib.get_close_matches(str(key), list(actions), n=1, cutoff=0.5)
+            nearest = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise OptionError(f"{path}: unknown option '{key}'{nearest}")
+        action = actions[key]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                raise OptionError(f"{path}: '{key}' must be true or false, got {value!r}")
+        elif action.type is not None and value is not None:
+            if isinstance(value, bool) or isinstance(value, (list, dict)) and action.type is not str:
+                raise OptionError(f"{path}: '{key}' expects {action.type.__name__}, got {value!r}")
+            try:
+                value = action.type(value)
+            except (TypeError, ValueError):
+                raise OptionError(f"{path}: '{key}' expects {action.type.__name__}, got {value!r}") from None
+        checked[key] = value
+    return checked
+
+
+def validate(options):
+    """Reject out-of-range values before anything runs."""
+    positive = ["max_frames", "batch_size", "max_seg_per_spk", "test_interval", "max_epoch",
+                "nPerSpeaker", "nClasses", "n_mels", "nOut", "num_eval"]
+    for name in positive:
+        if getattr(options, name) < 1:
+            raise OptionError(f"--{name} must be at least 1, got {getattr(options, name)}")
+    if options.eval_frames < 0:
+        raise OptionError(f"--eval_frames must be 0 (whole files) or positive, got {options.eval_frames}")
+    if options.nDataLoaderThread < 0:
+        raise OptionError("--nDataLoaderThread must be 0 or more")
+    if options.lr <= 0:
+        raise OptionError(f"--lr must be positive, got {options.lr}")
+    if not 0 < options.dcf_p_target < 1:
+        raise OptionError(f"--dcf_p_target must lie in (0, 1), got {options.dcf_p_target}")
+    if not options.trainfunc:
+        raise OptionError("--trainfunc is required (a file name in loss/, e.g. angleproto)")
+    if not options.model:
+        raise OptionError("--model is required (a file name in models/, e.g. ResNetSE34L)")
+    if options.device != "auto" and not (options.device in ("cpu", "cuda") or
+                                         options.device.startswith("cuda:")):
+        raise OptionError(f"--device '{options.device}': use auto, cpu, cuda or cuda:N")
+
+
+def save_options(options, path):
+    """Write the resolved options as YAML (atomically), usable again as --config."""
+    values = {k: v for k, v in vars(options).items() if k != "config"}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(values, sort_keys=True))
+    tmp.replace(path)
