@@ -71,10 +71,10 @@ def draw_speaker(rng):
         alpha=alpha,
         vowel_warp=np.exp(rng.normal(0, 0.06, VOWELS.shape)),   # idiolect of each vowel
         high_formants=alpha * np.array([rng.uniform(3300, 3900), rng.uniform(4400, 5000)]),
-        bw_scale=np.exp(rng.uniform(np.log(0.6), np.log(1.8))),
+        bw_scale=np.exp(rng.uniform(np.log(0.7), np.log(1.5))),
         open_quotient=rng.uniform(0.35, 0.8), skew=rng.uniform(0.55, 0.85),
-        tilt=rng.uniform(-4.0, 1.0),              # dB / octave on the voiced source
-        breath=np.exp(rng.uniform(np.log(0.01), np.log(0.4))),
+        tilt=rng.uniform(1.5, 6.5),               # dB / octave above 500 Hz (radiation, vocal effort)
+        breath=np.exp(rng.uniform(np.log(0.01), np.log(0.2))),
         jitter=rng.uniform(0.002, 0.02), shimmer=rng.uniform(0.02, 0.15),
         rate=rng.uniform(2.8, 6.0),               # syllables / s
         pause_prob=rng.uniform(0.03, 0.25),
@@ -201,7 +201,7 @@ def draw_channel(rng, strength, snr_range, reverb_prob):
         eq += strength * rng.normal(0, 4.0) * np.exp(-0.5 * ((octs - rng.uniform(-2.5, 2.5)) / rng.uniform(0.3, 1.0)) ** 2)
     hp, lp = rng.uniform(40, 60 + 250 * strength), rng.uniform(8000 - 4500 * min(strength, 1), 8000)
     eq -= 10 * np.log10(1 + (hp / np.maximum(FREQS, 1)) ** 4) + 10 * np.log10(1 + (FREQS / lp) ** 8)
-    noise_db = rng.normal(0, 4.0) * octs + rng.normal(0, 4.0) * np.exp(-0.5 * ((octs - rng.uniform(-2, 2)) / 0.7) ** 2)
+    noise_db = rng.normal(-4.0, 3.0) * octs + rng.normal(0, 4.0) * np.exp(-0.5 * ((octs - rng.uniform(-2, 2)) / 0.7) ** 2)
     return dict(eq=eq, noise_db=noise_db, snr=snr_range,
                 rt60=rng.uniform(0.15, 0.7) if rng.random() < reverb_prob else 0.0)
 

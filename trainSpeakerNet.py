@@ -197,6 +197,12 @@ def run(options):
                         collate_fn=collate_views, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     result = None
+    if start_epoch > options.max_epoch and is_main:
+        log.info("training already reached epoch %d of %d; evaluating that checkpoint",
+                 start_epoch - 1, options.max_epoch)
+        result = trainer.evaluate(trials, options.test_path, options.eval_frames, options.num_eval,
+                                  workers, dcf)
+        log_result(f"epoch {start_epoch - 1}:", result, options.dcf_p_target)
     for epoch in range(start_epoch, options.max_epoch + 1):
         sampler.set_epoch(epoch)
         stats = trainer.train_epoch(loader, epoch)

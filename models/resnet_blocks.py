@@ -33,7 +33,8 @@ class SEBasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.se = SqueezeExcitation(channels, reduction)
         self.downsample = None
-        if stride != 1 and stride != (1, 1) or in_channels != channels:
+        # A tuple stride, even (1, 1), gets a projection: the reference checkpoints have one.
+        if stride != 1 or in_channels != channels:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(channels))
