@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from audio_manifest import ListError, check_audio_files, resolve
+from augment import collate_augmentation, read_augmentation
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class CropRequest:
     frames: tuple
     starts: tuple                # fractions in [0, 1) of the free range before each crop
     label: int
+    augment: tuple = ()          # one augment.AugmentSpec per view, or () for clean crops
 
 
 class SpeakerBalancedSampler:
@@ -157,7 +159,8 @@ class SpeakerBalancedSampler:
     """
 
     def __init__(self, labels, groups_per_batch, views, max_seg_per_spk, seed=10,
-                 group_by_utterance=False, view_frames=None, rank=0, world_size=1):
+                 group_by_utterance=False, view_frames=None, rank=0, world_size=1,
+                 augment_planner=None, augment_fraction=None):
         self.labels = np.asarray(labels)
         self.groups_per_batch = groups_per_batch
         self.views = views
@@ -167,6 +170,8 @@ class SpeakerBalancedSampler:
         self.view_frames = view_frames or (lambda epoch, rng: (200,) * views)
         self.rank = rank
         self.world_size = world_size
+        self.augment_planner = augment_planner
+        self.augment_fraction = augment_fraction      # epoch -> share augmented (curricula)
         self.epoch = 0
         self.stats = {}
         self._planned = (None, [])
@@ -198,15 +203,19 @@ class SpeakerBalancedSampler:
         batches = self._pack(groups, keys)
         usable = len(batches) // self.world_size * self.world_size
         batches = batches[:usable]
+        planner = self.augment_planner
+        if planner is not None and self.augment_fraction is not None:
+            planner.fraction = float(self.augment_fraction(epoch))
         requests = []
         for batch in batches:
             frames = tuple(int(f) for f in self.view_frames(epoch, rng))
             if len(frames) != self.views:
                 raise ValueError(f"objective asked for {len(frames)} view lengths, sampler draws {self.views}")
-            requests.append([CropRequest(files=group, frames=frames,
-                                         starts=tuple(rng.random(self.views)),
-                                         label=int(self.labels[group[0]]))
-                             for group in batch])
+            requests.append([CropRequest(
+                files=group, frames=frames, starts=tuple(rng.random(self.views)),
+                label=int(self.labels[group[0]]),
+                augment=tuple(planner.draw(rng) for _ in group) if planner else ())
+                for group in batch])
         per_group = 1 if self.group_by_utterance else self.views
         self.stats = {"utterances": len(self.labels), "eligible": len(groups) * per_group,
                       "used": len(batches) * self.groups_per_batch * per_group,
@@ -278,11 +287,12 @@ class SpeakerBalancedSampler:
 # ---------------------------------------------------------------------------- datasets
 
 class TrainDataset(Dataset):
-    """Reads the crops a CropRequest names; nothing random happens in the workers."""
+    """Reads the crops a CropRequest names (and their noise and RIRs); nothing random here."""
 
-    def __init__(self, train_list):
+    def __init__(self, train_list, augment_bank=None):
         self.files = train_list.files
         self.lengths = train_list.lengths
+        self.augment_bank = augment_bank
 
     def __len__(self):
         return len(self.files)
@@ -294,21 +304,29 @@ class TrainDataset(Dataset):
             total = int(self.lengths[index])
             offset = int(start * max(total - length, 0))
             views.append(read_crop(self.files[index], total, offset, length))
-        return views, request.label
+        extras = None
+        if request.augment:
+            extras = [(*read_augmentation(self.augment_bank, spec, len(view), read_crop), spec.snr)
+                      for spec, view in zip(request.augment, views)]
+        return views, request.label, extras
 
 
 def collate_views(batch):
-    """-> (list of N x V_run x samples tensors, one per run of equal-length views; labels)."""
+    """-> (views, labels, extras): views is a list of N x V_run x samples tensors, one per run
+    of equal-length views; extras holds each run's batched noise/RIRs (None when clean)."""
     views = [item[0] for item in batch]
     labels = torch.tensor([item[1] for item in batch], dtype=torch.long)
+    augmented = batch[0][2] is not None
     lengths = [len(v) for v in views[0]]
-    tensors, begin = [], 0
+    tensors, extras, begin = [], [], 0
     for end in range(1, len(lengths) + 1):
         if end == len(lengths) or lengths[end] != lengths[begin]:
             run = np.stack([np.stack(v[begin:end]) for v in views])
             tensors.append(torch.from_numpy(run))
+            extras.append(collate_augmentation([x for item in batch for x in item[2][begin:end]])
+                          if augmented else None)
             begin = end
-    return tensors, labels
+    return tensors, labels, extras
 
 
 class TestDataset(Dataset):

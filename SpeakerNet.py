@@ -9,10 +9,14 @@ The objective protocol (voxceleb_trainer's, plus optional attributes read with g
     min_views        int   smallest nPerSpeaker the objective accepts (default 1)
     num_views        int   views per group it needs, overriding --nPerSpeaker
     view_frames(epoch, rng) -> frames per view for one batch (default max_frames for all)
+    on_batch_start(frames)   frames per view of the coming batch (length-aware margins)
     attach_encoder(encoder)  given the encoder once, for momentum/teacher copies
     on_epoch_start(epoch)    curricula: margins, mining, crop lengths
     on_step_end(step)        after each optimizer step: EMA teachers, queues
 Objective state kept in parameters or buffers is saved in checkpoints with the model.
+
+Schedulers return (scheduler, unit): 'iteration' steps after every optimizer step, 'epoch'
+after every epoch, 'loss' after every epoch with the epoch's mean training loss (plateau).
 """
 import logging
 import math
@@ -50,6 +54,12 @@ class SpeakerNet(nn.Module):
         return self.objective(self.embed(views), labels)
 
 
+def _to_device(extra, device):
+    if extra is None:
+        return None
+    return {k: v.to(device, non_blocking=True) if v is not None else None for k, v in extra.items()}
+
+
 def objective_attr(objective, name, default):
     return getattr(objective, name, default)
 
@@ -84,17 +94,20 @@ class Trainer:
         if hook:
             hook(epoch)
         step_hook = getattr(self.model.objective, "on_step_end", None)
+        batch_hook = getattr(self.model.objective, "on_batch_start", None)
         totals = {"loss": 0.0, "metric": 0.0, "count": 0, "utterances": 0, "wait": 0.0}
         start = last = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not self.is_main,
                    dynamic_ncols=True, leave=False)
-        for views, labels in bar:
+        for views, labels, extras in bar:
             fetched = time.perf_counter()
             totals["wait"] += fetched - last
             views = [v.to(self.device, non_blocking=True) for v in views]
             labels = labels.to(self.device, non_blocking=True) if self.uses_labels else None
-            if self.augment is not None:
-                views = self.augment(views)
+            if self.augment is not None and any(e is not None for e in extras):
+                views = self.augment(views, [_to_device(e, self.device) for e in extras])
+            if batch_hook:
+                batch_hook(tuple((v.shape[-1] - 240) // 160 for v in views for _ in range(v.shape[1])))
             with self._autocast():
                 loss, metric = self.net(views, labels)
             if not torch.isfinite(loss):
@@ -121,10 +134,12 @@ class Trainer:
                             utt_s=f"{totals['utterances'] / elapsed:.0f}",
                             wait=f"{100 * totals['wait'] / elapsed:.0f}%")
         bar.close()
-        if self.step_unit == "epoch":
-            self.scheduler.step()
         elapsed = max(time.perf_counter() - start, 1e-9)
         count = max(totals["count"], 1)
+        if self.step_unit == "epoch":
+            self.scheduler.step()
+        elif self.step_unit == "loss":
+            self.scheduler.step(totals["loss"] / count)
         return {"loss": totals["loss"] / count, "metric": totals["metric"] / count,
                 "utt_per_s": totals["utterances"] / elapsed, "data_wait": totals["wait"] / elapsed,
                 "lr": self.optimizer.param_groups[0]["lr"], "steps": totals["count"]}

@@ -33,6 +33,10 @@ WIN = np.sin(np.pi * np.arange(N_FFT) / N_FFT).astype(np.float32)   # sqrt-Hann:
 F32 = np.float32                  # spectra in single precision: plenty for 16-bit output, twice as fast
 SYNTH_VERSION = 1                 # bump when the synthesizer changes, so old corpora are refused
 CONFIG_NAME = "synthetic_corpus.json"
+LEVEL_DB = (-32, -16)               # utterance loudness range, dBFS RMS
+CONTENT_CONC = 2.0
+ALPHA_STD = 0.06
+SIG_DB = 0.0
 
 # Vowel targets F1-F3 (Hz) of an adult male voice (classic Peterson-Barney averages).
 VOWELS = np.array([[270, 2290, 3010], [390, 1990, 2550], [530, 1840, 2480], [660, 1720, 2410],
@@ -63,13 +67,17 @@ def draw_speaker(rng):
     """Per-speaker voice traits; the network has to learn these, channel and content aside."""
     female = rng.random() < 0.5
     lo, hi = (160, 270) if female else (85, 155)
-    alpha = (1.17 if female else 1.0) * np.exp(rng.normal(0, 0.06))   # vocal-tract length
+    alpha = (1.17 if female else 1.0) * np.exp(rng.normal(0, ALPHA_STD))   # vocal-tract length
+    octs = np.log2(np.maximum(FREQS, 20) / 1000)
+    colour = sum(rng.normal(0, SIG_DB) * np.exp(-0.5 * ((octs - rng.uniform(0.5, 2.6)) / rng.uniform(0.2, 0.5)) ** 2)
+                 for _ in range(2))
     return dict(
         f0=np.exp(rng.uniform(np.log(lo), np.log(hi))),
         f0_range=rng.uniform(0.8, 4.0),           # semitones of pitch accents
         declination=rng.uniform(-3.0, 0.5),       # semitones / s
         alpha=alpha,
         vowel_warp=np.exp(rng.normal(0, 0.06, VOWELS.shape)),   # idiolect of each vowel
+        colour=colour,                            # fixed peaks/dips (sinuses, piriform fossae)
         high_formants=alpha * np.array([rng.uniform(3300, 3900), rng.uniform(4400, 5000)]),
         bw_scale=np.exp(rng.uniform(np.log(0.7), np.log(1.5))),
         open_quotient=rng.uniform(0.35, 0.8), skew=rng.uniform(0.55, 0.85),
@@ -86,8 +94,8 @@ def phone_tracks(rng, spk, n_frames):
     """Random syllable sequence -> per-frame [F1..F3, voicing, frication, aspiration, fc, fw]."""
     fps = SR / HOP
     rate = spk["rate"] * np.exp(rng.normal(0, 0.08))
-    vowel_p = rng.dirichlet(np.full(len(VOWELS), 2.0))    # utterance-specific phone content
-    cons_p = rng.dirichlet(np.full(len(CONSONANTS), 2.0))
+    vowel_p = rng.dirichlet(np.full(len(VOWELS), CONTENT_CONC))   # utterance-specific phone content
+    cons_p = rng.dirichlet(np.full(len(CONSONANTS), CONTENT_CONC))
     silence = [NAN, NAN, NAN, 0, 0, 0, 0, 1]
 
     def cons_rows(c):
@@ -215,7 +223,7 @@ def synth_utterance(rng, spk, chan, duration):
     env = tract_gain(formants, spk["bw_scale"] * (np.array([50, 70, 110]) + 0.03 * formants))
     high = spk["high_formants"][None]                     # F4, F5 and tilt do not move: one row
     static = tract_gain(high, spk["bw_scale"] * (np.array([160, 220]) + 0.03 * high))[0] \
-        * 10 ** (spk["tilt"] * np.log2(np.maximum(FREQS, 100) / 500) / 20)
+        * 10 ** ((spk["tilt"] * np.log2(np.maximum(FREQS, 100) / 500) + spk["colour"]) / 20)
     tracks = tracks.astype(F32)
     fric = np.exp(-0.5 * ((np.log2(np.maximum(FREQS, 50)).astype(F32) - np.log2(tracks[:, 6:7] * spk["alpha"] + 1))
                           / tracks[:, 7:8]) ** 2)
@@ -233,7 +241,7 @@ def synth_utterance(rng, spk, chan, duration):
         rir = rng.normal(0, 1, len(t)) * np.exp(-6.9 * t / chan["rt60"])
         rir[0] = 1.0 / np.sqrt(chan["rt60"] * 10)
         x = fftconvolve(x, rir.astype(F32))[:n]
-    x *= 10 ** (rng.uniform(-32, -16) / 20) / (np.sqrt(np.mean(x ** 2)) + 1e-9)   # loudness
+    x *= 10 ** (rng.uniform(*LEVEL_DB) / 20) / (np.sqrt(np.mean(x ** 2)) + 1e-9)   # loudness
     x /= max(1.0, np.abs(x).max() / 0.99)
     return np.round(x * 32767).astype(np.int16)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+import augment
 import plugins
 
 COMPONENT_OPTIONS = {"model": "models", "trainfunc": "loss", "optimizer": "optimizer",
@@ -80,6 +81,7 @@ def build_parser():
     g.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--mixedprec", help="mixed precision (bf16 on CPU, fp16 on CUDA)", **flag)
     g.add_argument("--distributed", help="DistributedDataParallel under torchrun", **flag)
+    augment.add_arguments(p)
     return p
 
 
@@ -141,14 +143,27 @@ def _checked_config(parser, config, path):
             if not isinstance(value, bool):
                 raise OptionError(f"{path}: '{key}' must be true or false, got {value!r}")
         elif action.type is not None and value is not None:
-            if isinstance(value, bool) or isinstance(value, (list, dict)) and action.type is not str:
-                raise OptionError(f"{path}: '{key}' expects {action.type.__name__}, got {value!r}")
-            try:
-                value = action.type(value)
-            except (TypeError, ValueError):
-                raise OptionError(f"{path}: '{key}' expects {action.type.__name__}, got {value!r}") from None
+            value = _convert(path, key, action, value)
         checked[key] = value
     return checked
+
+
+def _convert(path, key, action, value):
+    """A YAML value converted to the option's type (each element for list options)."""
+    many = action.nargs not in (None, "?")
+    expected = f"a list of {action.nargs} {action.type.__name__}" if many else action.type.__name__
+    items = value if many else [value]
+    if many and (not isinstance(value, list) or isinstance(action.nargs, int) and len(value) != action.nargs):
+        raise OptionError(f"{path}: '{key}' expects {expected}, got {value!r}")
+    converted = []
+    for item in items:
+        if isinstance(item, (bool, list, dict)) or item is None:
+            raise OptionError(f"{path}: '{key}' expects {expected}, got {value!r}")
+        try:
+            converted.append(action.type(item))
+        except (TypeError, ValueError):
+            raise OptionError(f"{path}: '{key}' expects {expected}, got {value!r}") from None
+    return converted if many else converted[0]
 
 
 def validate(options):

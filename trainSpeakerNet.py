@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 import checkpoint
 import plugins
+from augment import Augmenter, planner_from_options
 from DatasetLoader import (ListError, SpeakerBalancedSampler, TrainDataset, collate_views,
                            read_train_list, read_trial_list)
 from options import OptionError, parse_options, save_options
@@ -155,9 +156,11 @@ def run(options):
     trials = read_trial_list(options.test_list, options.test_path)
     max_frames = options.max_frames
     view_frames = getattr(model.objective, "view_frames", None) or (lambda epoch, rng: (max_frames,) * views)
-    sampler = SpeakerBalancedSampler(train.labels, options.batch_size, views, options.max_seg_per_spk,
-                                     seed=options.seed, group_by_utterance=not uses_labels,
-                                     view_frames=view_frames, rank=rank, world_size=world_size)
+    planner = planner_from_options(options)
+    sampler = SpeakerBalancedSampler(
+        train.labels, options.batch_size, views, options.max_seg_per_spk, seed=options.seed,
+        group_by_utterance=not uses_labels, view_frames=view_frames, rank=rank, world_size=world_size,
+        augment_planner=planner, augment_fraction=getattr(model.objective, "augment_fraction", None))
     optimizer = plugins.factory("optimizer", options.optimizer)(model.parameters(), **vars(options))
     settings = {k: v for k, v in vars(options).items() if k != "optimizer"}
     scheduler, step_unit = plugins.factory("scheduler", options.scheduler)(optimizer, **settings)
@@ -178,7 +181,7 @@ def run(options):
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     trainer = Trainer(model, optimizer, scheduler, step_unit, device, options.mixedprec,
-                      ddp_model=ddp_model, is_main=is_main)
+                      ddp_model=ddp_model, is_main=is_main, augment=Augmenter() if planner else None)
     if resume:
         trainer.load_state_dict(resume["trainer"])
         checkpoint.restore_rng(resume["rng"])
@@ -193,7 +196,7 @@ def run(options):
                  options.model, sum(p.numel() for p in model.encoder.parameters()), len(train.files),
                  len(train.speakers), len(trials.labels), device)
 
-    loader = DataLoader(TrainDataset(train), batch_sampler=sampler, num_workers=workers,
+    loader = DataLoader(TrainDataset(train, planner.bank if planner else None), batch_sampler=sampler, num_workers=workers,
                         collate_fn=collate_views, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     result = None

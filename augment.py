@@ -1,0 +1,174 @@
+"""MUSAN noise and RIR reverberation: planned with the epoch, read by workers, mixed on the device.
+
+The recipe is voxceleb_trainer's, as the papers use it: each training crop gets one of
+{none, reverberation, music, babble speech, noise}; additive noise at an SNR drawn from the
+category's range (noise 0-15 dB from 1 file, speech 13-20 dB from 3-7 files summed, music
+5-15 dB from 1 file), measured on the crops actually mixed; reverberation by convolving with
+a random RIR scaled to unit energy, truncated to the crop length.
+
+Split of work: `AugmentPlanner` draws every choice in the sampler (so a seed fixes them and
+views of one utterance get independent draws), `read_augmentation` runs in the loader
+workers and only reads noise and RIR crops (partial reads), and `Augmenter` mixes whole
+batches on the training device with torchaudio.functional.
+"""
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+from audio_manifest import ListError, check_audio_files
+
+log = logging.getLogger(__name__)
+
+KINDS = ("none", "reverb", "music", "speech", "noise")
+NONE, REVERB = 0, 1
+NOISE_KINDS = ("music", "speech", "noise")
+MAX_RIR_SAMPLES = 16000          # 1 s: simulated RIRs decay well within it
+
+
+def add_arguments(parser):
+    g = parser.add_argument_group("augmentation (--augment)")
+    g.add_argument("--aug_probs", type=float, nargs=5, default=[0.2] * 5,
+                   metavar=("NONE", "REVERB", "MUSIC", "SPEECH", "NOISE"),
+                   help="probabilities of each augmentation type per crop (voxceleb_trainer: equal)")
+    g.add_argument("--aug_snr_noise", type=float, nargs=2, default=[0.0, 15.0], help="SNR range, dB")
+    g.add_argument("--aug_snr_speech", type=float, nargs=2, default=[13.0, 20.0], help="SNR range, dB")
+    g.add_argument("--aug_snr_music", type=float, nargs=2, default=[5.0, 15.0], help="SNR range, dB")
+    g.add_argument("--aug_babble", type=int, nargs=2, default=[3, 7],
+                   help="how many speech files are summed for babble (inclusive range)")
+    g.add_argument("--aug_fraction", type=float, default=1.0,
+                   help="share of training crops that are augmented at all (the rest stay clean)")
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """The augmentation of one crop: kind index, files (into the kind's list), offsets, SNR."""
+    kind: int
+    files: tuple = ()
+    starts: tuple = ()
+    snr: float = 0.0
+
+
+def scan_audio(root, what):
+    """Sorted audio files under `root`, validated (16 kHz mono) through the manifest cache."""
+    root = Path(root)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                   if p.suffix.lower() in (".wav", ".flac"))
+    if not files:
+        raise ListError(f"{root}: no .wav or .flac files for {what}; prepare them with "
+                        f"data_prep.py (or set the path option)")
+    lengths = check_audio_files(str(root), root, files, list(range(1, len(files) + 1)))
+    return [str(root / f) for f in files], lengths
+
+
+class AugmentBank:
+    """The noise and RIR files available, grouped by kind."""
+
+    def __init__(self, musan_path, rir_path):
+        self.files, self.lengths = {}, {}
+        for kind in NOISE_KINDS:
+            self.files[kind], self.lengths[kind] = scan_audio(Path(musan_path) / kind, f"MUSAN {kind}")
+        self.files["reverb"], self.lengths["reverb"] = scan_audio(rir_path, "room impulse responses")
+        log.info("augmentation: %s", ", ".join(f"{len(v)} {k}" for k, v in self.files.items()))
+
+
+class AugmentPlanner:
+    """Draws AugmentSpecs from a numpy Generator, in the sampler."""
+
+    def __init__(self, bank, probs, snr_ranges, babble, fraction=1.0):
+        probs = np.asarray(probs, dtype=float)
+        if probs.shape != (5,) or (probs < 0).any() or probs.sum() <= 0:
+            raise ValueError(f"--aug_probs needs 5 non-negative numbers, got {list(probs)}")
+        self.bank = bank
+        self.probs = probs / probs.sum()
+        self.snr_ranges = snr_ranges
+        self.babble = babble
+        self.fraction = fraction
+
+    def draw(self, rng):
+        if rng.random() >= self.fraction:
+            return AugmentSpec(NONE)
+        kind = int(rng.choice(len(KINDS), p=self.probs))
+        name = KINDS[kind]
+        if kind == NONE:
+            return AugmentSpec(NONE)
+        count = int(rng.integers(self.babble[0], self.babble[1] + 1)) if name == "speech" else 1
+        files = tuple(int(i) for i in rng.integers(0, len(self.bank.files[name]), size=count))
+        snr = float(rng.uniform(*self.snr_ranges[name])) if name in self.snr_ranges else 0.0
+        return AugmentSpec(kind, files, tuple(rng.random(count)), snr)
+
+
+def planner_from_options(options):
+    """An AugmentPlanner for --augment, or None without it."""
+    if not options.augment:
+        return None
+    bank = AugmentBank(options.musan_path, options.rir_path)
+    snr = {"noise": options.aug_snr_noise, "speech": options.aug_snr_speech, "music": options.aug_snr_music}
+    return AugmentPlanner(bank, options.aug_probs, snr, options.aug_babble, options.aug_fraction)
+
+
+def read_augmentation(bank, spec, length, read_crop):
+    """(noise crop or None, RIR or None) for one crop of `length` samples; worker side."""
+    if spec.kind == NONE:
+        return None, None
+    name = KINDS[spec.kind]
+    lengths = bank.lengths[name]
+    if spec.kind == REVERB:
+        index = spec.files[0]
+        total = int(lengths[index])
+        return None, read_crop(bank.files[name][index], total, 0, min(total, MAX_RIR_SAMPLES))
+    noise = np.zeros(length, dtype=np.float32)
+    for index, start in zip(spec.files, spec.starts):
+        total = int(lengths[index])
+        noise += read_crop(bank.files[name][index], total, int(start * max(total - length, 0)), length)
+    return noise, None
+
+
+def collate_augmentation(items):
+    """Per-crop (noise, rir, snr) of one run of views -> batched tensors for `Augmenter`."""
+    length = next((len(n) for n, _, _ in items if n is not None), 0)
+    rir_len = max((len(r) for _, r, _ in items if r is not None), default=0)
+    noise = torch.zeros(len(items), length) if length else None
+    rir = torch.zeros(len(items), rir_len) if rir_len else None
+    snr = torch.tensor([s for _, _, s in items], dtype=torch.float32)
+    noisy = torch.zeros(len(items), dtype=torch.bool)
+    reverb = torch.zeros(len(items), dtype=torch.bool)
+    for i, (n, r, _) in enumerate(items):
+        if n is not None:
+            noise[i] = torch.from_numpy(n)
+            noisy[i] = True
+        if r is not None:
+            rir[i, :len(r)] = torch.from_numpy(r)
+            reverb[i] = True
+    return {"noise": noise, "rir": rir, "snr": snr, "noisy": noisy, "reverb": reverb}
+
+
+class Augmenter:
+    """Mixes a batch on its device: `views` (list of N x V x S) with their collated extras."""
+
+    def __call__(self, views, extras):
+        out = []
+        for clean, extra in zip(views, extras):
+            if extra is None:
+                out.append(clean)
+                continue
+            shape = clean.shape
+            audio = clean.reshape(-1, shape[-1]).clone()
+            reverb = extra["reverb"]
+            if reverb.any():
+                rir = extra["rir"][reverb]
+                rir = rir / rir.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+                audio[reverb] = AF.fftconvolve(audio[reverb], rir)[..., :shape[-1]]
+            noisy = extra["noisy"]
+            if noisy.any():
+                noise = extra["noise"][noisy]
+                # Silent noise has no level to set: leave those crops clean rather than NaN.
+                audible = noise.pow(2).sum(dim=-1) > 1e-10
+                rows = noisy.nonzero().squeeze(1)[audible]
+                if len(rows):
+                    audio[rows] = AF.add_noise(audio[rows], noise[audible], extra["snr"][noisy][audible])
+            out.append(audio.reshape(shape))
+        return out

@@ -1,0 +1,88 @@
+"""ECAPA-TDNN (Desplanques et al. 2020), the encoder of the curriculum-learning DINO paper
+(Heo et al., "curriculum-learning-ssl-dino", sec. 5.2).
+
+Frame layers (sec. 3, Fig. 2), all length-preserving:
+- a TDNN layer (Conv1D k=5 + ReLU + BN) from the 80 input features to C channels;
+- three SE-Res2Blocks (kernel 3, dilations 2, 3, 4, Res2Net scale 8, SE bottleneck 128);
+  each block's input is the sum of the stem's and all earlier blocks' outputs (sec. 3.3,
+  summed residual connections);
+- multi-layer feature aggregation: the three block outputs concatenated, 1x1 Conv1D to
+  1536 channels + ReLU (sec. 3.3).
+Utterance layers: channel- and context-dependent attentive statistics pooling (sec. 3.2;
+attention bottleneck 128, each frame scored with the utterance mean and std) -> BN -> FC to
+the embedding (--nOut; the paper's is 192) -> BN.
+
+Parameters with a 192-d embedding: C=512 6,194,432 and C=1024 14,660,800 (the paper's
+Table 2: 6.2 M and 14.7 M). Input: 80 log-mels (default) or 80 MFCCs as in the paper
+(--input_features mfcc), both instance-normalised; --n_mels sets the number of either.
+"""
+import torch
+import torch.nn as nn
+
+from models.ecapa_blocks import Conv1dReluBn, SERes2NetBlock
+from models.frontend import LogMelFrontend, MFCCFrontend
+from models.pooling import ChannelAttentiveStatsPooling, check_encoder_type
+
+DILATIONS = (2, 3, 4)
+RES2NET_SCALE = 8
+SE_BOTTLENECK = 128
+AGGREGATED_CHANNELS = 1536
+ATTENTION_BOTTLENECK = 128
+
+
+def add_arguments(parser):
+    """ECAPA-TDNN's own options (read by options.parse_options when --model ECAPA_TDNN)."""
+    parser.add_argument("--channels", type=int, default=512,
+                        help="ECAPA-TDNN width C of the frame layers (Desplanques et al. 2020, "
+                             "Table 2: 512 gives 6.2 M parameters, 1024 gives 14.7 M)")
+    parser.add_argument("--input_features", type=str, default="fbank", choices=("fbank", "mfcc"),
+                        help="ECAPA-TDNN input: log-mel filterbanks or MFCCs (the paper's), "
+                             "--n_mels of them")
+
+
+def build_frontend(input_features, n_mels, log_input):
+    if input_features == "fbank":
+        return LogMelFrontend(n_mels=n_mels, log_input=log_input)
+    if input_features == "mfcc":
+        return MFCCFrontend(n_mfcc=n_mels)
+    raise ValueError(f"--input_features '{input_features}': choose fbank or mfcc")
+
+
+class ECAPATDNN(nn.Module):
+    def __init__(self, nOut=192, channels=512, n_mels=80, log_input=True, input_features="fbank"):
+        super().__init__()
+        self.features = build_frontend(input_features, n_mels, log_input)
+        self.stem = Conv1dReluBn(n_mels, channels, kernel_size=5)
+        self.blocks = nn.ModuleList(
+            SERes2NetBlock(channels, kernel_size=3, dilation=d, scale=RES2NET_SCALE,
+                           se_bottleneck=SE_BOTTLENECK) for d in DILATIONS)
+        self.aggregate = nn.Sequential(
+            nn.Conv1d(channels * len(DILATIONS), AGGREGATED_CHANNELS, kernel_size=1),
+            nn.ReLU(inplace=True))
+        self.pool = ChannelAttentiveStatsPooling(
+            AGGREGATED_CHANNELS, bottleneck=ATTENTION_BOTTLENECK, with_std=True,
+            global_context=True, tanh=True)
+        self.pool_bn = nn.BatchNorm1d(self.pool.out_dim)
+        self.fc = nn.Linear(self.pool.out_dim, nOut)
+        self.embedding_bn = nn.BatchNorm1d(nOut)
+
+    def forward(self, wav):
+        x = self.stem(self.features(wav))                      # B x C x frames
+        block_outputs = []
+        for block in self.blocks:
+            # Dense sum: each block sees the stem's and every earlier block's output.
+            out = block(x)
+            block_outputs.append(out)
+            x = x + out
+        frames = self.aggregate(torch.cat(block_outputs, dim=1))  # B x 1536 x frames
+        utterance = self.pool_bn(self.pool(frames.transpose(1, 2)))
+        return self.embedding_bn(self.fc(utterance))
+
+
+def MainModel(nOut=192, encoder_type="ASP", n_mels=80, log_input=True, channels=512,
+              input_features="fbank", **kwargs):
+    # ECAPA-TDNN has one pooling, attentive statistics; naming another would silently
+    # change nothing, so it is refused.
+    check_encoder_type(encoder_type, ("ASP",))
+    return ECAPATDNN(nOut=nOut, channels=channels, n_mels=n_mels, log_input=log_input,
+                     input_features=input_features)

@@ -1,0 +1,53 @@
+"""Thin ResNet-34 (Chung et al. 2020, "In defence of metric learning", sec. 3.2, Table 1).
+
+The Thin ResNet-34 of [39] (Chung, Huh and Mun 2020, "Delving into VoxCeleb"): ResNet-34's
+[3, 4, 6, 3] SE basic blocks at a quarter of the width (16/32/64/128 channels) on a 257-bin
+log magnitude spectrogram (25 ms Hamming window, 10 ms step, 512-point FFT, instance norm;
+sec. 4), frequency averaged out after the last stage, then SAP (the paper's choice) or ASP.
+
+Strides, chosen to match Table 1's cost (the row's 0.99 GMACs for 2 s) with [39]'s layout:
+- a 7x7 stem with stride (2, 1) and a 3x3 max-pool with stride (2, 1): the 257 frequency bins
+  are quartered before the first stage while time keeps its 10 ms resolution;
+- stage strides 1, 2, 2, 2 (frequency and time), as in a standard ResNet.
+With nOut 512 and SAP: 1,437,078 parameters (Table 1: 1.4 M) and about 0.98 GMACs for a
+2-second input (Table 1: 0.99 G). Most of that is spent in the first two stages on the
+large frequency axis; Fast ResNet-34 (models/ResNetSE34L.py) cuts it to 0.45 G with 40 mels.
+"""
+import torch.nn as nn
+
+from models.frontend import LogSpectrogramFrontend
+from models.pooling import build_pooling
+from models.resnet_blocks import init_resnet_weights, make_stage
+
+CHANNELS = (16, 32, 64, 128)      # a quarter of ResNet-34's 64/128/256/512
+BLOCKS = (3, 4, 6, 3)             # ResNet-34
+STAGE_STRIDES = (1, (2, 2), (2, 2), (2, 2))
+
+
+class ThinResNet34(nn.Module):
+    def __init__(self, nOut=512, encoder_type="SAP", log_input=True):
+        super().__init__()
+        self.features = LogSpectrogramFrontend(log_input=log_input)
+        self.conv1 = nn.Conv2d(1, CHANNELS[0], kernel_size=7, stride=(2, 1), padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(CHANNELS[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=(2, 1), padding=1)
+        in_channels = CHANNELS[0]
+        for i, (channels, blocks, stride) in enumerate(zip(CHANNELS, BLOCKS, STAGE_STRIDES), start=1):
+            setattr(self, f"layer{i}", make_stage(in_channels, channels, blocks, stride))
+            in_channels = channels
+        self.pool = build_pooling(encoder_type, CHANNELS[-1])
+        self.fc = nn.Linear(self.pool.out_dim, nOut)
+        init_resnet_weights(self)
+
+    def forward(self, wav):
+        x = self.features(wav).unsqueeze(1)                    # B x 1 x 257 x frames
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = x.mean(dim=2).transpose(1, 2)                      # average frequency: B x T x C
+        return self.fc(self.pool(x))
+
+
+def MainModel(nOut=512, encoder_type="SAP", log_input=True, **kwargs):
+    """Thin ResNet-34; --n_mels does not apply (the input is the 257-bin spectrogram)."""
+    return ThinResNet34(nOut=nOut, encoder_type=encoder_type, log_input=log_input)

@@ -1,0 +1,73 @@
+"""1-D building blocks of ECAPA-TDNN (Desplanques et al. 2020, sec. 3): TDNN layers,
+Res2Net multi-scale convolution, squeeze-excitation and the SE-Res2Block that joins them.
+
+All tensors are B x channels x frames; every layer keeps the number of frames (no strides,
+"same" padding), so the blocks accept any input length.
+"""
+import torch
+import torch.nn as nn
+
+
+class Conv1dReluBn(nn.Sequential):
+    """A TDNN layer: dilated 1-D convolution -> ReLU -> BatchNorm, length-preserving."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=1, dilation=1):
+        super().__init__(
+            nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation,
+                      padding=dilation * (kernel_size - 1) // 2),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(out_channels))
+
+
+class Res2NetConv1d(nn.Module):
+    """Res2Net's multi-scale convolution (Gao et al. 2019) in 1-D.
+
+    The channels are split into `scale` groups; group 1 passes unchanged, group i > 1 goes
+    through its own dilated TDNN layer after adding the previous group's output, so later
+    groups see ever wider temporal context at little parameter cost (sec. 3.1, scale 8).
+    """
+
+    def __init__(self, channels, kernel_size=3, dilation=1, scale=8):
+        super().__init__()
+        if channels % scale:
+            raise ValueError(f"Res2Net needs channels divisible by the scale {scale}; got {channels}")
+        self.width = channels // scale
+        self.convs = nn.ModuleList(Conv1dReluBn(self.width, self.width, kernel_size, dilation)
+                                   for _ in range(scale - 1))
+
+    def forward(self, x):
+        groups = torch.split(x, self.width, dim=1)
+        outputs = [groups[0]]
+        previous = None
+        for group, conv in zip(groups[1:], self.convs):
+            previous = conv(group if previous is None else group + previous)
+            outputs.append(previous)
+        return torch.cat(outputs, dim=1)
+
+
+class SqueezeExcitation1d(nn.Module):
+    """Channel gates from the utterance mean of each channel (Hu et al. 2018; sec. 3.1)."""
+
+    def __init__(self, channels, bottleneck=128):
+        super().__init__()
+        self.gate = nn.Sequential(
+            nn.Linear(channels, bottleneck), nn.ReLU(inplace=True),
+            nn.Linear(bottleneck, channels), nn.Sigmoid())
+
+    def forward(self, x):
+        return x * self.gate(x.mean(dim=2)).unsqueeze(2)
+
+
+class SERes2NetBlock(nn.Module):
+    """SE-Res2Block (Fig. 2 of the paper): 1x1 TDNN -> dilated Res2Net TDNN -> 1x1 TDNN -> SE,
+    with a residual connection around the whole block."""
+
+    def __init__(self, channels, kernel_size=3, dilation=1, scale=8, se_bottleneck=128):
+        super().__init__()
+        self.conv_in = Conv1dReluBn(channels, channels, kernel_size=1)
+        self.res2net = Res2NetConv1d(channels, kernel_size, dilation, scale)
+        self.conv_out = Conv1dReluBn(channels, channels, kernel_size=1)
+        self.se = SqueezeExcitation1d(channels, se_bottleneck)
+
+    def forward(self, x):
+        return x + self.se(self.conv_out(self.res2net(self.conv_in(x))))
