@@ -12,7 +12,7 @@ Utterance layers: channel- and context-dependent attentive statistics pooling (s
 attention bottleneck 128, each frame scored with the utterance mean and std) -> BN -> FC to
 the embedding (--nOut; the paper's is 192) -> BN.
 
-Parameters with a 192-d embedding: C=512 6,194,432 and C=1024 14,660,800 (the paper's
+Parameters with a 192-d embedding: C=512 6,191,360 and C=1024 14,657,728 (the paper's
 Table 2: 6.2 M and 14.7 M). Input: 80 log-mels (default) or 80 MFCCs as in the paper
 (--input_features mfcc), both instance-normalised; --n_mels sets the number of either.
 """
