@@ -33,7 +33,7 @@ class TrainList:
     speakers: list = field(default_factory=list)   # speaker name per index
 
 
-def read_train_list(list_path, train_path, need_labels=True):
+def read_train_list(list_path, train_path, need_labels=True, allow_outside=False):
     """Parse `speaker path` lines (or bare `path` lines when labels are not needed)."""
     names, files, lines = [], [], []
     for number, columns in _list_lines(list_path):
@@ -50,7 +50,7 @@ def read_train_list(list_path, train_path, need_labels=True):
         lines.append(number)
     if not files:
         raise ListError(f"{list_path}: the training list is empty")
-    lengths = check_audio_files(list_path, train_path, files, lines)
+    lengths = check_audio_files(list_path, train_path, files, lines, allow_outside)
     if None in names:
         labels = np.full(len(files), -1, dtype=np.int64)
         speakers = []
@@ -70,7 +70,7 @@ class TrialList:
     lengths: np.ndarray
 
 
-def read_trial_list(list_path, test_path):
+def read_trial_list(list_path, test_path, allow_outside=False):
     """Parse `label a b` (or unlabelled `a b`) trial lines; validate each unique file once."""
     labels, ends, lines = [], [], []
     for number, columns in _list_lines(list_path):
@@ -93,7 +93,7 @@ def read_trial_list(list_path, test_path):
                 index[name] = len(files)
                 files.append(name)
                 first_line.append(number)
-    lengths = check_audio_files(list_path, test_path, files, first_line)
+    lengths = check_audio_files(list_path, test_path, files, first_line, allow_outside)
     pairs = np.array([[index[a], index[b]] for a, b in ends], dtype=np.int64)
     return TrialList(labels=np.array(labels), pairs=pairs, files=files, lengths=lengths)
 
@@ -112,7 +112,8 @@ def _list_lines(list_path):
 
 
 def _join(root, name):
-    return str(resolve(root, name))
+    # Entries were checked against the root when the list was validated.
+    return str(resolve(root, name, allow_outside=True))
 
 
 # ---------------------------------------------------------------------------- audio reads

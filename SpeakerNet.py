@@ -68,7 +68,7 @@ class Trainer:
     """One training step, one epoch, embedding extraction and scoring, on any device."""
 
     def __init__(self, model, optimizer, scheduler, step_unit, device, mixedprec=False,
-                 ddp_model=None, is_main=True, augment=None):
+                 ddp_model=None, is_main=True, augment=None, max_bad_steps=0):
         self.model = model
         self.net = ddp_model or model          # what forward/backward run through
         self.optimizer = optimizer
@@ -83,6 +83,7 @@ class Trainer:
         self.mixedprec = mixedprec
         self.scaler = torch.amp.GradScaler(device.type, enabled=mixedprec and device.type == "cuda")
         self.step = 0
+        self.max_bad_steps = max_bad_steps     # non-finite losses skipped per epoch before stopping
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.mixedprec)
@@ -96,6 +97,7 @@ class Trainer:
         step_hook = getattr(self.model.objective, "on_step_end", None)
         batch_hook = getattr(self.model.objective, "on_batch_start", None)
         totals = {"loss": 0.0, "metric": 0.0, "count": 0, "utterances": 0, "wait": 0.0}
+        bad_steps = 0
         start = last = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not self.is_main,
                    dynamic_ncols=True, leave=False)
@@ -111,8 +113,15 @@ class Trainer:
             with self._autocast():
                 loss, metric = self.net(views, labels)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step "
-                                         f"{totals['count'] + 1}; lower --lr or check the data")
+                bad_steps += 1
+                where = f"epoch {epoch}, step {totals['count'] + bad_steps}"
+                if bad_steps > self.max_bad_steps:
+                    raise FloatingPointError(f"loss became {loss.item()} at {where}; lower --lr, check "
+                                             f"the data, or allow skips with --max_bad_steps")
+                log.warning("skipping a step with loss %s at %s (%d of %d allowed)", loss.item(), where,
+                            bad_steps, self.max_bad_steps)
+                last = time.perf_counter()
+                continue
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)

@@ -26,17 +26,31 @@ class ListError(ValueError):
     """A list, or a file it names, that cannot be used; the message names file and line."""
 
 
-def resolve(root, name):
-    """Path of list entry `name` under `root` (absolute entries are kept as they are)."""
+def resolve(root, name, allow_outside=False):
+    """Path of list entry `name` under `root`.
+
+    Entries may not leave `root` (absolute paths, `..`) unless `allow_outside`: a list from
+    elsewhere must not make the trainer read arbitrary files.
+    """
     path = Path(name)
-    return path if path.is_absolute() else Path(root) / path
+    if allow_outside:
+        return path if path.is_absolute() else Path(root) / path
+    if path.is_absolute() or ".." in path.parts:
+        raise ListError(f"'{name}' points outside {root}; use paths relative to it, "
+                        f"or pass --allow_outside_paths")
+    return Path(root) / path
 
 
-def check_audio_files(list_path, root, names, line_numbers):
+def check_audio_files(list_path, root, names, line_numbers, allow_outside=False):
     """Samples per file for `names`, or ListError naming the list line of the first bad file."""
     manifest_path = Path(f"{list_path}.manifest.json")
     cached = _load_manifest(manifest_path, list_path, root)
-    paths = [resolve(root, name) for name in names]
+    paths = []
+    for name, line in zip(names, line_numbers):
+        try:
+            paths.append(resolve(root, name, allow_outside))
+        except ListError as err:
+            raise ListError(f"{list_path}:{line}: {err}") from None
     lengths = np.zeros(len(names), dtype=np.int64)
     todo, problems, entries = [], [], {}
     for i, path in enumerate(paths):

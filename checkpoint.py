@@ -33,6 +33,13 @@ def list_checkpoints(model_dir):
     return sorted(found)
 
 
+def prune_checkpoints(model_dir, keep_last):
+    """Delete all but the newest `keep_last` epoch checkpoints (0 keeps everything)."""
+    if keep_last > 0:
+        for _, path in list_checkpoints(model_dir)[:-keep_last]:
+            path.unlink(missing_ok=True)
+
+
 def save_atomic(obj, path):
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`:
     a crash mid-write leaves the previous file intact."""

@@ -1,19 +1,19 @@
 """ECAPA-TDNN (Desplanques et al. 2020), the encoder of the curriculum-learning DINO paper
-(Heo et al., "curriculum-learning-ssl-dino", sec. 5.2).
+(Heo et al., "Curriculum learning for self-supervised speaker verification", sec. 5.2).
 
-Frame layers (sec. 3, Fig. 2), all length-preserving:
+Frame layers (the paper's network topology), all length-preserving:
 - a TDNN layer (Conv1D k=5 + ReLU + BN) from the 80 input features to C channels;
 - three SE-Res2Blocks (kernel 3, dilations 2, 3, 4, Res2Net scale 8, SE bottleneck 128);
-  each block's input is the sum of the stem's and all earlier blocks' outputs (sec. 3.3,
-  summed residual connections);
+  each block's input is the sum of the stem's and all earlier blocks' outputs (the paper's
+  multi-layer feature aggregation and summation);
 - multi-layer feature aggregation: the three block outputs concatenated, 1x1 Conv1D to
-  1536 channels + ReLU (sec. 3.3).
-Utterance layers: channel- and context-dependent attentive statistics pooling (sec. 3.2;
-attention bottleneck 128, each frame scored with the utterance mean and std) -> BN -> FC to
+  1536 channels + ReLU.
+Utterance layers: channel- and context-dependent attentive statistics pooling (attention
+bottleneck 128, each frame scored with the utterance mean and std) -> BN -> FC to
 the embedding (--nOut; the paper's is 192) -> BN.
 
 Parameters with a 192-d embedding: C=512 6,191,360 and C=1024 14,657,728 (the paper's
-Table 2: 6.2 M and 14.7 M). Input: 80 log-mels (default) or 80 MFCCs as in the paper
+results table: 6.2 M and 14.7 M). Input: 80 log-mels (default) or 80 MFCCs as in the paper
 (--input_features mfcc), both instance-normalised; --n_mels sets the number of either.
 """
 import torch
@@ -33,8 +33,8 @@ ATTENTION_BOTTLENECK = 128
 def add_arguments(parser):
     """ECAPA-TDNN's own options (read by options.parse_options when --model ECAPA_TDNN)."""
     parser.add_argument("--channels", type=int, default=512,
-                        help="ECAPA-TDNN width C of the frame layers (Desplanques et al. 2020, "
-                             "Table 2: 512 gives 6.2 M parameters, 1024 gives 14.7 M)")
+                        help="ECAPA-TDNN width C of the frame layers (Desplanques et al. 2020: "
+                             "512 gives 6.2 M parameters, 1024 gives 14.7 M)")
     parser.add_argument("--input_features", type=str, default="fbank", choices=("fbank", "mfcc"),
                         help="ECAPA-TDNN input: log-mel filterbanks or MFCCs (the paper's), "
                              "--n_mels of them")

@@ -3,14 +3,14 @@
 The Thin ResNet-34 of [39] (Chung, Huh and Mun 2020, "Delving into VoxCeleb"): ResNet-34's
 [3, 4, 6, 3] SE basic blocks at a quarter of the width (16/32/64/128 channels) on a 257-bin
 log magnitude spectrogram (25 ms Hamming window, 10 ms step, 512-point FFT, instance norm;
-sec. 4), frequency averaged out after the last stage, then SAP (the paper's choice) or ASP.
+sec. 3.1), frequency averaged out after the last stage, then SAP (the paper's choice) or ASP.
 
 Strides, chosen to match Table 1's cost (the row's 0.99 GMACs for 2 s) with [39]'s layout:
 - a 7x7 stem with stride (2, 1) and a 3x3 max-pool with stride (2, 1): the 257 frequency bins
   are quartered before the first stage while time keeps its 10 ms resolution;
 - stage strides 1, 2, 2, 2 (frequency and time), as in a standard ResNet.
-With nOut 512 and SAP: 1,437,078 parameters (Table 1: 1.4 M) and about 0.98 GMACs for a
-2-second input (Table 1: 0.99 G). Most of that is spent in the first two stages on the
+With nOut 512 and SAP: 1,437,078 parameters (Table 1: 1.4 M) and 0.996 GMACs for a 2-second
+input of 32,240 samples, i.e. 202 centred frames (Table 1: 0.99 G). Most of that is spent in the first two stages on the
 large frequency axis; Fast ResNet-34 (models/ResNetSE34L.py) cuts it to 0.45 G with 40 mels.
 """
 import torch.nn as nn

@@ -1,4 +1,4 @@
-"""1-D building blocks of ECAPA-TDNN (Desplanques et al. 2020, sec. 3): TDNN layers,
+"""1-D building blocks of ECAPA-TDNN (Desplanques et al. 2020): TDNN layers,
 Res2Net multi-scale convolution, squeeze-excitation and the SE-Res2Block that joins them.
 
 All tensors are B x channels x frames; every layer keeps the number of frames (no strides,
@@ -24,7 +24,7 @@ class Res2NetConv1d(nn.Module):
 
     The channels are split into `scale` groups; group 1 passes unchanged, group i > 1 goes
     through its own dilated TDNN layer after adding the previous group's output, so later
-    groups see ever wider temporal context at little parameter cost (sec. 3.1, scale 8).
+    groups see ever wider temporal context at little parameter cost (ECAPA: scale 8).
     """
 
     def __init__(self, channels, kernel_size=3, dilation=1, scale=8):
@@ -46,7 +46,7 @@ class Res2NetConv1d(nn.Module):
 
 
 class SqueezeExcitation1d(nn.Module):
-    """Channel gates from the utterance mean of each channel (Hu et al. 2018; sec. 3.1)."""
+    """Channel gates from the utterance mean of each channel (Hu et al. 2018; ECAPA: bottleneck 128)."""
 
     def __init__(self, channels, bottleneck=128):
         super().__init__()
@@ -59,7 +59,7 @@ class SqueezeExcitation1d(nn.Module):
 
 
 class SERes2NetBlock(nn.Module):
-    """SE-Res2Block (Fig. 2 of the paper): 1x1 TDNN -> dilated Res2Net TDNN -> 1x1 TDNN -> SE,
+    """SE-Res2Block of ECAPA-TDNN: 1x1 TDNN -> dilated Res2Net TDNN -> 1x1 TDNN -> SE,
     with a residual connection around the whole block."""
 
     def __init__(self, channels, kernel_size=3, dilation=1, scale=8, se_bottleneck=128):

@@ -54,7 +54,7 @@ class LogMelFrontend(nn.Module):
 class LogSpectrogramFrontend(nn.Module):
     """Waveform (B x samples) -> instance-normalised log magnitude spectrogram (B x 257 x frames).
 
-    The Thin ResNet-34's input (Chung et al. 2020, "In defence of metric learning", sec. 4:
+    The Thin ResNet-34's input (Chung et al. 2020, "In defence of metric learning", sec. 3.1:
     25 ms Hamming window, 10 ms step, 257-dimensional raw spectrograms from a 512-point FFT,
     mean and variance normalised by instance normalisation). Magnitudes, as in [39]; after the
     log and instance norm, power would give the same features. fp32 and no gradients, as above.

@@ -29,7 +29,7 @@ class SelfAttentivePooling(nn.Module):
 
 
 class TemporalAveragePooling(nn.Module):
-    """TAP: the mean over frames (VGG-M-40's pooling, "In defence of metric learning" sec. 4)."""
+    """TAP: the mean over frames (VGG-M-40's pooling, "In defence of metric learning" sec. 3.2)."""
 
     def __init__(self, channels):
         super().__init__()
@@ -57,7 +57,7 @@ class ChannelAttentiveStatsPooling(nn.Module):
     -> softmax over frames. Without global context and tanh this is ResNetSE34V2's pooling in
     voxceleb_trainer (names `attention.0/2/3` as in its checkpoints); with both it is
     ECAPA-TDNN's channel- and context-dependent statistics pooling (Desplanques et al. 2020,
-    sec. 3.2, bottleneck 128): each frame is scored together with the utterance's mean and
+    bottleneck 128): each frame is scored together with the utterance's mean and
     std, so the weights can react to global properties such as noise or channel.
     """
 

@@ -161,7 +161,7 @@ def test_unknown_component_names_nearest(argv, wrong, nearest):
 def test_unknown_component_in_yaml_names_nearest(config):
     with pytest.raises(plugins.UnknownComponentError) as err:
         parse_options(["--config", config("model: ResnetSE34L\ntrainfunc: angleproto\n")])
-    assert "ResNetSE34L" in str(err.value)
+    assert "Did you mean 'ResNetSE34L'" in str(err.value)
 
 
 def _give_sgd_an_option(monkeypatch):

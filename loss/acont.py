@@ -1,0 +1,39 @@
+"""Angular contrastive loss (Mun et al. 2021, "Contrastive equilibrium learning", sec. 2.1,
+eqs. 5-6): the symmetric version of angular prototypical with one utterance per side.
+
+Each of the K groups gives two utterances; S = w * cos(x_{i,1}, x_{j,2}) + b with learnable
+w > 0 and b. The loss averages the cross-entropy of picking x_{i,2} among all second
+utterances for x_{i,1} (rows of S) and of picking x_{i,1} among all first utterances for
+x_{i,2} (columns of S). The paper gives no initial w, b; we take angleproto's 10 and -5.
+Groups are speakers here (the supervised fine-tuning of the paper's Table 3).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from loss.accuracy import top1_accuracy
+from loss.labelled_views import require_views
+from options import OptionError
+
+
+class LossFunction(nn.Module):
+    test_normalize = True
+    min_views = 2
+
+    def __init__(self, init_w=10.0, init_b=-5.0, nPerSpeaker=2, **kwargs):
+        super().__init__()
+        if nPerSpeaker > 2:
+            raise OptionError(f"acont compares exactly 2 utterances per group; set --nPerSpeaker 2 "
+                              f"(got {nPerSpeaker})")
+        self.w = nn.Parameter(torch.tensor(init_w))
+        self.b = nn.Parameter(torch.tensor(init_b))
+
+    def forward(self, x, label=None):
+        require_views(x, "acont", exactly=2)
+        first = F.normalize(x[:, 0], dim=1)
+        second = F.normalize(x[:, 1], dim=1)
+        # w must stay positive or the objective inverts; clamp where it is used.
+        logits = self.w.clamp(min=1e-6) * (first @ second.T) + self.b
+        target = torch.arange(x.size(0), device=x.device)
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        return loss, top1_accuracy(logits, target)

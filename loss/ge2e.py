@@ -1,0 +1,41 @@
+"""Generalised end-to-end loss (Wan et al. 2018; Chung et al. 2020, sec. 2.2, eqs. 9-12).
+
+Every utterance x_{j,i} of the N x M batch is compared with every speaker's centroid; for
+its own speaker the centroid leaves the utterance out, c_j^(-i) = (sum_m x_{j,m} - x_{j,i}) /
+(M - 1) (eq. 10 prints the sum over all M: a typo, the text says "except the query itself").
+Logits are w * cos + b with learnable w > 0 and b (init 10 and -5), and each utterance must
+pick its own speaker. The loss is the mean over all N*M utterances (eq. 12 writes 1/N in
+front of the double sum; the mean, as in voxceleb_trainer, keeps the scale independent of M).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from loss.accuracy import top1_accuracy
+from loss.labelled_views import require_views
+
+
+class LossFunction(nn.Module):
+    test_normalize = True
+    min_views = 2
+
+    def __init__(self, init_w=10.0, init_b=-5.0, **kwargs):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(init_w))
+        self.b = nn.Parameter(torch.tensor(init_b))
+
+    def forward(self, x, label=None):
+        require_views(x, "ge2e")
+        n, m, _ = x.shape
+        total = x.sum(dim=1, keepdim=True)                                # N x 1 x D
+        centroid = F.normalize(total.squeeze(1) / m, dim=-1)              # N x D
+        own_centroid = F.normalize((total - x) / (m - 1), dim=-1)         # N x M x D
+        unit = F.normalize(x, dim=-1)
+        cos_all = unit @ centroid.T                                       # N x M x N
+        cos_own = (unit * own_centroid).sum(dim=-1)                       # N x M
+        own = torch.eye(n, dtype=torch.bool, device=x.device)[:, None, :]
+        cosine = torch.where(own, cos_own[..., None], cos_all)
+        # w must stay positive or the objective inverts; clamp where it is used.
+        logits = (self.w.clamp(min=1e-6) * cosine + self.b).reshape(n * m, n)
+        target = torch.arange(n, device=x.device).repeat_interleave(m)
+        return F.cross_entropy(logits, target), top1_accuracy(logits, target)

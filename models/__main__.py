@@ -1,0 +1,215 @@
+"""Profile every encoder, or export one with TorchScript.
+
+    python -m models --profile [--device cpu] [--batch 32] [--frames 200] [--iterations 3]
+    python -m models --export ECAPA_TDNN --nOut 192 [--initial_model CKPT]
+                     [--config exps/x/options.yaml] --output ecapa.pt
+
+--profile lists, for every file in models/ that exposes MainModel: parameters, MACs for a
+2-second input (torch.utils.flop_counter; MACs = FLOPs / 2, convolutions and matrix products
+of the network, without the front end, as in "In defence of metric learning", Table 1) and
+forward+backward throughput in segments/s on the chosen device. Each encoder is built with
+its MainModel defaults (the paper configuration) unless options are given.
+
+--export writes the encoder (waveform B x samples -> B x nOut embeddings) as TorchScript and
+checks that the saved file gives the eager model's embedding for a random input of another
+length than the one traced (max abs difference printed). Model options come from --config (a
+run's options.yaml, so the exported network is exactly the trained one), then the command line.
+
+Why torch.jit.trace rather than torch.jit.script, or torch.export: tracing needs no change
+to the model code (scripting would reject **kwargs, the autocast context of the front ends
+and Python-level helpers) and no dependency beyond PyTorch; the result is one file that
+runs from Python (torch.jit.load) or C++ (libtorch) without this project's code. Tracing
+records the operations run for the example; our encoders have no data-dependent branches
+and take their sizes from the input, so the trace is valid for any length - which is why
+the check uses a different length than the trace example.
+"""
+import argparse
+import logging
+import time
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import checkpoint
+import plugins
+
+log = logging.getLogger("models")
+
+SAMPLE_RATE = 16000
+HOP = 160
+WINDOW_EXTRA = 240            # frames * 160 + 240 samples: the trainer's crop length
+
+
+def samples_for(frames):
+    return frames * HOP + WINDOW_EXTRA
+
+
+# ---------------------------------------------------------------------------- measuring
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model, samples, device="cpu"):
+    """Multiply-accumulates of one forward pass on a `samples`-long input, excluding the
+    `features` front end (fixed signal processing, not counted by the papers)."""
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, samples, device=device))
+    counts = counter.get_flop_counts()
+    frontend = sum(counts.get(f"{type(model).__name__}.features", {}).values())
+    return (counter.get_total_flops() - frontend) // 2
+
+
+def training_throughput(model, batch, samples, device, iterations):
+    """Segments per second of forward + backward passes (after one warm-up step)."""
+    model.train()
+    wav = torch.randn(batch, samples, device=device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(wav).square().mean().backward()
+
+    step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iterations):
+        step()
+    synchronize(device)
+    return batch * iterations / (time.perf_counter() - start)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def profile(names, model_kwargs, device, batch, frames, iterations):
+    two_seconds = samples_for(200)
+    rows = []
+    for name in names:
+        try:
+            model = plugins.factory("models", name)(**model_kwargs).to(device)
+        except (ValueError, TypeError) as err:
+            rows.append((name, f"not built: {err}"))
+            continue
+        params = count_parameters(model)
+        macs = count_macs(model, two_seconds, device)
+        rate = training_throughput(model, batch, samples_for(frames), device, iterations)
+        rows.append((name, f"{params / 1e6:10.3f} {params:>12,} {macs / 1e9:10.3f} {rate:14.1f}"))
+        del model
+    print(f"device {device}, forward+backward on {batch} x {frames} frames, "
+          f"MACs for 2 s ({two_seconds} samples)")
+    print(f"{'model':<14} {'params (M)':>10} {'params':>12} {'GMACs/2 s':>10} {'segments/s':>14}")
+    for name, text in rows:
+        print(f"{name:<14} {text}")
+
+
+# ---------------------------------------------------------------------------- exporting
+
+def load_encoder_weights(encoder, path):
+    """Load this project's or voxceleb_trainer's checkpoint into a bare encoder, through the
+    same checks and renames as the trainer (objective tensors are ignored)."""
+    holder = nn.ModuleDict({"encoder": encoder})      # gives the state the trainer's names
+    state = checkpoint.model_state(checkpoint.load_file(path), holder)
+    checkpoint.load_weights(holder, state, path)
+
+
+def export_torchscript(encoder, output, example_samples=samples_for(200)):
+    """Trace `encoder` in eval mode, save it to `output` and return the reloaded module."""
+    encoder.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(encoder, torch.randn(2, example_samples))
+    traced.save(str(output))
+    return torch.jit.load(str(output))
+
+
+def max_abs_difference(encoder, exported, samples):
+    """Largest difference between eager and exported embeddings on one random input."""
+    wav = torch.randn(2, samples)
+    with torch.no_grad():
+        return (exported(wav) - encoder.eval()(wav)).abs().max().item()
+
+
+# ---------------------------------------------------------------------------- command line
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m models", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--profile", action="store_true", help="profile every encoder in models/")
+    mode.add_argument("--export", metavar="MODEL", help="export this encoder (a file name in models/)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (profiling)")
+    p.add_argument("--batch", type=int, default=32, help="segments per forward+backward pass")
+    p.add_argument("--frames", type=int, default=200, help="segment length in 10 ms frames")
+    p.add_argument("--iterations", type=int, default=3, help="timed passes after one warm-up")
+    p.add_argument("--output", help="TorchScript file to write (export)")
+    p.add_argument("--initial_model", default="", help="checkpoint to export (export)")
+    p.add_argument("--config", help="YAML of model options, e.g. a run's options.yaml (export)")
+    g = p.add_argument_group("model options (default: each MainModel's own)")
+    g.add_argument("--nOut", type=int, help="embedding size")
+    g.add_argument("--encoder_type", help="pooling (SAP, ASP, TAP, MAX, as the model offers)")
+    g.add_argument("--n_mels", type=int, help="mel bands of the front end")
+    g.add_argument("--log_input", action=argparse.BooleanOptionalAction, default=None,
+                   help="take the log of the filterbank energies")
+    return p
+
+
+def add_component_options(parser, names):
+    """Options the encoders declare themselves (add_arguments), without their defaults so
+    that only values given on the command line reach MainModel. Returns their destinations."""
+    group = parser.add_argument_group("options declared by the encoders")
+    before = {a.dest for a in parser._actions}
+    shadow = argparse.ArgumentParser(add_help=False)
+    for name in names:
+        module = plugins.load_module("models", name)
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(shadow)
+    for action in shadow._actions:
+        if action.dest not in before:
+            action.default = None
+            group._add_action(action)
+    return [a.dest for a in shadow._actions if a.dest not in before]
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    names = plugins.available("models") if first.profile else [first.export]
+    plugins.load_module("models", names[0])           # a clear error for an unknown --export
+    model_dests = ["nOut", "encoder_type", "n_mels", "log_input"]
+    model_dests += add_component_options(parser, names)
+    args = parser.parse_args(argv)
+
+    model_kwargs = {}
+    if args.config:
+        from options import load_config
+        model_kwargs.update(load_config(args.config))   # every key, as the trainer passes them
+    model_kwargs.update({d: getattr(args, d) for d in model_dests if getattr(args, d) is not None})
+
+    if args.profile:
+        profile(names, model_kwargs, resolve_device(args.device), args.batch, args.frames,
+                args.iterations)
+        return
+    if not args.output:
+        parser.error("--export needs --output FILE.pt")
+    encoder = plugins.factory("models", args.export)(**model_kwargs)
+    if args.initial_model:
+        load_encoder_weights(encoder, args.initial_model)
+    exported = export_torchscript(encoder, args.output)
+    check_samples = samples_for(331) + 17             # another, odd length than traced
+    diff = max_abs_difference(encoder, exported, check_samples)
+    print(f"exported {args.export} ({count_parameters(encoder):,} parameters) to {args.output}; "
+          f"max abs difference to eager on {check_samples} samples: {diff:.3g}")
+
+
+if __name__ == "__main__":
+    main()
