@@ -207,6 +207,9 @@ def run(options):
                                   workers, dcf)
         log_result(f"epoch {start_epoch - 1}:", result, options.dcf_p_target)
     for epoch in range(start_epoch, options.max_epoch + 1):
+        # Reseeding from (seed, epoch) makes every epoch reproducible on its own, so a resumed
+        # run matches an uninterrupted one whatever evaluation consumed in between.
+        seed_everything(options.seed * 100003 + epoch)
         sampler.set_epoch(epoch)
         stats = trainer.train_epoch(loader, epoch)
         if is_main:
