@@ -6,7 +6,9 @@ when the core or any loaded component declares it; anything else is an error nam
 closest valid key.
 """
 import argparse
+import copy
 import difflib
+import sys
 from pathlib import Path
 
 import yaml
@@ -88,7 +90,9 @@ def build_parser():
 def parse_options(argv=None):
     """Resolve options from defaults, the YAML file and the command line, in that order."""
     parser = build_parser()
-    first, _ = parser.parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # --help must wait until the chosen components have added their options.
+    first, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
     config = load_config(first.config) if first.config else {}
     # Component names decide which extra options exist: command line, else YAML, else default.
     explicit = _explicit_values(parser, argv)
@@ -121,10 +125,12 @@ def load_config(path):
 
 def _explicit_values(parser, argv):
     """Options given on the command line (not defaults), by destination."""
-    shadow = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    shadow = argparse.ArgumentParser(add_help=False)
     for action in parser._actions:
         if action.option_strings and action.dest != "help":
-            shadow._add_action(action)
+            quiet = copy.copy(action)
+            quiet.default = argparse.SUPPRESS      # absent options must not appear at all
+            shadow._add_action(quiet)
     values, _ = shadow.parse_known_args(argv)
     return vars(values)
 

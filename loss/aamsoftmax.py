@@ -63,7 +63,7 @@ class LossFunction(nn.Module):
 
     def forward(self, x, label=None):
         x, label = flatten_labelled(x, label)
-        cosine = F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1)
+        cosine = F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).T
         m = self.margin
         cos_y = cosine.gather(1, label[:, None])
         # Clamped away from 0: the derivative of sqrt is infinite there.

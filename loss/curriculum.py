@@ -2,28 +2,30 @@
 
 Everything here is a pure function of the epoch (epochs start at 1), so a resumed run that
 calls on_epoch_start(epoch) gets exactly the state an uninterrupted run had.
-List-valued options are strings ("0.40,0.35,0.32") because YAML keys map to scalar
-options; a YAML list is accepted too (it arrives as "[0.4, 0.35, 0.32]").
+List-valued options arrive as lists (YAML lists, or several values after the flag); a
+comma-separated string ("0.40,0.35,0.32") is accepted too.
 """
 from options import OptionError
 
 
-def parse_list(text, convert, option):
-    """'a,b,c' (or '[a, b, c]') -> [convert(a), ...]; '' or None -> []."""
-    if text is None:
+def parse_list(values, convert, option):
+    """[a, b, c] or 'a,b,c' -> [convert(a), ...]; None, '' or [] -> []."""
+    if values is None:
         return []
-    text = str(text).strip().strip("[]")
+    if isinstance(values, str):
+        values = values.split(",")
+    items = [str(v).strip() for v in values if str(v).strip()]
     try:
-        return [convert(item.strip()) for item in text.split(",") if item.strip()]
+        return [convert(item) for item in items]
     except ValueError:
-        raise OptionError(f"--{option} '{text}': expected comma-separated "
-                          f"{convert.__name__} values") from None
+        raise OptionError(f"--{option} {' '.join(items)}: expected {convert.__name__} "
+                          f"values") from None
 
 
-def parse_intervals(text, option):
-    """'200-400,300-500' -> [(200, 400), (300, 500)], each with 0 < low < high."""
+def parse_intervals(values, option):
+    """['200-400', '300-500'] -> [(200, 400), (300, 500)], each with 0 < low < high."""
     intervals = []
-    for item in parse_list(text, str, option):
+    for item in parse_list(values, str, option):
         low, sep, high = item.partition("-")
         try:
             low, high = int(low), int(high)

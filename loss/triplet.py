@@ -98,7 +98,9 @@ class LossFunction(nn.Module):
         anchor = F.normalize(x[:, 0], dim=1)
         positive = F.normalize(x[:, 1], dim=1)
         # For unit vectors |a - p|^2 = 2 - 2 a.p; one matrix product, no N x N x D tensor.
-        dist = 2.0 - 2.0 * anchor @ positive.T
+        similarity = anchor @ positive.T
+        # Margins of 0.1 are near bf16's resolution at 2: keep the hinge in float32 or wider.
+        dist = 2.0 - 2.0 * similarity.to(torch.promote_types(similarity.dtype, torch.float32))
         negative = self.mine_negatives(dist.detach())
         rows = torch.arange(x.size(0), device=x.device)
         d_pos, d_neg = dist[rows, rows], dist[rows, negative]
