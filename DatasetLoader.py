@@ -12,6 +12,7 @@ import soundfile
 import torch
 from torch.utils.data import Dataset
 
+from errors import UserError
 from audio_manifest import ListError, check_audio_files, resolve
 from augment import collate_augmentation, read_augmentation
 
@@ -183,6 +184,9 @@ class SpeakerBalancedSampler:
             usable = len(self.labels)
             what = "utterances"
         else:
+            if self.max_seg_per_spk < self.views:
+                raise UserError(f"--max_seg_per_spk {self.max_seg_per_spk} is smaller than the "
+                                f"{self.views} utterances per group; raise it to at least {self.views}")
             _, counts = np.unique(self.labels, return_counts=True)
             usable = int((counts >= self.views).sum())
             skipped = int((counts < self.views).sum())
@@ -191,7 +195,7 @@ class SpeakerBalancedSampler:
                             skipped, self.views)
             what = f"speakers with at least nPerSpeaker={self.views} utterances"
         if usable < self.groups_per_batch * self.world_size:
-            raise ValueError(f"--batch_size {self.groups_per_batch} (x {self.world_size} ranks) is "
+            raise UserError(f"--batch_size {self.groups_per_batch} (x {self.world_size} ranks) is "
                              f"larger than the {usable} {what} in the training list; lower --batch_size")
 
     def set_epoch(self, epoch):
@@ -204,6 +208,9 @@ class SpeakerBalancedSampler:
         batches = self._pack(groups, keys)
         usable = len(batches) // self.world_size * self.world_size
         batches = batches[:usable]
+        if not batches:
+            raise UserError(f"epoch {epoch} has no complete batch of {self.groups_per_batch} groups "
+                            f"(x {self.world_size} ranks); lower --batch_size")
         planner = self.augment_planner
         if planner is not None and self.augment_fraction is not None:
             planner.fraction = float(self.augment_fraction(epoch))

@@ -15,6 +15,8 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
+from errors import UserError
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -22,7 +24,7 @@ MANIFEST_VERSION = 1
 MAX_REPORTED = 10
 
 
-class ListError(ValueError):
+class ListError(UserError):
     """A list, or a file it names, that cannot be used; the message names file and line."""
 
 

@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from errors import UserError
+
 log = logging.getLogger(__name__)
 
 FORMAT = "speakernet-checkpoint-1"
 NAME = re.compile(r"^model(\d{9})\.model$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 

@@ -15,12 +15,13 @@ import yaml
 
 import augment
 import plugins
+from errors import UserError
 
 COMPONENT_OPTIONS = {"model": "models", "trainfunc": "loss", "optimizer": "optimizer",
                      "scheduler": "scheduler"}
 
 
-class OptionError(ValueError):
+class OptionError(UserError):
     """A bad option value or config key; the message names it and the fix."""
 
 
@@ -148,7 +149,7 @@ def _checked_config(parser, config, path):
         if isinstance(action, argparse.BooleanOptionalAction):
             if not isinstance(value, bool):
                 raise OptionError(f"{path}: '{key}' must be true or false, got {value!r}")
-        elif action.type is not None and value is not None:
+        elif action.type is not None:
             value = _convert(path, key, action, value)
         checked[key] = value
     return checked
@@ -165,6 +166,8 @@ def _convert(path, key, action, value):
     for item in items:
         if isinstance(item, (bool, list, dict)) or item is None:
             raise OptionError(f"{path}: '{key}' expects {expected}, got {value!r}")
+        if action.type is int and isinstance(item, float) and not item.is_integer():
+            raise OptionError(f"{path}: '{key}' expects a whole number, got {value!r}")
         try:
             converted.append(action.type(item))
         except (TypeError, ValueError):

@@ -9,6 +9,8 @@ import pkgutil
 import re
 from pathlib import Path
 
+from errors import UserError
+
 FACTORIES = {
     "models": "MainModel",
     "loss": "LossFunction",
@@ -20,7 +22,7 @@ OPTION_FOR_KIND = {"models": "--model", "loss": "--trainfunc", "optimizer": "--o
 ROOT = Path(__file__).resolve().parent
 
 
-class UnknownComponentError(ValueError):
+class UnknownComponentError(UserError):
     """A component name that matches no file of its kind."""
 
 

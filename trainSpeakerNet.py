@@ -23,6 +23,7 @@ import plugins
 from augment import Augmenter, planner_from_options
 from DatasetLoader import (ListError, SpeakerBalancedSampler, TrainDataset, collate_views,
                            read_train_list, read_trial_list)
+from errors import UserError
 from options import OptionError, parse_options, save_options
 from SpeakerNet import SpeakerNet, Trainer, objective_attr
 
@@ -105,10 +106,20 @@ def prepare_save_path(save_path):
 
 
 def add_log_file(path, is_main):
+    """Also log to `path` until remove_log_file (one run's log never collects another's)."""
     if is_main:
         handler = logging.FileHandler(path, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.set_name("speakernet-run-log")
         logging.getLogger().addHandler(handler)
+
+
+def remove_log_file():
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler.get_name() == "speakernet-run-log":
+            root.removeHandler(handler)
+            handler.close()
 
 
 def init_distributed(options):
@@ -248,9 +259,11 @@ def main(argv=None):
     try:
         options = parse_options(argv)
         run(options)
-    except (OptionError, ListError, plugins.UnknownComponentError, checkpoint.CheckpointError) as err:
+    except UserError as err:
         log.error("%s", err)
         return 2
+    finally:
+        remove_log_file()
     return 0
 
 

@@ -19,6 +19,7 @@ results table: 6.2 M and 14.7 M). Input: 80 log-mels (default) or 80 MFCCs as in
 import torch
 import torch.nn as nn
 
+from errors import UserError
 from models.ecapa_blocks import Conv1dReluBn, SERes2NetBlock
 from models.frontend import LogMelFrontend, MFCCFrontend
 from models.pooling import ChannelAttentiveStatsPooling, check_encoder_type
@@ -45,7 +46,7 @@ def build_frontend(input_features, n_mels, log_input):
         return LogMelFrontend(n_mels=n_mels, log_input=log_input)
     if input_features == "mfcc":
         return MFCCFrontend(n_mfcc=n_mels)
-    raise ValueError(f"--input_features '{input_features}': choose fbank or mfcc")
+    raise UserError(f"--input_features '{input_features}': choose fbank or mfcc")
 
 
 class ECAPATDNN(nn.Module):

@@ -10,8 +10,9 @@ Strides, chosen to match Table 1's cost (the row's 0.99 GMACs for 2 s) with [39]
   are quartered before the first stage while time keeps its 10 ms resolution;
 - stage strides 1, 2, 2, 2 (frequency and time), as in a standard ResNet.
 With nOut 512 and SAP: 1,437,078 parameters (Table 1: 1.4 M) and 0.996 GMACs for a 2-second
-input of 32,240 samples, i.e. 202 centred frames (Table 1: 0.99 G). Most of that is spent in the first two stages on the
-large frequency axis; Fast ResNet-34 (models/ResNetSE34L.py) cuts it to 0.45 G with 40 mels.
+input of 32,240 samples, i.e. 202 centred frames (Table 1: 0.99 G): about 0.18, 0.23, 0.37
+and 0.19 G in stages 1-4, since 257 bins keep the maps large. Fast ResNet-34
+(models/ResNetSE34L.py) has the same layers on 40 mels and costs 0.45 G.
 """
 import torch.nn as nn
 
@@ -28,12 +29,14 @@ class ThinResNet34(nn.Module):
     def __init__(self, nOut=512, encoder_type="SAP", log_input=True):
         super().__init__()
         self.features = LogSpectrogramFrontend(log_input=log_input)
-        self.conv1 = nn.Conv2d(1, CHANNELS[0], kernel_size=7, stride=(2, 1), padding=3, bias=False)
+        self.conv1 = nn.Conv2d(1, CHANNELS[0], kernel_size=7, stride=(2, 1), padding=3,
+                               bias=False)
         self.bn1 = nn.BatchNorm2d(CHANNELS[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=(2, 1), padding=1)
         in_channels = CHANNELS[0]
-        for i, (channels, blocks, stride) in enumerate(zip(CHANNELS, BLOCKS, STAGE_STRIDES), start=1):
+        stages = zip(CHANNELS, BLOCKS, STAGE_STRIDES)
+        for i, (channels, blocks, stride) in enumerate(stages, start=1):
             setattr(self, f"layer{i}", make_stage(in_channels, channels, blocks, stride))
             in_channels = channels
         self.pool = build_pooling(encoder_type, CHANNELS[-1])

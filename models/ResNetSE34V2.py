@@ -45,7 +45,8 @@ class HalfResNet34ASP(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.bn1 = nn.BatchNorm2d(CHANNELS[0])
         in_channels = CHANNELS[0]
-        for i, (channels, blocks, stride) in enumerate(zip(CHANNELS, BLOCKS, STAGE_STRIDES), start=1):
+        stages = zip(CHANNELS, BLOCKS, STAGE_STRIDES)
+        for i, (channels, blocks, stride) in enumerate(stages, start=1):
             setattr(self, f"layer{i}", make_stage(in_channels, channels, blocks, stride))
             in_channels = channels
         frame_dim = CHANNELS[-1] * bands_after_stages(n_mels)

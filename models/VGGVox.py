@@ -13,6 +13,7 @@ window is also stored in the checkpoint).
 import torch
 import torch.nn as nn
 
+from errors import UserError
 from models.frontend import LogMelFrontend
 from models.pooling import build_pooling
 
@@ -58,7 +59,7 @@ class VGGM40(nn.Module):
     def forward(self, wav):
         x = self.features(wav).unsqueeze(1)                    # B x 1 x 40 x frames
         if not torch.jit.is_tracing() and x.size(-1) < MIN_FRAMES:
-            raise ValueError(f"VGG-M-40 needs at least {MIN_FRAMES} frames "
+            raise UserError(f"VGG-M-40 needs at least {MIN_FRAMES} frames "
                              f"({(MIN_FRAMES - 1) * 160} samples); got {x.size(-1)}")
         x = self.netcnn(x)                                     # B x 512 x 1 x T
         return self.fc(self.pool(x.flatten(1, 2).transpose(1, 2)))
@@ -66,6 +67,6 @@ class VGGM40(nn.Module):
 
 def MainModel(nOut=512, encoder_type="SAP", n_mels=N_MELS, log_input=True, **kwargs):
     if n_mels != N_MELS:
-        raise ValueError(f"VGG-M-40 is defined on {N_MELS} mel bands (its 4x1 convolution "
+        raise UserError(f"VGG-M-40 is defined on {N_MELS} mel bands (its 4x1 convolution "
                          f"expects them); got --n_mels {n_mels}")
     return VGGM40(nOut=nOut, encoder_type=encoder_type, log_input=log_input)

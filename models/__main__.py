@@ -21,11 +21,15 @@ and Python-level helpers) and no dependency beyond PyTorch; the result is one fi
 runs from Python (torch.jit.load) or C++ (libtorch) without this project's code. Tracing
 records the operations run for the example; our encoders have no data-dependent branches
 and take their sizes from the input, so the trace is valid for any length - which is why
-the check uses a different length than the trace example.
+the check uses a different length than the trace example. PyTorch 2.x marks torch.jit as
+deprecated in favour of torch.export (its FutureWarnings are silenced here); TorchScript
+files keep loading in libtorch, and torch.export.save would be the successor format.
 """
 import argparse
+import copy
 import logging
 import time
+import warnings
 
 import torch
 import torch.nn as nn
@@ -51,15 +55,27 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model, samples, device="cpu"):
+def count_macs(model, samples):
     """Multiply-accumulates of one forward pass on a `samples`-long input, excluding the
-    `features` front end (fixed signal processing, not counted by the papers)."""
-    model.eval()
+    `features` front end (fixed signal processing, not counted by the papers).
+
+    Counts depend on shapes only, so on a copy of the model the layers after the front end
+    run on the meta device (shapes, no arithmetic): the front end runs for real on the CPU and
+    its output is handed over as a meta tensor. Without a `features` child the copy runs on
+    the CPU.
+    """
+    network = copy.deepcopy(model).cpu().eval()
+    frontend = getattr(network, "features", None)
+    if frontend is not None:
+        for child in network.children():
+            if child is not frontend:
+                child.to("meta")
+        frontend.register_forward_hook(lambda module, inputs, output: output.to("meta"))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.randn(1, samples, device=device))
+        network(torch.randn(1, samples))
     counts = counter.get_flop_counts()
-    frontend = sum(counts.get(f"{type(model).__name__}.features", {}).values())
-    return (counter.get_total_flops() - frontend) // 2
+    frontend_flops = sum(counts.get(f"{type(network).__name__}.features", {}).values())
+    return (counter.get_total_flops() - frontend_flops) // 2
 
 
 def training_throughput(model, batch, samples, device, iterations):
@@ -89,14 +105,15 @@ def profile(names, model_kwargs, device, batch, frames, iterations):
     two_seconds = samples_for(200)
     rows = []
     for name in names:
+        log.info("profiling %s", name)
         try:
-            model = plugins.factory("models", name)(**model_kwargs).to(device)
+            model = plugins.factory("models", name)(**model_kwargs)
         except (ValueError, TypeError) as err:
             rows.append((name, f"not built: {err}"))
             continue
         params = count_parameters(model)
-        macs = count_macs(model, two_seconds, device)
-        rate = training_throughput(model, batch, samples_for(frames), device, iterations)
+        macs = count_macs(model, two_seconds)
+        rate = training_throughput(model.to(device), batch, samples_for(frames), device, iterations)
         rows.append((name, f"{params / 1e6:10.3f} {params:>12,} {macs / 1e9:10.3f} {rate:14.1f}"))
         del model
     print(f"device {device}, forward+backward on {batch} x {frames} frames, "
@@ -119,10 +136,17 @@ def load_encoder_weights(encoder, path):
 def export_torchscript(encoder, output, example_samples=samples_for(200)):
     """Trace `encoder` in eval mode, save it to `output` and return the reloaded module."""
     encoder.eval()
-    with torch.no_grad():
-        traced = torch.jit.trace(encoder, torch.randn(2, example_samples))
-    traced.save(str(output))
-    return torch.jit.load(str(output))
+    with warnings.catch_warnings(), torch.no_grad():
+        # torch.jit warns that it is deprecated in favour of torch.export; the format is
+        # still what libtorch and torch.jit.load read, which is the point of this export.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        # InstanceNorm's input checks (channel count, more than one frame) become constants
+        # in the trace: harmless, they hold for every input the model accepts.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.nn")
+        # check_trace would rerun the example; max_abs_difference checks another length.
+        traced = torch.jit.trace(encoder, torch.randn(2, example_samples), check_trace=False)
+        traced.save(str(output))
+        return torch.jit.load(str(output))
 
 
 def max_abs_difference(encoder, exported, samples):
@@ -139,7 +163,8 @@ def build_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--profile", action="store_true", help="profile every encoder in models/")
-    mode.add_argument("--export", metavar="MODEL", help="export this encoder (a file name in models/)")
+    mode.add_argument("--export", metavar="MODEL",
+                      help="export this encoder (a file name in models/)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (profiling)")
     p.add_argument("--batch", type=int, default=32, help="segments per forward+backward pass")
     p.add_argument("--frames", type=int, default=200, help="segment length in 10 ms frames")
@@ -159,7 +184,8 @@ def build_parser():
 def add_component_options(parser, names):
     """Options the encoders declare themselves (add_arguments), without their defaults so
     that only values given on the command line reach MainModel. Returns their destinations."""
-    group = parser.add_argument_group("options declared by the encoders")
+    group = parser.add_argument_group(
+        "options declared by the encoders (default: each MainModel's own)")
     before = {a.dest for a in parser._actions}
     shadow = argparse.ArgumentParser(add_help=False)
     for name in names:
@@ -182,9 +208,15 @@ def resolve_device(name):
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
-    first, _ = parser.parse_known_args(argv)
-    names = plugins.available("models") if first.profile else [first.export]
-    plugins.load_module("models", names[0])           # a clear error for an unknown --export
+    # Which encoders are involved decides which options they add (all of them for --help).
+    mode = argparse.ArgumentParser(add_help=False)
+    mode.add_argument("--export")
+    first, _ = mode.parse_known_args(argv)
+    names = [first.export] if first.export else plugins.available("models")
+    try:
+        plugins.load_module("models", names[0])
+    except plugins.UnknownComponentError as err:
+        parser.error(str(err))
     model_dests = ["nOut", "encoder_type", "n_mels", "log_input"]
     model_dests += add_component_options(parser, names)
     args = parser.parse_args(argv)

@@ -30,7 +30,8 @@ class Res2NetConv1d(nn.Module):
     def __init__(self, channels, kernel_size=3, dilation=1, scale=8):
         super().__init__()
         if channels % scale:
-            raise ValueError(f"Res2Net needs channels divisible by the scale {scale}; got {channels}")
+            raise ValueError(f"Res2Net needs channels divisible by its scale {scale}; "
+                             f"got {channels}")
         self.width = channels // scale
         self.convs = nn.ModuleList(Conv1dReluBn(self.width, self.width, kernel_size, dilation)
                                    for _ in range(scale - 1))
@@ -46,7 +47,7 @@ class Res2NetConv1d(nn.Module):
 
 
 class SqueezeExcitation1d(nn.Module):
-    """Channel gates from the utterance mean of each channel (Hu et al. 2018; ECAPA: bottleneck 128)."""
+    """Channel gates from each channel's utterance mean (Hu et al. 2018; ECAPA: bottleneck 128)."""
 
     def __init__(self, channels, bottleneck=128):
         super().__init__()

@@ -30,7 +30,8 @@ class LogMelFrontend(nn.Module):
     not something to learn, and half-precision logs of small energies lose the quiet bands.
     """
 
-    def __init__(self, n_mels=40, log_input=True, preemphasis=False, window_fn=torch.hamming_window):
+    def __init__(self, n_mels=40, log_input=True, preemphasis=False,
+                 window_fn=torch.hamming_window):
         super().__init__()
         self.log_input = log_input
         self.preemphasis = PreEmphasis() if preemphasis else None

@@ -3,6 +3,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from errors import UserError
+
 
 class SelfAttentivePooling(nn.Module):
     """SAP (Cai et al. 2018): softmax attention over frames; ASP adds the weighted std.
@@ -40,7 +42,7 @@ class TemporalAveragePooling(nn.Module):
 
 
 class TemporalMaxPooling(nn.Module):
-    """MAX: the largest activation of each channel over frames (voxceleb_trainer's VGGVox option)."""
+    """MAX: each channel's largest activation over frames (a VGGVox option in voxceleb_trainer)."""
 
     def __init__(self, channels):
         super().__init__()
@@ -65,7 +67,8 @@ class ChannelAttentiveStatsPooling(nn.Module):
         super().__init__()
         self.with_std = with_std
         self.global_context = global_context
-        layers = [nn.Conv1d(channels * 3 if global_context else channels, bottleneck, kernel_size=1),
+        scorer_channels = channels * 3 if global_context else channels
+        layers = [nn.Conv1d(scorer_channels, bottleneck, kernel_size=1),
                   nn.ReLU(), nn.BatchNorm1d(bottleneck)]
         if tanh:
             layers.append(nn.Tanh())
@@ -99,7 +102,7 @@ POOLING_LAYERS = {
 def check_encoder_type(encoder_type, choices):
     """Refuse an --encoder_type the model does not offer, naming the ones it does."""
     if encoder_type not in choices:
-        raise ValueError(f"--encoder_type '{encoder_type}' is not supported by this model; "
+        raise UserError(f"--encoder_type '{encoder_type}' is not supported by this model; "
                          f"choose one of {', '.join(choices)}")
 
 

@@ -4,6 +4,7 @@ Everything here is deliberately small (tens of short WAVs, tiny crops) so the wh
 runs in a couple of minutes on two shared CPU cores.
 """
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 # The modules live at the repository root, one level above this file.
 REPO = Path(__file__).resolve().parents[1]
@@ -18,6 +20,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 SR = 16000
+
+# Two cores shared with other jobs: one intra-op thread is several times faster under load
+# than two threads spinning against each other (and keeps float results run-to-run stable).
+torch.set_num_threads(int(os.environ.get("TEST_TORCH_THREADS", "1")))
 
 
 def write_wav(path, data, sr=SR, subtype="PCM_16"):

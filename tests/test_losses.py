@@ -510,17 +510,8 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
 
 
 def parse_config(path):
-    """options.parse_options(['--config', path]); while options._explicit_values reports
-    parser defaults as command-line values (the strict xfails in tests/test_options.py), a
-    component named only in YAML adds no options, so the YAML's component names are then
-    repeated on the command line. Every key is still checked against the options."""
-    try:
-        return options.parse_options(["--config", path])
-    except options.OptionError:
-        config = options.load_config(path)
-        named = [arg for option in options.COMPONENT_OPTIONS if option in config
-                 for arg in (f"--{option}", str(config[option]))]
-        return options.parse_options(["--config", path, *named])
+    """The config alone must name and configure its components."""
+    return options.parse_options(["--config", path])
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])

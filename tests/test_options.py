@@ -115,15 +115,11 @@ def test_yaml_numeric_string_is_converted(config):
     assert opts.lr == pytest.approx(0.01)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: options._checked_config/_convert turns a YAML float into "
-                   "an int option with int(), silently truncating batch_size: 7.5 to 7")
 def test_yaml_float_for_int_option_is_rejected(config):
     with pytest.raises(OptionError):
         parse_options(REQUIRED + ["--config", config("batch_size: 7.5\n")])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: options._checked_config skips conversion when the YAML "
-                   "value is null, so validate() crashes with TypeError (None < 1) instead of OptionError")
 def test_yaml_null_for_int_option_is_option_error(config):
     with pytest.raises(OptionError):
         parse_options(REQUIRED + ["--config", config("batch_size:\n")])
@@ -155,9 +151,6 @@ def test_unknown_component_names_nearest(argv, wrong, nearest):
     assert f"Did you mean '{nearest}'" in message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: options._explicit_values copies the parser's actions with "
-                   "their defaults, so it reports every option as given on the command line; a component "
-                   "named only in YAML is never looked up in parse_options (no UnknownComponentError)")
 def test_unknown_component_in_yaml_names_nearest(config):
     with pytest.raises(plugins.UnknownComponentError) as err:
         parse_options(["--config", config("model: ResnetSE34L\ntrainfunc: angleproto\n")])
@@ -178,9 +171,6 @@ def test_component_option_with_component_on_cli(config, monkeypatch):
     assert opts.momentum == pytest.approx(0.8)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: options._explicit_values returns parser defaults "
-                   "(optimizer=adam), so a component chosen in YAML never registers its add_arguments "
-                   "options and its YAML keys are rejected as unknown")
 def test_component_option_with_component_in_yaml(config, monkeypatch):
     _give_sgd_an_option(monkeypatch)
     opts = parse_options(REQUIRED + ["--config", config("optimizer: sgd\nmomentum: 0.8\n")])

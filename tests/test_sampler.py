@@ -142,9 +142,6 @@ def test_infeasible_for_self_supervised():
         SpeakerBalancedSampler(np.full(3, -1), 4, 2, 500, group_by_utterance=True)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: DatasetLoader.SpeakerBalancedSampler._check_feasible ignores "
-                   "max_seg_per_spk; with max_seg_per_spk < views every speaker contributes 0 groups and "
-                   "each epoch is silently empty (training runs zero steps)")
 def test_cap_below_views_is_infeasible():
     labels = labels_from_counts([6] * 6)
     with pytest.raises(ValueError):

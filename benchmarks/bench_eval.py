@@ -1,0 +1,155 @@
+#! /usr/bin/python
+# -*- encoding: utf-8 -*-
+"""Time the evaluation path: extraction, scoring, AS-norm, metrics, outputs.
+
+Usage:
+    python benchmarks/bench_eval.py [--files 24] [--seconds 6] [--repeats 5]
+                                    [--skip-extract] [--threads 0]
+
+1. Extraction with Fast ResNet-34 (models/ResNetSE34L, nOut 512, log input) under the
+   10x10 protocol's crops (10 crops of eval_frames 400 = 4 s) of synthetic random audio
+   written to a temporary folder: files/s with batch_files 1 and 20 (Trainer.extract).
+2. Scoring 37,720 random trials over 4,874 files (VoxCeleb1-O's size) from random crop
+   embeddings: score_trials from crops, and from the file embeddings evaluation.py keeps.
+3. AS-norm of those trials against 5,994 cohort speakers (VoxCeleb2's), top 300.
+4. compute_metrics (EER, minDCF at 0.05 and 0.01, FRR@FAR=1%, FAR@FRR=1%) on a million
+   random trials, and EER + one minDCF for comparison.
+5. evaluate_lists end to end on the VoxCeleb1-O-sized set, writing scores, PNGs and JSON.
+Times are the best of --repeats runs (least disturbed by other load on the machine).
+"""
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import evaluation as ev  # noqa: E402
+import score_norm  # noqa: E402
+from DatasetLoader import TrialList  # noqa: E402
+from models.ResNetSE34L import MainModel  # noqa: E402
+from scoring import score_trials  # noqa: E402
+from SpeakerNet import SpeakerNet, Trainer  # noqa: E402
+from tuneThreshold import compute_eer, compute_min_dcf  # noqa: E402
+
+VOX1_O_FILES, VOX1_O_TRIALS, VOX2_SPEAKERS, DIM = 4874, 37720, 5994, 512
+
+
+def best_time(func, repeats):
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_extraction(n_files, seconds, repeats):
+    model = SpeakerNet(MainModel(nOut=512, log_input=True), torch.nn.Identity())
+    trainer = Trainer(model, None, None, None, torch.device("cpu"), is_main=False)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as root:
+        files = []
+        for i in range(n_files):
+            name = f"id{i:05d}/clip/00001.wav"
+            (Path(root) / name).parent.mkdir(parents=True, exist_ok=True)
+            soundfile.write(Path(root) / name, 0.1 * rng.standard_normal(int(seconds * 16000)), 16000)
+            files.append(name)
+        lengths = np.full(n_files, int(seconds * 16000))
+        trainer.extract(files[:2], lengths[:2], root, 400, 10, 0, batch_files=2)   # warm-up
+        rates = {}
+        for batch_files in (1, 20):
+            took = best_time(lambda: trainer.extract(files, lengths, root, 400, 10, 0,
+                                                     batch_files=batch_files), repeats)
+            rates[batch_files] = n_files / took
+            print(f"extract, batch_files {batch_files:2d}: {n_files / took:6.2f} files/s "
+                  f"({10 * n_files / took:.0f} crops of 4 s/s; {n_files} files in {took:.2f} s)")
+    print(f"  batching 20 files per pass: x{rates[20] / rates[1]:.2f} files/s; VoxCeleb1-O "
+          f"({VOX1_O_FILES} files) would take {VOX1_O_FILES / rates[20] / 60:.1f} min here, "
+          f"a 5-utterance cohort of {VOX2_SPEAKERS} speakers {5 * VOX2_SPEAKERS / rates[20] / 60:.1f} min")
+
+
+def vox1_o_like(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    crops = torch.randn(VOX1_O_FILES, 10, DIM, generator=gen)
+    rng = np.random.default_rng(seed)
+    pairs = rng.integers(0, VOX1_O_FILES, size=(VOX1_O_TRIALS, 2))
+    labels = (rng.random(VOX1_O_TRIALS) < 0.5).astype(np.int64)
+    return crops, pairs, labels
+
+
+def bench_scoring(repeats):
+    crops, pairs, labels = vox1_o_like()
+    took = best_time(lambda: score_trials(crops, pairs), repeats)
+    print(f"score_trials from crops ({VOX1_O_FILES} x 10 x {DIM}): {1000 * took:.1f} ms "
+          f"({VOX1_O_TRIALS / took:,.0f} trials/s)")
+    means = ev.file_embeddings(crops)
+    # Tens of milliseconds: many repeats, so that other load on the machine shows less.
+    took = best_time(lambda: ev._pair_scores(means, pairs, True), 4 * repeats)
+    print(f"scoring from file embeddings (evaluate_lists): {1000 * took:.1f} ms "
+          f"({VOX1_O_TRIALS / took:,.0f} trials/s); the crop mean itself "
+          f"{1000 * best_time(lambda: ev.file_embeddings(crops), repeats):.1f} ms")
+    cohort = torch.randn(VOX2_SPEAKERS, DIM, generator=torch.Generator().manual_seed(1))
+    scores = ev._pair_scores(means, pairs, True)
+    took = best_time(lambda: score_norm.as_norm(scores, pairs, means, cohort, 300), repeats)
+    print(f"AS-norm, {VOX1_O_FILES} files x {VOX2_SPEAKERS} cohort speakers, top 300: "
+          f"{1000 * took:.0f} ms")
+    return crops, pairs, labels, cohort
+
+
+def bench_metrics(repeats):
+    rng = np.random.default_rng(0)
+    n = 1_000_000
+    labels = (rng.random(n) < 0.5).astype(np.int64)
+    scores = rng.normal(size=n) + 1.5 * labels
+    took = best_time(lambda: ev.compute_metrics(scores, labels, (0.05, 0.01)), repeats)
+    print(f"compute_metrics, 1M trials (EER, 2 minDCF, FRR@FAR, FAR@FRR): {took:.3f} s")
+    took = best_time(lambda: (compute_eer(scores, labels), compute_min_dcf(scores, labels, 0.05)),
+                     repeats)
+    print(f"compute_eer + compute_min_dcf(0.05), 1M trials: {took:.3f} s")
+
+
+def bench_outputs(crops, pairs, labels, cohort):
+    files = [f"id{i // 10:05d}/clip/{i:05d}.wav" for i in range(VOX1_O_FILES)]
+    trial_set = ev.TrialSet(paths=["vox1_O.txt"], names=["vox1_O"], files=files,
+                            lengths=np.zeros(VOX1_O_FILES, dtype=np.int64),
+                            lists=[TrialList(labels=labels, pairs=pairs, files=files,
+                                             lengths=np.zeros(VOX1_O_FILES, dtype=np.int64))])
+    settings = ev.EvalSettings(asnorm_top_n=300)
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        ev.evaluate_lists(crops, trial_set, settings, cohort=cohort, out_dir=out, tag="bench")
+        took = time.perf_counter() - start
+        written = sorted(p.name for p in Path(out).iterdir())
+    print(f"evaluate_lists with AS-norm and outputs ({len(written)} files: 2 score files, DET, "
+          f"histogram, JSON): {took:.2f} s")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=24, help="synthetic files to embed")
+    parser.add_argument("--seconds", type=float, default=6.0, help="length of each file")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-extract", action="store_true", help="skip the model part")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    if not args.skip_extract:
+        bench_extraction(args.files, args.seconds, max(1, min(args.repeats, 2)))
+    data = bench_scoring(args.repeats)
+    bench_metrics(args.repeats)
+    bench_outputs(*data)
+
+
+if __name__ == "__main__":
+    main()
