@@ -162,7 +162,7 @@ class SpeakerBalancedSampler:
 
     def __init__(self, labels, groups_per_batch, views, max_seg_per_spk, seed=10,
                  group_by_utterance=False, view_frames=None, rank=0, world_size=1,
-                 augment_planner=None, augment_fraction=None):
+                 augment_planner=None, augment_fraction=None, utterance_subset=None):
         self.labels = np.asarray(labels)
         self.groups_per_batch = groups_per_batch
         self.views = views
@@ -174,6 +174,7 @@ class SpeakerBalancedSampler:
         self.world_size = world_size
         self.augment_planner = augment_planner
         self.augment_fraction = augment_fraction      # epoch -> share augmented (curricula)
+        self.utterance_subset = utterance_subset      # (epoch, count) -> usable indices
         self.epoch = 0
         self.stats = {}
         self._planned = (None, [])
@@ -204,7 +205,13 @@ class SpeakerBalancedSampler:
     def plan(self, epoch):
         """All batches of `epoch` (for every rank), each a list of CropRequest."""
         rng = np.random.default_rng([self.seed, epoch])
-        groups, keys = self._groups(rng)
+        allowed = None
+        if self.utterance_subset is not None:
+            subset = self.utterance_subset(epoch, len(self.labels))
+            if subset is not None:
+                allowed = np.zeros(len(self.labels), dtype=bool)
+                allowed[np.asarray(subset, dtype=np.int64)] = True
+        groups, keys = self._groups(rng, allowed)
         batches = self._pack(groups, keys)
         usable = len(batches) // self.world_size * self.world_size
         batches = batches[:usable]
@@ -231,12 +238,13 @@ class SpeakerBalancedSampler:
         self._planned = (epoch, requests)
         return requests
 
-    def _groups(self, rng):
+    def _groups(self, rng, allowed=None):
+        candidates = np.arange(len(self.labels)) if allowed is None else np.flatnonzero(allowed)
         if self.group_by_utterance:
-            order = rng.permutation(len(self.labels))
+            order = rng.permutation(candidates)
             return [(int(i),) * self.views for i in order], order.tolist()
         groups, keys = [], []
-        by_speaker = np.argsort(self.labels, kind="stable")
+        by_speaker = candidates[np.argsort(self.labels[candidates], kind="stable")]
         speakers, starts = np.unique(self.labels[by_speaker], return_index=True)
         bounds = list(starts[1:]) + [len(by_speaker)]
         for speaker, begin, end in zip(speakers, starts, bounds):

@@ -10,6 +10,11 @@ The objective protocol (voxceleb_trainer's, plus optional attributes read with g
     num_views        int   views per group it needs, overriding --nPerSpeaker
     view_frames(epoch, rng) -> frames per view for one batch (default max_frames for all)
     on_batch_start(frames)   frames per view of the coming batch (length-aware margins)
+    takes_views      bool  also pass the (augmented) input views: forward(x, label, views=...),
+                           for objectives that run their own encoders (teachers, key encoders)
+    utterance_subset(epoch, count) -> indices of the training utterances this epoch may use
+                           (data curricula); None or absent = all
+    augment_fraction(epoch) -> share of crops augmented this epoch (augmentation curricula)
     attach_encoder(encoder)  given the encoder once, for momentum/teacher copies
     on_epoch_start(epoch)    curricula: margins, mining, crop lengths
     on_step_end(step)        after each optimizer step: EMA teachers, queues
@@ -51,6 +56,8 @@ class SpeakerNet(nn.Module):
 
     def forward(self, views, labels=None):
         # The loss is computed inside forward so DistributedDataParallel sees every parameter.
+        if getattr(self.objective, "takes_views", False):
+            return self.objective(self.embed(views), labels, views=views)
         return self.objective(self.embed(views), labels)
 
 

@@ -56,8 +56,14 @@ def append_metrics(path, record):
     line = json.dumps(_plain(dict(record)), allow_nan=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
+    with open(path, "a+b") as handle:
+        # After a crash mid-write the file ends inside a line: end that line first, so the
+        # broken record stays alone on its line (skipped by read_metrics) and this one is kept.
+        if handle.tell() > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                line = "\n" + line
+        handle.write((line + "\n").encode("utf-8"))
         handle.flush()
 
 

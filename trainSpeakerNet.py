@@ -171,7 +171,8 @@ def run(options):
     sampler = SpeakerBalancedSampler(
         train.labels, options.batch_size, views, options.max_seg_per_spk, seed=options.seed,
         group_by_utterance=not uses_labels, view_frames=view_frames, rank=rank, world_size=world_size,
-        augment_planner=planner, augment_fraction=getattr(model.objective, "augment_fraction", None))
+        augment_planner=planner, augment_fraction=getattr(model.objective, "augment_fraction", None),
+        utterance_subset=getattr(model.objective, "utterance_subset", None))
     optimizer = plugins.factory("optimizer", options.optimizer)(model.parameters(), **vars(options))
     settings = {k: v for k, v in vars(options).items() if k != "optimizer"}
     scheduler, step_unit = plugins.factory("scheduler", options.scheduler)(optimizer, **settings)
