@@ -24,7 +24,6 @@ Schedulers return (scheduler, unit): 'iteration' steps after every optimizer ste
 after every epoch, 'loss' after every epoch with the epoch's mean training loss (plateau).
 """
 import logging
-import math
 import time
 
 import numpy as np
@@ -34,8 +33,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from DatasetLoader import TestDataset
-from scoring import score_trials
-from tuneThreshold import compute_eer, compute_min_dcf
 
 log = logging.getLogger(__name__)
 
@@ -178,25 +175,6 @@ class Trainer:
             for i, e in zip(index.tolist(), emb):
                 out[i] = e
         return torch.stack(out)
-
-    def evaluate(self, trials, test_path, eval_frames, num_eval, workers, dcf):
-        """Score a TrialList -> dict with scores, EER (%), minDCF and its threshold."""
-        started = time.perf_counter()
-        crops = self.extract(trials.files, trials.lengths, test_path, eval_frames, num_eval, workers)
-        normalize = objective_attr(self.model.objective, "test_normalize", True)
-        scores = score_trials(crops, trials.pairs, normalize=normalize).numpy()
-        result = {"scores": scores, "seconds": time.perf_counter() - started}
-        labelled = trials.labels >= 0
-        if labelled.any() and len(np.unique(trials.labels[labelled])) == 2:
-            eer, eer_threshold = compute_eer(scores[labelled], trials.labels[labelled])
-            min_dcf, dcf_threshold = compute_min_dcf(scores[labelled], trials.labels[labelled],
-                                                     p_target=dcf["p_target"], c_miss=dcf["c_miss"],
-                                                     c_fa=dcf["c_fa"])
-            result.update(eer=eer, eer_threshold=eer_threshold, min_dcf=min_dcf,
-                          dcf_threshold=dcf_threshold, trials=int(labelled.sum()))
-        else:
-            result.update(eer=math.nan, min_dcf=math.nan, trials=0)
-        return result
 
     def state_dict(self):
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

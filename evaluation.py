@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 import score_norm
 from DatasetLoader import ListError, TrialList, read_train_list, read_trial_list
+from errors import UserError
 from scoring import score_trials
 # tuneThreshold's one-sort table of operating points, shared so that the figures here are
 # computed exactly as compute_eer and compute_min_dcf compute them.
@@ -49,9 +50,9 @@ SCORE_CHUNK = 1024
 
 # ---------------------------------------------------------------------------- options
 
-class OptionValueError(argparse.ArgumentTypeError, ValueError):
-    """A bad list value. argparse shows the message on the command line; options.py's YAML
-    check catches it as a ValueError."""
+class OptionValueError(argparse.ArgumentTypeError, UserError):
+    """A bad option value. argparse shows the message on the command line; options.py's YAML
+    check catches it as a ValueError (UserError is one)."""
 
 
 def parse_float_list(value):
@@ -81,6 +82,17 @@ def probability_list(value):
             raise OptionValueError(f"{number:g} in '{value}' is not a fraction in (0, 1), e.g. "
                                    f"0.01 for 1%")
     return numbers
+
+
+def count(value):
+    """An int of 0 or more (argparse/YAML type of the cohort options)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise OptionValueError(f"'{value}' is not a whole number") from None
+    if number < 0 or number != float(value):
+        raise OptionValueError(f"'{value}' is not a whole number of 0 or more")
+    return number
 
 
 def split_list(value):
@@ -116,14 +128,14 @@ def add_arguments(parser):
     g.add_argument("--frr_targets", type=probability_list, default="0.01",
                    help="also report the false-acceptance rate (and threshold) at these "
                         "false-rejection rates; comma-separated fractions, '' for none")
-    g.add_argument("--asnorm_top_n", type=int, default=0,
+    g.add_argument("--asnorm_top_n", type=count, default=0,
                    help="adaptive s-norm: normalise with the mean/std of each side's N best "
                         "cohort scores, reported beside the raw scores (0 = off; 300 is usual "
                         "with the VoxCeleb2 training speakers as cohort)")
-    g.add_argument("--cohort_utts", type=int, default=5,
+    g.add_argument("--cohort_utts", type=count, default=5,
                    help="AS-norm cohort: utterances per training speaker averaged into its "
                         "cohort embedding")
-    g.add_argument("--cohort_speakers", type=int, default=0,
+    g.add_argument("--cohort_speakers", type=count, default=0,
                    help="AS-norm cohort: at most this many training speakers, drawn with "
                         "--seed (0 = all; an unlabelled list counts each utterance as one)")
     g.add_argument("--extract", type=str, default="",
@@ -154,10 +166,11 @@ class EvalSettings:
         for name in ("p_targets", "far_targets", "frr_targets"):
             probability_list(getattr(self, name))
         if self.c_miss <= 0 or self.c_fa <= 0:
-            raise ValueError(f"DCF costs must be positive, got c_miss {self.c_miss}, c_fa {self.c_fa}")
+            raise UserError(f"--dcf_c_miss and --dcf_c_fa must be positive, got {self.c_miss} "
+                            f"and {self.c_fa}")
         if self.asnorm_top_n < 0 or self.cohort_utts < 1 or self.cohort_speakers < 0:
-            raise ValueError("--asnorm_top_n and --cohort_speakers must be 0 or more, "
-                             "--cohort_utts at least 1")
+            raise UserError("--asnorm_top_n and --cohort_speakers must be 0 or more, "
+                            "--cohort_utts at least 1")
 
     @classmethod
     def from_options(cls, options):
@@ -524,7 +537,7 @@ class Evaluation:
         self.cohort = None
         if settings.asnorm_top_n:
             if cohort_list is None:
-                raise ValueError("AS-norm (--asnorm_top_n) needs a cohort: the training list")
+                raise UserError("AS-norm (--asnorm_top_n) needs a cohort: give --train_list")
             self.cohort = select_cohort(cohort_list, settings.cohort_utts,
                                         settings.cohort_speakers, settings.seed)
 
@@ -547,6 +560,9 @@ class Evaluation:
         cohort = None
         if self.cohort is not None and normalize:
             cohort = cohort_embeddings(extract, self.cohort)
+        elif self.cohort is not None:
+            log.warning("AS-norm needs cosine scoring; this objective scores by distance, so "
+                        "the cohort is not embedded and only raw scores are reported")
         extracted = time.perf_counter() - started
         report = evaluate_lists(embeddings if normalize else crops, trial_set, self.settings,
                                 normalize=normalize, cohort=cohort, out_dir=self.out_dir, tag=tag,
@@ -619,10 +635,10 @@ class FileSet:
 
 def files_to_export(options):
     """--extract_list (training-list format under --train_path) or every file of the
-    --test_list lists -> FileSet. Raises ListError for bad files and FileExistsError when
-    --extract names an existing file (checked before any extraction)."""
+    --test_list lists -> FileSet. Raises ListError for bad files and UserError when --extract
+    names an existing file (checked before any extraction)."""
     if Path(options.extract).exists():
-        raise FileExistsError(f"--extract {options.extract} exists; choose another file name")
+        raise UserError(f"--extract {options.extract} exists; choose another file name")
     if not options.extract_list:
         trial_set = load_trial_lists(options.test_list, options.test_path)
         return FileSet(trial_set.files, trial_set.lengths, options.test_path, list(trial_set.files))

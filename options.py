@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 import augment
+import evaluation
 import plugins
 from errors import UserError
 
@@ -59,20 +60,27 @@ def build_parser():
     g.add_argument("--nPerSpeaker", type=int, default=1, help="utterances (views) per group")
     g.add_argument("--nClasses", type=int, default=5994, help="training speakers, for classifier objectives")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--dcf_p_target", type=float, default=0.05, help="minDCF target prior")
+    g.add_argument("--dcf_p_target", type=evaluation.probability_list, default="0.05,0.01",
+                   help="minDCF target priors, comma-separated (the papers: 0.05 and 0.01)")
     g.add_argument("--dcf_c_miss", type=float, default=1.0, help="minDCF cost of a miss")
     g.add_argument("--dcf_c_fa", type=float, default=1.0, help="minDCF cost of a false alarm")
     g = p.add_argument_group("load and save")
     g.add_argument("--initial_model", type=str, default="", help="start from these weights "
                    "(this project's or voxceleb_trainer's checkpoint)")
     g.add_argument("--save_path", type=str, default="exps/exp1", help="checkpoints, scores and logs go here")
+    g.add_argument("--keep_last", type=int, default=0,
+                   help="keep only the newest N epoch checkpoints (0 keeps all); best.model is kept apart")
     g = p.add_argument_group("data")
     g.add_argument("--train_list", type=str, default="data/train_list.txt", help="'speaker path' lines")
-    g.add_argument("--test_list", type=str, default="data/test_list.txt", help="'label path1 path2' trials")
+    g.add_argument("--test_list", type=str, action=evaluation.ListOption, default="data/test_list.txt",
+                   help="'label path1 path2' trial lists: comma-separated or repeated; each is "
+                        "reported on its own, shared files are embedded once")
     g.add_argument("--train_path", type=str, default="data/voxceleb2", help="root of train_list paths")
     g.add_argument("--test_path", type=str, default="data/voxceleb1", help="root of test_list paths")
     g.add_argument("--musan_path", type=str, default="data/musan_split", help="MUSAN noise root")
     g.add_argument("--rir_path", type=str, default="data/RIRS_NOISES/simulated_rirs", help="RIR root")
+    g.add_argument("--allow_outside_paths", help="let list entries be absolute or use '..' "
+                   "(by default they must stay under --train_path/--test_path)", **flag)
     g = p.add_argument_group("model")
     g.add_argument("--n_mels", type=int, default=40, help="mel bands of the front end")
     g.add_argument("--log_input", help="take the log of the filterbank energies", **flag)
@@ -84,7 +92,10 @@ def build_parser():
     g.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--mixedprec", help="mixed precision (bf16 on CPU, fp16 on CUDA)", **flag)
     g.add_argument("--distributed", help="DistributedDataParallel under torchrun", **flag)
+    g.add_argument("--max_bad_steps", type=int, default=0,
+                   help="steps with a NaN/Inf loss skipped per epoch before training stops")
     augment.add_arguments(p)
+    evaluation.add_arguments(p)
     return p
 
 
@@ -105,6 +116,7 @@ def parse_options(argv=None):
                 module.add_arguments(parser.add_argument_group(f"{kind}/{name}.py"))
     parser.set_defaults(**_checked_config(parser, config, first.config))
     options = parser.parse_args(argv)
+    options.test_list = evaluation.split_list(options.test_list)   # always a list of paths
     validate(options)
     return options
 
@@ -157,6 +169,10 @@ def _checked_config(parser, config, path):
 
 def _convert(path, key, action, value):
     """A YAML value converted to the option's type (each element for list options)."""
+    if isinstance(action, evaluation.ListOption):
+        return evaluation.split_list(value)
+    if action.type is evaluation.probability_list and isinstance(value, (list, float, int)):
+        return action.type(value if isinstance(value, list) else [value])
     many = action.nargs not in (None, "?")
     expected = f"a list of {action.nargs} {action.type.__name__}" if many else action.type.__name__
     items = value if many else [value]
@@ -177,6 +193,8 @@ def _convert(path, key, action, value):
 
 def validate(options):
     """Reject out-of-range values before anything runs."""
+    if options.keep_last < 0 or options.max_bad_steps < 0:
+        raise OptionError("--keep_last and --max_bad_steps must be 0 or more")
     positive = ["max_frames", "batch_size", "max_seg_per_spk", "test_interval", "max_epoch",
                 "nPerSpeaker", "nClasses", "n_mels", "nOut", "num_eval"]
     for name in positive:
@@ -188,8 +206,6 @@ def validate(options):
         raise OptionError("--nDataLoaderThread must be 0 or more")
     if options.lr <= 0:
         raise OptionError(f"--lr must be positive, got {options.lr}")
-    if not 0 < options.dcf_p_target < 1:
-        raise OptionError(f"--dcf_p_target must lie in (0, 1), got {options.dcf_p_target}")
     if not options.trainfunc:
         raise OptionError("--trainfunc is required (a file name in loss/, e.g. angleproto)")
     if not options.model:
@@ -201,7 +217,7 @@ def validate(options):
 
 def save_options(options, path):
     """Write the resolved options as YAML (atomically), usable again as --config."""
-    values = {k: v for k, v in vars(options).items() if k != "config"}
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(options).items() if k != "config"}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump(values, sort_keys=True))

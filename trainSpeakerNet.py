@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train a speaker-embedding network, or evaluate one with --eval.
+"""Train a speaker-embedding network, evaluate one (--eval) or export embeddings (--extract).
 
     python trainSpeakerNet.py --config configs/ResNetSE34L_AP.yaml
     python trainSpeakerNet.py --eval --config configs/ResNetSE34L_AP.yaml --initial_model M
@@ -7,10 +7,11 @@
 Every input is validated before any training time is spent or any file is written.
 """
 import logging
+import math
 import os
 import random
+import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +20,20 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 import checkpoint
+import evaluation
 import plugins
+import run_log
 from augment import Augmenter, planner_from_options
-from DatasetLoader import (ListError, SpeakerBalancedSampler, TrainDataset, collate_views,
-                           read_train_list, read_trial_list)
+from DatasetLoader import SpeakerBalancedSampler, TrainDataset, collate_views, read_train_list
 from errors import UserError
 from options import OptionError, parse_options, save_options
 from SpeakerNet import SpeakerNet, Trainer, objective_attr
 
 log = logging.getLogger("trainSpeakerNet")
+RUN_LOG_HANDLER = "speakernet-run-log"
 
+
+# ---------------------------------------------------------------------------- set-up
 
 def resolve_device(name, local_rank=0):
     if name == "auto":
@@ -61,67 +66,6 @@ def views_per_group(options, objective):
     return views
 
 
-def unique_path(path):
-    """`path`, or `path` with a numbered suffix if it exists: results are never overwritten."""
-    path = Path(path)
-    counter = 1
-    candidate = path
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}.{counter}{path.suffix}")
-        counter += 1
-    return candidate
-
-
-def write_scores(path, trials, result):
-    """One line per trial: score, label (- when the list has none), the two files."""
-    path = unique_path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for (a, b), label, score in zip(trials.pairs, trials.labels, result["scores"]):
-            handle.write(f"{score:.6f} {label if label >= 0 else '-'} {trials.files[a]} {trials.files[b]}\n")
-    tmp.replace(path)
-    return path
-
-
-def log_result(prefix, result, dcf_p_target):
-    if result["trials"]:
-        log.info("%s EER %.2f%%  minDCF(p=%.2g) %.4f  (%d trials, %.1f s)", prefix, result["eer"],
-                 dcf_p_target, result["min_dcf"], result["trials"], result["seconds"])
-    else:
-        log.info("%s scored %d unlabelled trials (%.1f s)", prefix, len(result["scores"]), result["seconds"])
-
-
-def prepare_save_path(save_path):
-    """Create save_path's folders and prove they are writable before training starts."""
-    save_path = Path(save_path)
-    try:
-        for sub in ("model", "result"):
-            (save_path / sub).mkdir(parents=True, exist_ok=True)
-        probe = save_path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"0" * 1024)
-        probe.unlink()
-    except OSError as err:
-        raise OptionError(f"--save_path {save_path} is not writable: {err.strerror}") from None
-    return save_path
-
-
-def add_log_file(path, is_main):
-    """Also log to `path` until remove_log_file (one run's log never collects another's)."""
-    if is_main:
-        handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.set_name("speakernet-run-log")
-        logging.getLogger().addHandler(handler)
-
-
-def remove_log_file():
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if handler.get_name() == "speakernet-run-log":
-            root.removeHandler(handler)
-            handler.close()
-
-
 def init_distributed(options):
     """(rank, world_size, local_rank); initialises the process group under torchrun."""
     if not options.distributed:
@@ -134,90 +78,149 @@ def init_distributed(options):
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 
-def run(options):
-    rank, world_size, local_rank = init_distributed(options)
+def prepare_save_path(save_path, needed_bytes=0):
+    """Create save_path's folders and prove they are writable, with room for checkpoints."""
+    save_path = Path(save_path)
+    try:
+        for sub in ("model", "result"):
+            (save_path / sub).mkdir(parents=True, exist_ok=True)
+        probe = save_path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"0" * 1024)
+        probe.unlink()
+    except OSError as err:
+        raise OptionError(f"--save_path {save_path} is not writable: {err.strerror}") from None
+    free = shutil.disk_usage(save_path).free
+    if free < needed_bytes:
+        raise OptionError(f"--save_path {save_path}: only {free / 1e6:.0f} MB free, a checkpoint "
+                          f"needs about {needed_bytes / 2e6:.0f} MB; free some space")
+    return save_path
+
+
+def add_log_file(path):
+    """Also log to `path` until remove_log_file (one run's log never collects another's)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.set_name(RUN_LOG_HANDLER)
+    logging.getLogger().addHandler(handler)
+
+
+def remove_log_file():
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler.get_name() == RUN_LOG_HANDLER:
+            root.removeHandler(handler)
+            handler.close()
+
+
+def newest_checkpoint(save_path):
+    found = checkpoint.list_checkpoints(Path(save_path) / "model")
+    if not found:
+        raise OptionError(f"this needs --initial_model, or a checkpoint in {save_path}/model")
+    return found[-1][1]
+
+
+def load_initial_weights(model, source):
+    checkpoint.load_weights(model, checkpoint.model_state(checkpoint.load_file(source), model), source)
+
+
+def make_extractor(trainer, options):
+    """extract(files, lengths, root) -> files x crops x D, as evaluation.py expects."""
+    return lambda files, lengths, root: trainer.extract(files, lengths, root, options.eval_frames,
+                                                        options.num_eval, options.nDataLoaderThread)
+
+
+# ---------------------------------------------------------------------------- modes
+
+def extract_only(options, model, device):
+    """--extract: embeddings of a list's files (or of every trial-list file) to one .npz."""
+    file_set = evaluation.files_to_export(options)
+    source = options.initial_model or newest_checkpoint(options.save_path)
+    load_initial_weights(model, source)
+    trainer = Trainer(model, None, None, None, device, options.mixedprec)
+    normalize = objective_attr(model.objective, "test_normalize", True)
+    return evaluation.extract_to_npz(options.extract, make_extractor(trainer, options), file_set,
+                                     keep_crops=options.extract_crops, normalize=normalize)
+
+
+def evaluate_only(options, model, device):
+    """--eval: score the trial lists with --initial_model or the newest checkpoint."""
+    evaluator = evaluation.Evaluation.from_options(options)
+    source = options.initial_model or newest_checkpoint(options.save_path)
+    load_initial_weights(model, source)
+    prepare_save_path(options.save_path)
+    log.info("evaluating %s on %s", source, ", ".join(map(str, evaluator.trial_set.paths)))
+    trainer = Trainer(model, None, None, None, device, options.mixedprec)
+    return evaluator.run(make_extractor(trainer, options),
+                         normalize=objective_attr(model.objective, "test_normalize", True), tag="eval")
+
+
+def train(options, model, device, rank, world_size):
     is_main = rank == 0
-    device = resolve_device(options.device, local_rank)
-    seed_everything(options.seed)
-    model = build_model(options).to(device)
-    dcf = {"p_target": options.dcf_p_target, "c_miss": options.dcf_c_miss, "c_fa": options.dcf_c_fa}
-    workers = options.nDataLoaderThread
-
-    if options.eval:
-        trials = read_trial_list(options.test_list, options.test_path)
-        source = options.initial_model or newest_checkpoint(options.save_path)
-        checkpoint.load_weights(model, checkpoint.model_state(checkpoint.load_file(source), model), source)
-        log.info("evaluating %s on %s (%d files)", source, options.test_list, len(trials.files))
-        trainer = Trainer(model, None, None, None, device, options.mixedprec, is_main=is_main)
-        result = trainer.evaluate(trials, options.test_path, options.eval_frames, options.num_eval, workers, dcf)
-        if is_main:
-            save_path = prepare_save_path(options.save_path)
-            path = write_scores(save_path / "result" / "eval_scores.txt", trials, result)
-            log_result("eval", result, options.dcf_p_target)
-            log.info("scores written to %s", path)
-        return result
-
     # Validate everything before any file is written or any step is taken.
     views = views_per_group(options, model.objective)
     uses_labels = objective_attr(model.objective, "uses_labels", True)
-    train = read_train_list(options.train_list, options.train_path, need_labels=uses_labels)
-    if uses_labels and len(train.speakers) > options.nClasses:
-        raise OptionError(f"--nClasses {options.nClasses} is smaller than the {len(train.speakers)} "
-                          f"speakers in {options.train_list}; set --nClasses {len(train.speakers)}")
-    trials = read_trial_list(options.test_list, options.test_path)
+    train_list = read_train_list(options.train_list, options.train_path, need_labels=uses_labels,
+                                 allow_outside=options.allow_outside_paths)
+    if uses_labels and len(train_list.speakers) > options.nClasses:
+        raise OptionError(f"--nClasses {options.nClasses} is smaller than the {len(train_list.speakers)} "
+                          f"speakers in {options.train_list}; set --nClasses {len(train_list.speakers)}")
+    evaluator = evaluation.Evaluation.from_options(options, train_list=train_list)
     max_frames = options.max_frames
     view_frames = getattr(model.objective, "view_frames", None) or (lambda epoch, rng: (max_frames,) * views)
     planner = planner_from_options(options)
     sampler = SpeakerBalancedSampler(
-        train.labels, options.batch_size, views, options.max_seg_per_spk, seed=options.seed,
+        train_list.labels, options.batch_size, views, options.max_seg_per_spk, seed=options.seed,
         group_by_utterance=not uses_labels, view_frames=view_frames, rank=rank, world_size=world_size,
         augment_planner=planner, augment_fraction=getattr(model.objective, "augment_fraction", None),
         utterance_subset=getattr(model.objective, "utterance_subset", None))
     optimizer = plugins.factory("optimizer", options.optimizer)(model.parameters(), **vars(options))
     settings = {k: v for k, v in vars(options).items() if k != "optimizer"}
     scheduler, step_unit = plugins.factory("scheduler", options.scheduler)(optimizer, **settings)
+    model_dir = Path(options.save_path) / "model"
     start_epoch, resume = 1, None
-    found = checkpoint.list_checkpoints(Path(options.save_path) / "model")
+    found = checkpoint.list_checkpoints(model_dir)
     if found:
         resume = checkpoint.load_file(found[-1][1])
-        if resume.get("format") != checkpoint.FORMAT:
+        if not isinstance(resume, dict) or resume.get("format") != checkpoint.FORMAT:
             raise checkpoint.CheckpointError(f"{found[-1][1]} is not a resumable checkpoint of this project")
         checkpoint.load_weights(model, resume["model"], found[-1][1])
         start_epoch = resume["epoch"] + 1
     elif options.initial_model:
-        state = checkpoint.model_state(checkpoint.load_file(options.initial_model), model)
-        checkpoint.load_weights(model, state, options.initial_model)
+        load_initial_weights(model, options.initial_model)
 
     ddp_model = None
     if options.distributed:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    trainer = Trainer(model, optimizer, scheduler, step_unit, device, options.mixedprec,
-                      ddp_model=ddp_model, is_main=is_main, augment=Augmenter() if planner else None)
+    trainer = Trainer(model, optimizer, scheduler, step_unit, device, options.mixedprec, ddp_model=ddp_model,
+                      is_main=is_main, augment=Augmenter() if planner else None,
+                      max_bad_steps=options.max_bad_steps)
     if resume:
         trainer.load_state_dict(resume["trainer"])
         checkpoint.restore_rng(resume["rng"])
-    save_path = prepare_save_path(options.save_path) if is_main else Path(options.save_path)
+    state_bytes = 4 * sum(p.numel() for p in model.parameters())
+    save_path = Path(options.save_path)
     if is_main:
-        add_log_file(save_path / "train.log", is_main)
-        save_options(options, unique_path(save_path / "options.yaml"))
+        prepare_save_path(save_path, needed_bytes=8 * state_bytes)
+        add_log_file(save_path / "train.log")
+        save_options(options, evaluation.unique_path(save_path / "options.yaml"))
         if resume:
             log.info("resuming from %s at epoch %d", found[-1][1], start_epoch)
         log.info("options: %s", " ".join(f"{k}={v}" for k, v in sorted(vars(options).items())))
-        log.info("%s: %d parameters; %d utterances of %d speakers; %d trials; device %s",
-                 options.model, sum(p.numel() for p in model.encoder.parameters()), len(train.files),
-                 len(train.speakers), len(trials.labels), device)
+        log.info("%s: %d parameters; %d utterances of %d speakers; device %s", options.model,
+                 sum(p.numel() for p in model.encoder.parameters()), len(train_list.files),
+                 len(train_list.speakers), device)
 
-    loader = DataLoader(TrainDataset(train, planner.bank if planner else None), batch_sampler=sampler, num_workers=workers,
-                        collate_fn=collate_views, pin_memory=device.type == "cuda",
-                        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
-    result = None
+    loader = DataLoader(TrainDataset(train_list, planner.bank if planner else None), batch_sampler=sampler,
+                        num_workers=options.nDataLoaderThread, collate_fn=collate_views,
+                        pin_memory=device.type == "cuda", persistent_workers=options.nDataLoaderThread > 0,
+                        prefetch_factor=4 if options.nDataLoaderThread > 0 else None)
+    validation = Validation(options, model, trainer, evaluator, save_path)
+    report = None
     if start_epoch > options.max_epoch and is_main:
         log.info("training already reached epoch %d of %d; evaluating that checkpoint",
                  start_epoch - 1, options.max_epoch)
-        result = trainer.evaluate(trials, options.test_path, options.eval_frames, options.num_eval,
-                                  workers, dcf)
-        log_result(f"epoch {start_epoch - 1}:", result, options.dcf_p_target)
+        report = validation.evaluate(start_epoch - 1)
     for epoch in range(start_epoch, options.max_epoch + 1):
         # Reseeding from (seed, epoch) makes every epoch reproducible on its own, so a resumed
         # run matches an uninterrupted one whatever evaluation consumed in between.
@@ -226,43 +229,87 @@ def run(options):
         stats = trainer.train_epoch(loader, epoch)
         if is_main:
             used = sampler.stats
+            stats["used_share"] = used["used"] / used["utterances"]
             log.info("epoch %d: loss %.4f metric %.2f lr %.3g | %.0f utt/s, data wait %.0f%% | "
                      "utterances used %.1f%% of list, %.1f%% of eligible", epoch, stats["loss"],
                      stats["metric"], stats["lr"], stats["utt_per_s"], 100 * stats["data_wait"],
-                     100 * used["used"] / used["utterances"], 100 * used["used"] / max(used["eligible"], 1))
+                     100 * stats["used_share"], 100 * used["used"] / max(used["eligible"], 1))
         if epoch % options.test_interval == 0 or epoch == options.max_epoch:
             if is_main:
                 state = {"format": checkpoint.FORMAT, "epoch": epoch, "model": model.state_dict(),
                          "trainer": trainer.state_dict(), "rng": checkpoint.capture_rng(),
-                         "options": {k: v for k, v in vars(options).items()}}
-                checkpoint.save_atomic(state, checkpoint.checkpoint_path(save_path / "model", epoch))
-                result = trainer.evaluate(trials, options.test_path, options.eval_frames,
-                                          options.num_eval, workers, dcf)
-                log_result(f"epoch {epoch}:", result, options.dcf_p_target)
-                write_scores(save_path / "result" / f"scores_epoch{epoch:04d}.txt", trials, result)
-                with open(save_path / "result" / "scores.txt", "a", encoding="utf-8") as handle:
-                    handle.write(f"epoch {epoch}, EER {result['eer']:.4f}, MinDCF {result['min_dcf']:.5f}\n")
+                         "options": dict(vars(options))}
+                checkpoint.save_atomic(state, checkpoint.checkpoint_path(model_dir, epoch))
+                report = validation.evaluate(epoch, stats)
+                validation.keep_best(state, report)
+                checkpoint.prune_checkpoints(model_dir, options.keep_last)
             if options.distributed:
                 dist.barrier()
-    return result
+        elif is_main:
+            run_log.append_metrics(save_path / "metrics.jsonl", {"epoch": epoch, **stats})
+    return report
 
 
-def newest_checkpoint(save_path):
-    found = checkpoint.list_checkpoints(Path(save_path) / "model")
-    if not found:
-        raise OptionError(f"--eval needs --initial_model, or a checkpoint in {save_path}/model")
-    return found[-1][1]
+class Validation:
+    """Evaluation during training: scores, metrics file, curves, the best checkpoint."""
+
+    def __init__(self, options, model, trainer, evaluator, save_path):
+        self.options = options
+        self.model = model
+        self.extract = make_extractor(trainer, options)
+        self.evaluator = evaluator
+        self.save_path = save_path
+        best = save_path / "model" / "best.model"
+        self.best_eer = math.inf
+        if best.exists():
+            self.best_eer = checkpoint.load_file(best).get("eer", math.inf)
+
+    def evaluate(self, epoch, stats=None):
+        normalize = objective_attr(self.model.objective, "test_normalize", True)
+        report = self.evaluator.run(self.extract, normalize=normalize, tag=f"epoch{epoch:04d}")
+        first = next(iter(report["lists"].values()))["metrics"]["raw"]
+        p_target = next(iter(first["min_dcf"]), None)
+        min_dcf = first["min_dcf"][p_target]["value"] if p_target else None
+        with open(self.save_path / "result" / "scores.txt", "a", encoding="utf-8") as handle:
+            handle.write(f"epoch {epoch}, EER {first['eer']}, MinDCF {min_dcf}\n")
+        if stats is not None:
+            metrics = self.save_path / "metrics.jsonl"
+            run_log.append_metrics(metrics, {"epoch": epoch, **stats, **evaluation.summary_record(report)})
+            run_log.plot_training_curves(metrics, self.save_path / "training_curves.png")
+        report["primary_eer"] = first["eer"]
+        return report
+
+    def keep_best(self, state, report):
+        """Copy the checkpoint to best.model when the first list's EER improves."""
+        eer = report.get("primary_eer")
+        if eer is not None and eer < self.best_eer:
+            self.best_eer = eer
+            checkpoint.save_atomic({**state, "eer": eer}, self.save_path / "model" / "best.model")
+
+
+def run(options):
+    rank, world_size, local_rank = init_distributed(options)
+    device = resolve_device(options.device, local_rank)
+    seed_everything(options.seed)
+    model = build_model(options).to(device)
+    if options.extract:
+        return extract_only(options, model, device)
+    if options.eval:
+        return evaluate_only(options, model, device)
+    return train(options, model, device, rank, world_size)
 
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     try:
-        options = parse_options(argv)
-        run(options)
+        run(parse_options(argv))
     except UserError as err:
         log.error("%s", err)
         return 2
+    except FloatingPointError as err:
+        log.error("%s; the last good checkpoint is kept", err)
+        return 3
     finally:
         remove_log_file()
     return 0

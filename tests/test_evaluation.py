@@ -17,6 +17,7 @@ import run_log
 import score_norm
 from conftest import make_corpus
 from DatasetLoader import ListError, TrainList, read_train_list
+from errors import UserError
 from scoring import score_trials
 from tuneThreshold import compute_eer, compute_min_dcf
 
@@ -379,6 +380,21 @@ def test_extract_to_npz_in_chunks(corpus, tmp_path, monkeypatch):
     assert extract.seen == trial_set.files
 
 
+def test_files_to_export(corpus, tmp_path):
+    options = argparse.Namespace(extract=str(tmp_path / "out.npz"), extract_list=str(corpus.train_list),
+                                 train_path=str(corpus.root), test_list=str(corpus.test_list),
+                                 test_path=str(corpus.root))
+    file_set = ev.files_to_export(options)
+    assert file_set.names == [path for _, path in corpus.train_lines]       # as in the list
+    assert file_set.speakers == [speaker for speaker, _ in corpus.train_lines]
+    assert all(Path(f).is_file() for f in file_set.files) and file_set.root == ""
+    options.extract_list = ""
+    assert ev.files_to_export(options).names == corpus.test_files
+    (tmp_path / "out.npz").write_bytes(b"")
+    with pytest.raises(UserError, match="exists"):
+        ev.files_to_export(options)
+
+
 # ---------------------------------------------------------------------------- run log
 
 def test_run_log_appends_lines_and_draws_curves(tmp_path):
@@ -426,3 +442,36 @@ def test_option_types_and_list_option():
             ev.probability_list(bad)
     with pytest.raises(SystemExit):
         parser.parse_args(["--far_targets", "2"])
+
+
+# ---------------------------------------------------------------------------- with the trainer
+
+def test_evaluation_with_trainer_extract(corpus, tmp_path):
+    """The extract contract end to end: Trainer.extract on real audio, cohort paths that
+    already include the training root, AS-norm, outputs."""
+    from models.ResNetSE34L import MainModel
+    from SpeakerNet import SpeakerNet, Trainer
+
+    torch.manual_seed(0)
+    trainer = Trainer(SpeakerNet(MainModel(nOut=16), torch.nn.Identity()), None, None, None,
+                      torch.device("cpu"), is_main=False)
+
+    def extract(files, lengths, root):
+        return trainer.extract(files, lengths, root, eval_frames=20, num_eval=2, workers=0)
+
+    train = read_train_list(corpus.train_list, corpus.root)
+    settings = ev.EvalSettings(asnorm_top_n=2, cohort_utts=1)
+    evaluation = ev.Evaluation(str(corpus.test_list), corpus.root, settings,
+                               out_dir=tmp_path / "result", cohort_list=train, plots=False)
+    report = evaluation.run(extract, tag="epoch0001")
+    entry = report["lists"]["test_list"]
+    assert entry["metrics"]["raw"]["trials"] == len(corpus.trials)
+    assert np.isfinite(entry["scores"]["asnorm"]).all()
+    crops = extract(evaluation.trial_set.files, evaluation.trial_set.lengths, corpus.root)
+    assert crops.shape == (len(corpus.test_files), 2, 16)
+    np.testing.assert_allclose(entry["scores"]["raw"],
+                               score_trials(crops, evaluation.trial_set.lists[0].pairs).numpy(),
+                               rtol=1e-4, atol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "result").iterdir()) == [
+        "results_epoch0001.json", "scores_epoch0001_test_list.txt",
+        "scores_epoch0001_test_list_asnorm.txt"]

@@ -187,13 +187,20 @@ def test_component_option_with_component_in_yaml(config, monkeypatch):
     (["--nOut", "-5"], "nOut"),
     (["--lr", "0"], "lr"),
     (["--nDataLoaderThread", "-1"], "nDataLoaderThread"),
-    (["--dcf_p_target", "1.5"], "dcf_p_target"),
     (["--device", "tpu"], "device"),
 ])
 def test_out_of_range_values(extra, name):
     with pytest.raises(OptionError) as err:
         parse_options(REQUIRED + extra)
     assert name in str(err.value)
+
+
+def test_probability_out_of_range_is_a_usage_error(capsys):
+    # Typed on the command line, argparse reports it with the usage line and exit status 2.
+    with pytest.raises(SystemExit) as err:
+        parse_options(REQUIRED + ["--dcf_p_target", "0.05,1.5"])
+    assert err.value.code == 2
+    assert "--dcf_p_target" in capsys.readouterr().err
 
 
 def test_out_of_range_from_yaml(config):

@@ -80,7 +80,7 @@ def test_two_epoch_run_writes_checkpoints_and_scores(runs):
     assert "model/model000000001.model" in files
     assert "model/model000000002.model" in files
     assert "model/model000000003.model" not in files
-    lines = files["result/scores_epoch0002.txt"][0].decode().splitlines()
+    lines = files["result/scores_epoch0002_test_list.txt"][0].decode().splitlines()
     trials = runs["corpus"].trials
     assert len(lines) == len(trials)
     for line, (label, a, b) in zip(lines, trials):
@@ -119,7 +119,7 @@ def test_scores_match_independent_scoring(runs):
     model.load_state_dict(state["model"])
     model.eval()
     crops = {f: _embed_file(model, corpus.root / f) for f in corpus.test_files}
-    lines = (runs["B"] / "result" / "scores_epoch0002.txt").read_text().splitlines()
+    lines = (runs["B"] / "result" / "scores_epoch0002_test_list.txt").read_text().splitlines()
     for line, (_, a, b) in zip(lines, corpus.trials):
         pairs = [torch.nn.functional.cosine_similarity(u, v, dim=0).item()
                  for u in crops[a] for v in crops[b]]
@@ -132,7 +132,7 @@ def test_resume_logs_and_writes_the_next_checkpoint(runs):
     assert not any("resuming" in m for m in runs["logs"]["B1"] + runs["logs"]["A"])
     after = snapshot(runs["B"])
     assert "model/model000000003.model" in after
-    assert "result/scores_epoch0003.txt" in after
+    assert "result/scores_epoch0003_test_list.txt" in after
     # Earlier checkpoints and score files are untouched, byte for byte and in mtime.
     for name, (data, mtime) in runs["after_B1"].items():
         if name.startswith("model/") or name.startswith("result/scores_epoch"):
@@ -182,8 +182,8 @@ def test_eval_mode_reproduces_the_epoch_scores(runs, tmp_path):
     source = runs["B"] / "model" / "model000000002.model"
     argv = train_argv(corpus, tmp_path / "eval", flags=("eval",), initial_model=source)
     assert trainSpeakerNet.main(argv) == 0
-    got = (tmp_path / "eval" / "result" / "eval_scores.txt").read_text().splitlines()
-    expected = runs["after_B1"]["result/scores_epoch0002.txt"][0].decode().splitlines()
+    got = (tmp_path / "eval" / "result" / "scores_eval_test_list.txt").read_text().splitlines()
+    expected = runs["after_B1"]["result/scores_epoch0002_test_list.txt"][0].decode().splitlines()
     assert len(got) == len(expected) == len(corpus.trials)
     for g, e in zip(got, expected):
         assert g.split()[1:] == e.split()[1:]
