@@ -8,6 +8,7 @@
 Real VoxCeleb / MUSAN / RIR preparation steps are meant to join as further flags.
 """
 import argparse
+import itertools
 import json
 import logging
 import multiprocessing
@@ -30,14 +31,11 @@ log = logging.getLogger("data_prep")
 SR = 16000
 N_FFT, HOP = 512, 256             # synthesis STFT: 32 ms frames, 16 ms control rate
 FREQS = np.fft.rfftfreq(N_FFT, 1.0 / SR)
+OCTS = np.log2(np.maximum(FREQS, 20) / 1000)                    # bin frequencies in octaves re 1 kHz
 WIN = np.sin(np.pi * np.arange(N_FFT) / N_FFT).astype(np.float32)   # sqrt-Hann: exact overlap-add at hop N/2
-F32 = np.float32                  # spectra in single precision: plenty for 16-bit output, twice as fast
-SYNTH_VERSION = 1                 # bump when the synthesizer changes, so old corpora are refused
+F32 = np.float32                  # single precision: plenty for 16-bit output, and twice as fast
+SYNTH_VERSION = 2                 # bump when the synthesizer changes, so old corpora are refused
 CONFIG_NAME = "synthetic_corpus.json"
-LEVEL_DB = (-26, -20)               # utterance loudness range, dBFS RMS
-CONTENT_CONC = 4.0
-ALPHA_STD = 0.08
-SIG_DB = 6.0
 
 # Vowel targets F1-F3 (Hz) of an adult male voice (classic Peterson-Barney averages).
 VOWELS = np.array([[270, 2290, 3010], [390, 1990, 2550], [530, 1840, 2480], [660, 1720, 2410],
@@ -64,85 +62,84 @@ ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 
 
 # ----------------------------------------------------------------------------- voices
+def bump(centre, width):
+    """Gaussian bump over log frequency (centre in octaves re 1 kHz, width in octaves)."""
+    return np.exp(-0.5 * ((OCTS - centre) / width) ** 2)
+
+
 def draw_speaker(rng):
-    """Per-speaker voice traits; the network has to learn these, channel and content aside."""
+    """Per-speaker voice traits: what the network must learn, behind channel and content."""
     female = rng.random() < 0.5
     lo, hi = (160, 270) if female else (85, 155)
-    alpha = (1.17 if female else 1.0) * np.exp(rng.normal(0, ALPHA_STD))   # vocal-tract length
-    octs = np.log2(np.maximum(FREQS, 20) / 1000)
-    colour = sum(rng.normal(0, SIG_DB) * np.exp(-0.5 * ((octs - rng.uniform(0.5, 2.6)) / rng.uniform(0.2, 0.5)) ** 2)
-                 for _ in range(2))
+    alpha = (1.17 if female else 1.0) * np.exp(rng.normal(0, 0.08))   # vocal-tract length scaling
     return dict(
-        f0=np.exp(rng.uniform(np.log(lo), np.log(hi))),
-        f0_range=rng.uniform(0.8, 4.0),           # semitones of pitch accents
-        declination=rng.uniform(-3.0, 0.5),       # semitones / s
-        alpha=alpha,
+        f0=np.exp(rng.uniform(np.log(lo), np.log(hi))), alpha=alpha,
+        f0_range=rng.uniform(0.8, 4.0), declination=rng.uniform(-3.0, 0.5),   # semitones, semitones / s
         vowel_warp=np.exp(rng.normal(0, 0.06, VOWELS.shape)),   # idiolect of each vowel
-        colour=colour,                            # fixed peaks/dips (sinuses, piriform fossae)
+        # fixed peaks and dips above 1.4 kHz (sinuses, piriform fossae): static timbre
+        colour=sum(rng.normal(0, 8.0) * bump(rng.uniform(0.5, 2.6), rng.uniform(0.2, 0.5)) for _ in range(3)),
         high_formants=alpha * np.array([rng.uniform(3300, 3900), rng.uniform(4400, 5000)]),
         bw_scale=np.exp(rng.uniform(np.log(0.7), np.log(1.5))),
-        open_quotient=rng.uniform(0.35, 0.8), skew=rng.uniform(0.55, 0.85),
-        tilt=rng.uniform(1.5, 6.5),               # dB / octave above 500 Hz (radiation, vocal effort)
+        open_quotient=rng.uniform(0.35, 0.8), skew=rng.uniform(0.55, 0.85),   # glottal pulse shape
+        tilt=rng.uniform(1.5, 6.5),                # dB / octave above 500 Hz (radiation, vocal effort)
         breath=np.exp(rng.uniform(np.log(0.01), np.log(0.2))),
         jitter=rng.uniform(0.002, 0.02), shimmer=rng.uniform(0.02, 0.15),
-        rate=rng.uniform(2.8, 6.0),               # syllables / s
-        pause_prob=rng.uniform(0.02, 0.15),
+        rate=rng.uniform(2.8, 6.0), pause_prob=rng.uniform(0.02, 0.15),       # syllables / s, per syllable
         onset_prob=rng.uniform(0.5, 0.95), coda_prob=rng.uniform(0.1, 0.5),
     )
 
 
 def phone_tracks(rng, spk, n_frames):
-    """Random syllable sequence -> per-frame [F1..F3, voicing, frication, aspiration, fc, fw]."""
+    """Random syllables -> per-frame [F1..F3, voicing, frication, aspiration, fric. centre, width]."""
     fps = SR / HOP
     rate = spk["rate"] * np.exp(rng.normal(0, 0.08))
-    vowel_p = rng.dirichlet(np.full(len(VOWELS), CONTENT_CONC))   # utterance-specific phone content
-    cons_p = rng.dirichlet(np.full(len(CONSONANTS), CONTENT_CONC))
+    vowel_p = rng.dirichlet(np.full(len(VOWELS), 4.0))      # each utterance favours other phones
+    cons_p = rng.dirichlet(np.full(len(CONSONANTS), 4.0))
     silence = [NAN, NAN, NAN, 0, 0, 0, 0, 1]
 
-    def cons_rows(c):
-        row = CONSONANTS[c]
+    def consonant():
+        row = CONSONANTS[rng.choice(len(CONSONANTS), p=cons_p)]
         dur = max(2, int(0.22 / rate * row[8] * fps * rng.lognormal(0, 0.25)))
-        if row[9]:                                         # stop: closure, then short burst
-            closure = [NAN, NAN, NAN, row[3], 0, 0, 0, 1]
-            return [(closure, dur), (list(row[:3]) + [0] + list(row[4:8]), 2)]
+        if row[9]:                                          # stop: closure, then a short burst
+            return [([NAN, NAN, NAN, row[3], 0, 0, 0, 1], dur), ([NAN, NAN, NAN, 0, *row[4:8]], 2)]
         return [(list(row[:8]), dur)]
 
-    segs = [(silence, int(rng.uniform(0.05, 0.2) * fps))]
-    total = segs[0][1]
+    segs, total = [(silence, int(rng.uniform(0.05, 0.2) * fps))], 0
     while total < n_frames:
         if rng.random() < spk["pause_prob"]:
             segs.append((silence, int(rng.uniform(0.1, 0.4) * fps)))
         if rng.random() < spk["onset_prob"]:
-            segs += cons_rows(rng.choice(len(CONSONANTS), p=cons_p))
+            segs += consonant()
         v = rng.choice(len(VOWELS), p=vowel_p)
-        vdur = max(3, int(0.5 / rate * fps * rng.lognormal(0, 0.3)))
-        segs.append((list(VOWELS[v] * spk["vowel_warp"][v]) + [rng.uniform(0.5, 1.0), 0, 0, 0, 1], vdur))
+        segs.append(([*(VOWELS[v] * spk["vowel_warp"][v]), rng.uniform(0.5, 1.0), 0, 0, 0, 1],
+                     max(3, int(0.5 / rate * fps * rng.lognormal(0, 0.3)))))
         if rng.random() < spk["coda_prob"]:
-            segs += cons_rows(rng.choice(len(CONSONANTS), p=cons_p))
+            segs += consonant()
         total = sum(d for _, d in segs)
-    rows = np.array([r for r, _ in segs], float)
-    tracks = np.repeat(rows, [d for _, d in segs], axis=0)[:n_frames]
+    tracks = np.repeat(np.array([r for r, _ in segs], float), [d for _, d in segs], axis=0)[:n_frames]
     idx = np.arange(n_frames)
-    for k in range(3):                                     # consonants/pauses borrow vowel formants
+    for k in range(3):                                      # consonants and pauses borrow vowel formants
         ok = ~np.isnan(tracks[:, k])
         tracks[:, k] = np.interp(idx, idx[ok], tracks[ok, k])
-    tracks[:, :3] = uniform_filter1d(tracks[:, :3], int(0.06 * fps) | 1, axis=0) * spk["alpha"]   # coarticulation
+    # coarticulation: formants glide between targets over about 60 ms
+    tracks[:, :3] = uniform_filter1d(tracks[:, :3], int(0.06 * fps) | 1, axis=0) * spk["alpha"]
     return tracks
 
 
 def pitch_track(rng, spk, n_frames):
-    """f0 per frame: speaker median, utterance shift, declination, pitch accents, jitter."""
+    """f0 per frame: speaker median, utterance shift, declination, pitch accents, drift, jitter."""
     t = np.arange(n_frames) * HOP / SR
     semis = rng.normal(0, 0.8) + spk["declination"] * (t - t.mean())
     for c in rng.uniform(0, t[-1], max(1, int(t[-1] * spk["rate"] / 3))):
-        semis += spk["f0_range"] * rng.normal(0.7, 0.5) * np.exp(-0.5 * ((t - c) / rng.uniform(0.08, 0.2)) ** 2)
-    semis += uniform_filter1d(rng.normal(0, 1.5, n_frames), int(0.2 * SR / HOP))  # slow drift
+        height = spk["f0_range"] * rng.normal(0.7, 0.5)
+        semis += height * np.exp(-0.5 * ((t - c) / rng.uniform(0.08, 0.2)) ** 2)
+    semis += uniform_filter1d(rng.normal(0, 1.5, n_frames), int(0.2 * SR / HOP))
     return spk["f0"] * 2 ** (semis / 12) * (1 + spk["jitter"] * rng.normal(0, 1, n_frames))
 
 
 def glottal_source(rng, spk, f0_frames, n):
     """Rosenberg-style glottal flow derivative plus breath noise pulsed with the open phase."""
-    size = 2048                                           # one period, tabulated: lookups beat cos()
+    size = 2048                                             # one period, tabulated: lookups beat cos()
     pos = np.cumsum(np.interp(np.arange(n), np.arange(len(f0_frames)) * HOP, f0_frames) * (size / SR))
     pos = pos.astype(np.int64) & (size - 1)
     grid, oq = np.arange(size) / size, spk["open_quotient"]
@@ -155,17 +152,11 @@ def glottal_source(rng, spk, f0_frames, n):
     return src + white(rng, n) * gate[pos]
 
 
-def stft(x, n_frames):
-    pad = np.zeros(N_FFT - HOP + n_frames * HOP, F32)
-    pad[N_FFT - HOP:N_FFT - HOP + len(x)] = x
-    return scipy.fft.rfft(sliding_window_view(pad, N_FFT)[::HOP][:n_frames] * WIN, axis=1)
-
-
 def white(rng, shape):
     """Unit-variance uniform noise from raw random bytes: several times cheaper than Gaussian
     draws, and the filtering that follows makes it Gaussian anyway."""
     raw = np.frombuffer(rng.bytes(2 * int(np.prod(shape))), np.int16).reshape(shape)
-    return raw.astype(F32) * F32(np.sqrt(12) / 65536)
+    return raw * F32(np.sqrt(12) / 65536)
 
 
 def white_spec(rng, n_frames):
@@ -173,79 +164,80 @@ def white_spec(rng, n_frames):
     return white(rng, (n_frames, 2 * len(FREQS))).view(np.complex64) * F32(np.sqrt(N_FFT / 4))
 
 
-def power(spec):
-    return float(np.mean(spec.real ** 2 + spec.imag ** 2))
+def stft(x, n_frames):
+    pad = np.zeros(N_FFT - HOP + n_frames * HOP, F32)
+    pad[N_FFT - HOP:N_FFT - HOP + len(x)] = x
+    return scipy.fft.rfft(sliding_window_view(pad, N_FFT)[::HOP][:n_frames] * WIN, axis=1)
 
 
 def istft(spec, n):
     frames = scipy.fft.irfft(spec, N_FFT, axis=1) * WIN
     out = np.zeros((len(frames) + N_FFT // HOP - 1) * HOP, F32)
-    for k in range(N_FFT // HOP):                          # overlap-add, vectorised per hop-sized slice
+    for k in range(N_FFT // HOP):                           # overlap-add, one hop-sized slice at a time
         out[k * HOP:k * HOP + len(frames) * HOP] += frames[:, k * HOP:(k + 1) * HOP].ravel()
     return out[N_FFT - HOP:N_FFT - HOP + n]
 
 
 def tract_gain(formants, bws):
     """|H| of a cascade of unity-DC-gain two-pole resonators, for every frame and bin.
-
-    cos(w -+ theta) is expanded so the big (frames x bins) arrays need no trigonometry.
-    """
+    cos(w -+ theta) is expanded so that the big (frames x bins) arrays need no trigonometry."""
     cw, sw = np.cos(2 * np.pi * FREQS / SR).astype(F32), np.sin(2 * np.pi * FREQS / SR).astype(F32)
     gain = np.ones((len(formants), len(FREQS)), F32)
     for k in range(formants.shape[1]):
         theta = (2 * np.pi * formants[:, k:k + 1] / SR).astype(F32)
         r = np.exp(-np.pi * bws[:, k:k + 1] / SR).astype(F32)
         a, b, c = 1 + r * r, 2 * r * np.cos(theta), 2 * r * np.sin(theta)
-        x, y = a - b * cw, c * sw                          # den = (x - y)(x + y)
+        x, y = a - b * cw, c * sw                           # denominator = (x - y)(x + y)
         gain *= (a - b) / np.sqrt(x * x - y * y)
     return gain
 
 
 # ----------------------------------------------------------------------------- channels
 def draw_channel(rng, strength, snr_range, reverb_prob):
-    """One recording session: microphone/room EQ (dB per bin), band limits, noise colour, reverb."""
-    octs = np.log2(np.maximum(FREQS, 20) / 1000)
-    eq = strength * rng.normal(0, 2.0) * octs                                     # spectral slope
-    for _ in range(3):                                                             # broad bumps
-        eq += strength * rng.normal(0, 3.0) * np.exp(-0.5 * ((octs - rng.uniform(-2.5, 2.5)) / rng.uniform(0.3, 1.0)) ** 2)
+    """One recording session ("video"): microphone/room EQ in dB per bin, band limits,
+    background-noise colour and level, and maybe a reverberant room."""
+    eq = strength * (rng.normal(0, 2.0) * OCTS + sum(
+        rng.normal(0, 3.0) * bump(rng.uniform(-2.5, 2.5), rng.uniform(0.3, 1.0)) for _ in range(3)))
     hp, lp = rng.uniform(40, 40 + 200 * strength), rng.uniform(8000 - 3000 * min(strength, 1.5), 8000)
     eq -= 10 * np.log10(1 + (hp / np.maximum(FREQS, 1)) ** 4) + 10 * np.log10(1 + (FREQS / lp) ** 8)
-    noise_db = rng.normal(-4.0, 3.0) * octs + rng.normal(0, 4.0) * np.exp(-0.5 * ((octs - rng.uniform(-2, 2)) / 0.7) ** 2)
-    return dict(eq=eq, noise_db=noise_db, snr=rng.uniform(*snr_range),
+    noise_db = (strength * rng.normal(0, 3.0) - 4.0) * OCTS     # pink-ish on average
+    noise_db = noise_db + strength * rng.normal(0, 4.0) * bump(rng.uniform(-2, 2), 0.7)
+    return dict(eq=eq, noise_db=noise_db, snr=rng.uniform(*snr_range), drr=rng.uniform(-3, 10),
                 rt60=rng.uniform(0.15, 0.7) if rng.random() < reverb_prob else 0.0)
 
 
 def synth_utterance(rng, spk, chan, duration):
-    """One utterance as int16 samples: voice through the tract, the session channel and noise."""
+    """One utterance as int16 samples: voice through the tract, then noise, the session's
+    microphone and room, and a random loudness."""
     n = int(duration * SR)
     n_frames = n // HOP + N_FFT // HOP
     tracks = phone_tracks(rng, spk, n_frames)
     formants = np.minimum(tracks[:, :3], 0.45 * SR)
     env = tract_gain(formants, spk["bw_scale"] * (np.array([50, 70, 110]) + 0.03 * formants))
-    high = spk["high_formants"][None]                     # F4, F5 and tilt do not move: one row
-    static = tract_gain(high, spk["bw_scale"] * (np.array([160, 220]) + 0.03 * high))[0] \
-        * 10 ** ((spk["tilt"] * np.log2(np.maximum(FREQS, 100) / 500) + spk["colour"]) / 20)
+    high = spk["high_formants"][None]                       # F4, F5, tilt and colour do not move
+    env *= (tract_gain(high, spk["bw_scale"] * (np.array([160, 220]) + 0.03 * high))[0]
+            * 10 ** ((spk["tilt"] * np.log2(np.maximum(FREQS, 100) / 500) + spk["colour"]) / 20)).astype(F32)
     tracks = tracks.astype(F32)
-    fric = np.zeros_like(env)                             # frication spectra, only where there is any
+    fric = np.zeros_like(env)                               # frication spectra, only where there is any
     on = tracks[:, 4] > 0
-    fric[on] = tracks[on, 4:5] * np.exp(-0.5 * ((np.log2(np.maximum(FREQS, 50)).astype(F32)
-                                               - np.log2(tracks[on, 6:7] * spk["alpha"])) / tracks[on, 7:8]) ** 2)
+    dist = np.log2(np.maximum(FREQS, 50)).astype(F32) - np.log2(tracks[on, 6:7] * spk["alpha"])
+    fric[on] = tracks[on, 4:5] * np.exp(-0.5 * (dist / tracks[on, 7:8]) ** 2)
     src = glottal_source(rng, spk, pitch_track(rng, spk, n_frames), n)
-    env *= static.astype(F32)
     shimmer = 1 + spk["shimmer"] * rng.standard_normal((n_frames, 1), F32)   # per frame, not per cycle
     speech = stft(src, n_frames) * (tracks[:, 3:4] * shimmer * env) \
         + white_spec(rng, n_frames) * (tracks[:, 5:6] * env + fric)
-    # Background noise is added before the microphone EQ and the room, as in a real recording.
+    # Background noise enters before the microphone and the room, as in a real recording.
     noise = white_spec(rng, n_frames) * (10 ** (chan["noise_db"] / 20)).astype(F32)
-    snr_gain = np.sqrt(power(speech) / power(noise) * 10 ** (-(chan["snr"] + rng.normal(0, 2.0)) / 10))
-    eq_db = chan["eq"] + rng.normal(0, 0.7) * np.log2(np.maximum(FREQS, 20) / 1000)   # small per-take drift
-    x = istft((speech + F32(snr_gain) * noise) * (10 ** (eq_db / 20)).astype(F32), n)
-    if chan["rt60"] > 0:                                   # exponentially decaying noise as room response
-        t = np.arange(int(chan["rt60"] * SR)) / SR
-        rir = rng.normal(0, 1, len(t)) * np.exp(-6.9 * t / chan["rt60"])
-        rir[0] = 1.0 / np.sqrt(chan["rt60"] * 10)
-        x = fftconvolve(x, rir.astype(F32))[:n]
-    x *= 10 ** (rng.uniform(*LEVEL_DB) / 20) / (np.sqrt(np.mean(x ** 2)) + 1e-9)   # loudness
+    snr = chan["snr"] + rng.normal(0, 2.0)
+    gain = np.sqrt(np.mean(np.abs(speech) ** 2) / np.mean(np.abs(noise) ** 2) * 10 ** (-snr / 10))
+    eq_db = chan["eq"] + rng.normal(0, 0.7) * OCTS          # small per-take drift of the session EQ
+    x = istft((speech + F32(gain) * noise) * (10 ** (eq_db / 20)).astype(F32), n)
+    if chan["rt60"] > 0:                                    # direct path plus a decaying noise tail
+        t = np.arange(1, int(chan["rt60"] * SR)) / SR
+        tail = rng.normal(0, 1, len(t)) * np.exp(-6.9 * t / chan["rt60"])
+        tail *= 10 ** (-chan["drr"] / 20) / np.sqrt(np.sum(tail ** 2))
+        x = fftconvolve(x, np.r_[1.0, tail].astype(F32))[:n]
+    x *= 10 ** (rng.uniform(-26, -20) / 20) / (np.sqrt(np.mean(x ** 2)) + 1e-9)
     x /= max(1.0, np.abs(x).max() / 0.99)
     return np.round(x * 32767).astype(np.int16)
 
@@ -262,10 +254,8 @@ def corpus_plan(args):
             n_sess = min(n_utt, int(rng.integers(2, 6)))     # several "videos", each its own channel
             sess = np.sort(rng.integers(0, n_sess, n_utt))
             vids = ["".join(rng.choice(ALPHABET, 11)) for _ in range(n_sess)]
-            counts, items = {}, []
-            for u, ses in enumerate(sess):
-                counts[ses] = counts.get(ses, 0) + 1
-                items.append((u, int(ses), "%s/%s/%05d.wav" % (spk_id, vids[ses], counts[ses])))
+            items = [(u, int(ses), "%s/%s/%05d.wav" % (spk_id, vids[ses], 1 + u - np.searchsorted(sess, ses)))
+                     for u, ses in enumerate(sess)]          # numbered from 00001 within each video
             plan.append((role, s, spk_id, items))
     return plan
 
@@ -285,21 +275,21 @@ def write_speaker(job):
         path = os.path.join(root, "wav", rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with wave.open(path, "wb") as f:                  # plain 16-bit PCM; stdlib is faster here
-            f.setnchannels(1)
-            f.setsampwidth(2)
-            f.setframerate(SR)
+            f.setparams((1, 2, SR, len(wav), "NONE", "not compressed"))
             f.writeframes(wav.astype("<i2").tobytes())
     return len(items)
 
 
 def make_trials(rng, test_files, num_trials):
-    """About half same-speaker pairs, half random different-speaker pairs, no duplicates."""
+    """Balanced trials: up to num_trials/2 same-speaker pairs and as many random
+    different-speaker pairs (random pairing brings hard ones too, e.g. similar pitch)."""
     spk = np.array([f.split("/")[0] for f in test_files])
-    same = [(i, j) for i in range(len(spk)) for j in range(i + 1, len(spk)) if spk[i] == spk[j]]
+    same = [pair for s in np.unique(spk)
+            for pair in itertools.combinations(np.flatnonzero(spk == s).tolist(), 2)]
     n_tar = min(len(same), num_trials // 2)
     pairs = {same[k]: 1 for k in rng.choice(len(same), n_tar, replace=False)}
-    n_all = len(spk) * (len(spk) - 1) // 2
-    while len(pairs) < min(num_trials, n_all):
+    n_diff = len(spk) * (len(spk) - 1) // 2 - len(same)
+    while len(pairs) < n_tar + min(n_diff, n_tar):
         i, j = sorted(rng.choice(len(spk), 2, replace=False))
         if spk[i] != spk[j]:
             pairs[(int(i), int(j))] = 0
@@ -321,18 +311,24 @@ def generate_synthetic(args):
             "min_dur", "max_dur", "num_trials", "channel_strength", "noise_snr_range", "reverb_prob")
     config = dict({k: getattr(args, k) for k in keys}, version=SYNTH_VERSION)
     root = args.save_path
-    cfg_path, lists = os.path.join(root, CONFIG_NAME), [os.path.join(root, f) for f in ("train_list.txt", "test_list.txt")]
-    old = json.load(open(cfg_path)) if os.path.exists(cfg_path) else None
+    cfg_path = os.path.join(root, CONFIG_NAME)
+    lists = [os.path.join(root, f) for f in ("train_list.txt", "test_list.txt")]
+    old = json.loads(open(cfg_path).read() or "{}") if os.path.exists(cfg_path) else None
     if old == config and all(map(os.path.exists, lists)):
-        log.info("%s already holds this corpus; nothing to do", root)
+        log.info("%s already holds this corpus; not generating it again", root)
         return
-    if (old not in (None, config) or (old is None and any(map(os.path.exists, lists)))) and not args.overwrite:
-        sys.exit("error: %s already holds a different corpus; pass --overwrite to replace it" % root)
+    if old is None and any(map(os.path.exists, lists)) or old not in (None, config):
+        differ = sorted(k for k in config if old is not None and old.get(k) != config[k])
+        differ = differ or ["not made by --synthetic"]
+        if not args.overwrite:
+            sys.exit("error: %s already holds a different corpus (%s); pass --overwrite to replace it"
+                     % (root, ", ".join(differ)))
+        log.warning("replacing the corpus in %s", root)
     for f in lists:                                        # lists mark a finished corpus: drop them first
         if os.path.exists(f):
             os.remove(f)
-    if old != config and os.path.isdir(os.path.join(root, "wav")):
-        shutil.rmtree(os.path.join(root, "wav"))
+    if old is not None and old != config:                  # only ever delete audio that we synthesised
+        shutil.rmtree(os.path.join(root, "wav"), ignore_errors=True)
     os.makedirs(root, exist_ok=True)
     write_atomic(cfg_path, [json.dumps(config, sort_keys=True)])
 
@@ -349,8 +345,12 @@ def generate_synthetic(args):
     train = ["%s %s" % (spk_id, rel) for role, _, spk_id, items in plan if role == 0 for _, _, rel in items]
     test = [rel for role, _, _, items in plan if role == 1 for _, _, rel in items]
     write_atomic(lists[0], train)
-    write_atomic(lists[1], make_trials(np.random.default_rng([args.seed, 5]), test, args.num_trials))
-    log.info("wrote %d train and %d test utterances in %.1f s", len(train), len(test), time.time() - t0)
+    trials = make_trials(np.random.default_rng([args.seed, 5]), test, args.num_trials)
+    write_atomic(lists[1], trials)
+    log.info("synthesised %d utterances in %.1f s", len(train) + len(test), time.time() - t0)
+    print("Synthetic corpus in %s: %d training utterances of %d speakers, %d trials over %d test utterances"
+          " of %d other speakers" % (root, len(train), args.num_train_speakers, len(trials), len(test),
+                                     args.num_test_speakers))
 
 
 # ----------------------------------------------------------------------------- baseline
@@ -366,29 +366,30 @@ def mel_filterbank(n_mels=40, n_fft=512, sr=SR):
 def mean_log_mel(path, fbank=None):
     """Utterance mean of 40 log-mel energies (25 ms Hamming window, 10 ms hop, 512-point FFT)."""
     x, sr = soundfile.read(path, dtype="float32")
+    x = x.mean(1) if x.ndim > 1 else x
     fbank = mel_filterbank(sr=sr) if fbank is None else fbank
     win, hop = int(0.025 * sr), int(0.010 * sr)
-    frames = sliding_window_view(np.pad(x, (0, max(0, win - len(x)))), win)[::hop] * np.hamming(win)
-    power = np.abs(np.fft.rfft(frames, 512, axis=1)) ** 2
-    return np.log(power @ fbank.T + 1e-6).mean(0)
+    x = np.pad(x, (0, max(0, win - len(x))))              # at least one frame
+    frames = sliding_window_view(x, win)[::hop] * np.hamming(win).astype(F32)
+    spec = scipy.fft.rfft(frames, 512, axis=1)
+    return np.log((spec.real ** 2 + spec.imag ** 2) @ fbank.T.astype(F32) + 1e-6).mean(0, dtype=np.float64)
 
 
 def baseline_eer(test_list, test_path):
     """EER (%) of cosine scoring between utterance-mean log-mel vectors over a trial list."""
     from tuneThreshold import tuneThresholdfromScore
-    trials = [line.split() for line in open(test_list) if line.strip()]
+    trials = [t for t in (line.split() for line in open(test_list)) if len(t) == 3]   # labelled only
     fbank, feats = mel_filterbank(), {}
-    for _, a, b in tqdm(trials, desc="baseline", unit="trial", leave=False):
-        for f in (a, b):
-            if f not in feats:
-                v = mean_log_mel(os.path.join(test_path, f), fbank)
-                feats[f] = v / np.linalg.norm(v)
+    for f in tqdm(sorted({f for t in trials for f in t[1:]}), desc="baseline", unit="file", leave=False):
+        v = mean_log_mel(os.path.join(test_path, f), fbank)
+        feats[f] = v / np.linalg.norm(v)
     scores = [float(feats[a] @ feats[b]) for _, a, b in trials]
     return float(tuneThresholdfromScore(scores, [int(t[0]) for t in trials], [1, 0.1])[1])
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=type(
+        "Fmt", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {}))
     p.add_argument("--synthetic", action="store_true", help="write the synthetic demo corpus")
     p.add_argument("--baseline", action="store_true", help="only report the mean-log-mel baseline EER")
     p.add_argument("--save_path", help="output folder of --synthetic")
@@ -396,19 +397,21 @@ def main(argv=None):
     p.add_argument("--test_path", help="folder the trial list's paths are relative to")
     p.add_argument("--overwrite", action="store_true", help="replace a different corpus in --save_path")
     g = p.add_argument_group("synthetic corpus")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--num_train_speakers", type=int, default=200)
-    g.add_argument("--num_test_speakers", type=int, default=40)
+    g.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    g.add_argument("--num_train_speakers", type=int, default=200, help="speakers of train_list.txt")
+    g.add_argument("--num_test_speakers", type=int, default=40, help="other speakers, for test_list.txt")
     g.add_argument("--utts_per_speaker", type=int, default=24, help="per training speaker")
-    g.add_argument("--test_utts_per_speaker", type=int, default=12)
+    g.add_argument("--test_utts_per_speaker", type=int, default=12, help="per test speaker")
     g.add_argument("--min_dur", type=float, default=2.0, help="seconds")
     g.add_argument("--max_dur", type=float, default=6.0, help="seconds")
-    g.add_argument("--num_trials", type=int, default=4000)
-    g.add_argument("--channel_strength", type=float, default=1.0, help="scales session EQ and band limits")
+    g.add_argument("--num_trials", type=int, default=4000, help="at most; half of them targets")
+    g.add_argument("--channel_strength", type=float, default=1.0,
+                   help="scales the sessions' EQ, band limits and noise colour (0 = none)")
     g.add_argument("--noise_snr_range", type=float, nargs=2, default=[15.0, 35.0], metavar=("LO", "HI"),
                    help="session background-noise SNR range, dB")
-    g.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes (output does not depend on it)")
-    g.add_argument("--reverb_prob", type=float, default=0.3, help="share of sessions with a reverberant room")
+    g.add_argument("--reverb_prob", type=float, default=0.3, help="share of sessions in a reverberant room")
+    g.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="processes; the output does not depend on it")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.synthetic == args.baseline:
@@ -416,13 +419,15 @@ def main(argv=None):
     if args.synthetic:
         if not args.save_path:
             p.error("--synthetic needs --save_path")
+        if min(args.num_test_speakers, args.test_utts_per_speaker) < 2 \
+                or not 0.5 <= args.min_dur <= args.max_dur:
+            p.error("need 2+ test speakers with 2+ utterances each, and 0.5 <= min_dur <= max_dur")
         generate_synthetic(args)
         args.test_list = os.path.join(args.save_path, "test_list.txt")
         args.test_path = os.path.join(args.save_path, "wav")
     elif not (args.test_list and args.test_path):
         p.error("--baseline needs --test_list and --test_path")
     eer = baseline_eer(args.test_list, args.test_path)
-    log.info("baseline (mean log-mel, cosine) EER %.2f%%", eer)
     print("Baseline EER (mean log-mel, cosine): %.2f%% on %s" % (eer, args.test_list))
 
 
