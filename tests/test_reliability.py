@@ -1,0 +1,181 @@
+"""Nothing lost: kill -9 and resume, NaN losses, pruning, full disks, paths outside the root."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import checkpoint
+import trainSpeakerNet
+from conftest import REPO, make_corpus, snapshot, to_argv, tiny_options
+
+
+def _argv(corpus, save_path, **overrides):
+    values = tiny_options(corpus, save_path, **{"max_epoch": 4, "test_interval": 1, **overrides})
+    return [str(a) for a in to_argv(values)]
+
+
+def _final_weights(save_path, epoch=4):
+    return checkpoint.load_file(checkpoint.checkpoint_path(save_path / "model", epoch))["model"]
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    """An uninterrupted 4-epoch run, and a run killed with SIGKILL mid-training then restarted."""
+    root = tmp_path_factory.mktemp("kill")
+    corpus = make_corpus(root / "corpus")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    command = [sys.executable, str(REPO / "trainSpeakerNet.py")]
+    straight = subprocess.run(command + _argv(corpus, root / "straight"), cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    victim = subprocess.Popen(command + _argv(corpus, root / "killed"), cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = checkpoint.checkpoint_path(root / "killed" / "model", 2)
+    deadline = time.time() + 240
+    while not first.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    survivors = checkpoint.list_checkpoints(root / "killed" / "model")
+    resumed = subprocess.run(command + _argv(corpus, root / "killed"), cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    return root, survivors, resumed
+
+
+def test_every_checkpoint_left_by_a_kill_is_complete(killed_and_resumed):
+    _, survivors, _ = killed_and_resumed
+    assert survivors, "the run was killed before its first checkpoint"
+    for _, path in survivors:
+        state = checkpoint.load_file(path)
+        assert state["format"] == checkpoint.FORMAT
+    # No temporary file is mistaken for a checkpoint.
+    assert all(path.name.startswith("model") for _, path in survivors)
+
+
+def test_restart_resumes_and_matches_an_uninterrupted_run(killed_and_resumed):
+    root, survivors, resumed = killed_and_resumed
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from" in resumed.stderr
+    straight, again = _final_weights(root / "straight"), _final_weights(root / "killed")
+    assert straight.keys() == again.keys()
+    for key in straight:
+        assert torch.equal(straight[key], again[key]), key
+    score = lambda run: (run / "result" / "scores.txt").read_text().splitlines()[-1]
+    assert score(root / "straight") == score(root / "killed")
+
+
+def test_nan_loss_stops_without_saving_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, caplog):
+    corpus = make_corpus(tmp_path / "corpus")
+    import loss.angleproto as angleproto
+    original = angleproto.LossFunction.forward
+    train_epoch = trainSpeakerNet.Trainer.train_epoch
+    current = {"epoch": 0}
+
+    def tracking(self, loader, epoch):
+        current["epoch"] = epoch
+        return train_epoch(self, loader, epoch)
+
+    def poisoned(self, x, label=None):
+        loss, metric = original(self, x, label)
+        return (loss * float("nan") if current["epoch"] >= 2 else loss), metric
+
+    monkeypatch.setattr(trainSpeakerNet.Trainer, "train_epoch", tracking)
+    monkeypatch.setattr(angleproto.LossFunction, "forward", poisoned)
+    save = tmp_path / "exp"
+    code = trainSpeakerNet.main(_argv(corpus, save, max_epoch=3))
+    assert code == 3
+    found = checkpoint.list_checkpoints(save / "model")
+    assert [epoch for epoch, _ in found] == [1]
+    state = checkpoint.load_file(found[0][1])
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert any("at epoch 2, step 1" in r.getMessage() for r in caplog.records)
+
+
+def test_nan_steps_can_be_skipped_up_to_a_limit(tmp_path, monkeypatch):
+    corpus = make_corpus(tmp_path / "corpus")
+    import loss.angleproto as angleproto
+    original = angleproto.LossFunction.forward
+    calls = {"n": 0}
+
+    def once(self, x, label=None):
+        loss, metric = original(self, x, label)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 2 else loss), metric
+
+    monkeypatch.setattr(angleproto.LossFunction, "forward", once)
+    assert trainSpeakerNet.main(_argv(corpus, tmp_path / "exp", max_epoch=1, max_bad_steps=1)) == 0
+
+
+def test_keep_last_prunes_old_checkpoints_but_keeps_the_best(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    save = tmp_path / "exp"
+    assert trainSpeakerNet.main(_argv(corpus, save, max_epoch=3, keep_last=1)) == 0
+    assert [e for e, _ in checkpoint.list_checkpoints(save / "model")] == [3]
+    best = checkpoint.load_file(save / "model" / "best.model")
+    eers = [float(line.split("EER ")[1].split(",")[0])
+            for line in (save / "result" / "scores.txt").read_text().splitlines()]
+    assert best["eer"] == pytest.approx(min(eers))
+
+
+def test_full_disk_is_reported_before_training(tmp_path, monkeypatch, caplog):
+    corpus = make_corpus(tmp_path / "corpus")
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    monkeypatch.setattr(trainSpeakerNet.Trainer, "train_epoch",
+                        lambda *a, **k: pytest.fail("training started on a full disk"))
+    assert trainSpeakerNet.main(_argv(corpus, tmp_path / "exp")) == 2
+    assert any("MB free" in r.getMessage() for r in caplog.records)
+    assert not checkpoint.list_checkpoints(tmp_path / "exp" / "model")
+
+
+def test_failed_save_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch):
+    corpus = make_corpus(tmp_path / "corpus")
+    save = tmp_path / "exp"
+    assert trainSpeakerNet.main(_argv(corpus, save, max_epoch=1)) == 0
+    before = snapshot(save / "model")
+
+    def failing(obj, handle, *args, **kwargs):
+        handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing)
+    with pytest.raises(OSError):
+        trainSpeakerNet.main(_argv(corpus, save, max_epoch=2))
+    after = snapshot(save / "model")
+    assert after == before                      # no partial file, nothing replaced
+    checkpoint.load_file(save / "model" / "model000000001.model")
+
+
+@pytest.mark.parametrize("entry", ["../outside.wav", "/etc/passwd"])
+def test_list_paths_cannot_leave_the_root(tmp_path, caplog, entry):
+    corpus = make_corpus(tmp_path / "corpus")
+    lines = corpus.train_list.read_text().splitlines()
+    lines[2] = f"spk00 {entry}"
+    corpus.train_list.write_text("\n".join(lines) + "\n")
+    assert trainSpeakerNet.main(_argv(corpus, tmp_path / "exp")) == 2
+    message = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][-1]
+    assert "train_list.txt:3" in message and "outside" in message
+
+
+def test_outside_paths_are_allowed_by_option(tmp_path, monkeypatch):
+    corpus = make_corpus(tmp_path / "corpus")
+    lines = corpus.train_list.read_text().splitlines()
+    speaker, rel = lines[2].split()
+    lines[2] = f"{speaker} {corpus.root / rel}"          # absolute, but a real file
+    corpus.train_list.write_text("\n".join(lines) + "\n")
+    read = []
+
+    def reading_only(self, loader, epoch):
+        read.extend(views[0].shape for views, _, _ in loader)      # the outside file is read
+        return {"loss": 0.0, "metric": 0.0, "utt_per_s": 0.0, "data_wait": 0.0, "lr": 0.0, "steps": 0}
+
+    monkeypatch.setattr(trainSpeakerNet.Trainer, "train_epoch", reading_only)
+    argv = _argv(corpus, tmp_path / "exp", max_epoch=1) + ["--allow_outside_paths"]
+    assert trainSpeakerNet.main(argv) == 0
+    assert read
