@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from models.frontend import LogMelFrontend
 from models.pooling import build_pooling
-from models.resnet_blocks import init_resnet_weights, make_stage
+from models.resnet_blocks import as_image, init_resnet_weights, make_stage, use_channels_last
 
 CHANNELS = (16, 32, 64, 128)
 BLOCKS = (3, 4, 6, 3)
@@ -31,9 +31,10 @@ class FastResNet34(nn.Module):
         self.pool = build_pooling(encoder_type, CHANNELS[-1])
         self.fc = nn.Linear(self.pool.out_dim, nOut)
         init_resnet_weights(self)
+        use_channels_last(self)
 
     def forward(self, wav):
-        x = self.features(wav).unsqueeze(1)                    # B x 1 x mels x frames
+        x = as_image(self.features(wav))           # B x 1 x mels x frames
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = x.mean(dim=2).transpose(1, 2)                      # average frequency: B x T x C

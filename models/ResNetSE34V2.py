@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from models.frontend import LogMelFrontend
 from models.pooling import ChannelAttentiveStatsPooling, check_encoder_type
-from models.resnet_blocks import init_resnet_weights, make_stage
+from models.resnet_blocks import as_image, init_resnet_weights, make_stage, use_channels_last
 
 CHANNELS = (32, 64, 128, 256)     # half of ResNet-34's 64/128/256/512
 BLOCKS = (3, 4, 6, 3)
@@ -54,9 +54,10 @@ class HalfResNet34ASP(nn.Module):
                                                  with_std=encoder_type == "ASP")
         self.fc = nn.Linear(self.pool.out_dim, nOut)
         init_resnet_weights(self)
+        use_channels_last(self)
 
     def forward(self, wav):
-        x = self.features(wav).unsqueeze(1)                    # B x 1 x mels x frames
+        x = as_image(self.features(wav))           # B x 1 x mels x frames
         x = self.bn1(self.relu(self.conv1(x)))                 # ReLU before BN, as the reference
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = x.flatten(1, 2).transpose(1, 2)                    # B x T x (channels * bands)
