@@ -1,6 +1,7 @@
 """data_prep.py: the synthetic demo corpus (layout, determinism, trial list) and the baseline."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,8 @@ import data_prep  # noqa: E402
 
 # Tiny but not trivial: several sessions per speaker, short utterances, all in about a second.
 TINY = ["--num_train_speakers", "4", "--utts_per_speaker", "4", "--num_test_speakers", "6",
-        "--test_utts_per_speaker", "4", "--min_dur", "1.0", "--max_dur", "1.6", "--num_trials", "200"]
+        "--test_utts_per_speaker", "4", "--min_dur", "1.0", "--max_dur", "1.6", "--num_trials", "200",
+        "--num_noise", "8", "--num_babble", "6", "--num_music", "3", "--num_rirs", "6"]
 
 
 def make(root, *extra):
@@ -162,3 +164,107 @@ def test_mean_log_mel_sees_the_spectrum(tmp_path):
         soundfile.write(str(tmp_path / f"{name}.wav"), 0.3 * np.sin(2 * np.pi * freq * t), 16000, subtype="PCM_16")
     low, high = (data_prep.mean_log_mel(str(tmp_path / f"{n}.wav")) for n in ("low", "high"))
     assert low.argmax() < 10 < 30 < high.argmax()
+
+
+# ----------------------------------------------------------------------------- augmentation sets
+def wavs(folder):
+    return sorted(Path(folder).rglob("*.wav"))
+
+
+def frame_level_spread(x):
+    """dB between the 95th and 50th percentile of 25 ms frame energies: small when stationary."""
+    frames = x[:len(x) // 400 * 400].reshape(-1, 400).astype(float)
+    level = 10 * np.log10((frames ** 2).mean(1) + 1e-3)
+    return np.percentile(level, 95) - np.percentile(level, 50)
+
+
+def test_noise_sets_layout_format_and_counts(corpus):
+    kinds = {k: wavs(corpus / "musan" / k) for k in ("noise", "speech", "music")}
+    assert [len(kinds[k]) for k in ("noise", "speech", "music")] == [8, 6, 3]
+    rirs = wavs(corpus / "rirs")
+    assert len(rirs) == 6 and len({p.parent for p in rirs}) == 2        # 3 positions per room
+    for path in [p for v in kinds.values() for p in v]:
+        info = soundfile.info(str(path))
+        assert (info.samplerate, info.channels, info.subtype, info.frames) == (16000, 1, "PCM_16", 80000)
+        audio, _ = soundfile.read(str(path), dtype="int16")
+        assert 100 < audio.std() and np.abs(audio).max() < 32767
+    for path in rirs:
+        info = soundfile.info(str(path))
+        assert (info.samplerate, info.channels) == (16000, 1) and 0.5 <= info.duration <= 1.0
+    # every noise type is there once: four stationary ones and four transient ones
+    assert sorted(p.parent.name for p in kinds["noise"]) == sorted(
+        data_prep.STATIONARY_NOISES + data_prep.TRANSIENT_NOISES)
+
+
+def test_noise_sets_load_in_the_augmentation_bank(corpus):
+    import augment
+    bank = augment.AugmentBank(corpus / "musan", corpus / "rirs")
+    assert {k: len(v) for k, v in bank.files.items()} == {"music": 3, "speech": 6, "noise": 8, "reverb": 6}
+
+
+def test_babble_comes_from_speakers_of_its_own(corpus):
+    train, trials = read_lists(corpus)
+    listed = {spk for spk, _ in train} | {p.split("/")[0] for t in trials for p in t[1:]}
+    babble = {p.parent.name for p in wavs(corpus / "musan" / "speech")}
+    assert babble == {"ns0001", "ns0002"} and not babble & listed
+    # voices are drawn from their own seed stream (role 2), so no voice equals a listed one
+    voice = lambda role, s: data_prep.draw_speaker(np.random.default_rng([0, role, s, 2]))["f0"]
+    listed_f0 = {voice(0, s) for s in range(4)} | {voice(1, s) for s in range(6)}
+    assert not {voice(2, s) for s in range(2)} & listed_f0
+
+
+def test_noise_types_sound_like_their_kind(corpus):
+    read = lambda p: soundfile.read(str(p), dtype="float32")[0]
+    by_type = {p.parent.name: read(p) for p in wavs(corpus / "musan" / "noise")}
+    for name in ("coloured", "hum", "fan"):
+        assert frame_level_spread(by_type[name]) < 6, name          # steady
+    for name in ("typing", "knocks", "beeps"):
+        assert frame_level_spread(by_type[name]) > 7, name          # events over a quiet floor
+    for path in wavs(corpus / "musan" / "music"):                   # tonal: sharp spectral peaks
+        x = read(path)[:32768]
+        spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+        assert spectrum.max() / np.median(spectrum) > 300
+
+
+def test_rirs_decay_with_their_rt60(corpus):
+    for path in wavs(corpus / "rirs"):
+        h, _ = soundfile.read(str(path), dtype="float64")
+        assert np.argmax(np.abs(h)) < 0.01 * 16000                  # direct path first
+        energy = np.cumsum((h ** 2)[::-1])[::-1]                    # Schroeder decay curve
+        edc = 10 * np.log10(energy / energy[0] + 1e-20)
+        rt60 = 3 * (np.argmax(edc < -25) - np.argmax(edc < -5)) / 16000
+        assert 0.15 < rt60 < 0.9, (path, rt60)
+
+
+def test_noise_sets_are_added_to_an_older_corpus_and_checked_like_it(tmp_path):
+    root = make(tmp_path / "c")
+    for folder in ("musan", "rirs"):                               # a corpus made before the noise sets
+        shutil.rmtree(root / folder)
+    (root / "synthetic_noise.json").unlink()
+    speech = {p: p.stat().st_mtime_ns for p in (root / "wav").rglob("*.wav")}
+    make(root)
+    assert len(wavs(root / "musan")) == 17 and len(wavs(root / "rirs")) == 6
+    assert {p: p.stat().st_mtime_ns for p in (root / "wav").rglob("*.wav")} == speech
+    with pytest.raises(SystemExit) as err:                          # other noise settings: refused
+        make(root, "--num_music", "2")
+    assert "musan/ or rirs/" in str(err.value.code) and "num_music" in str(err.value.code)
+    make(root, "--num_music", "2", "--overwrite")
+    assert len(wavs(root / "musan" / "music")) == 2
+    # an interrupted run (config written, not complete, a file missing) is finished on the next
+    cfg = root / "synthetic_noise.json"
+    cfg.write_text(cfg.read_text().replace('"complete": true', '"complete": false'))
+    victim = wavs(root / "rirs")[0]
+    victim.unlink()
+    make(root, "--num_music", "2")
+    assert victim.exists() and '"complete": true' in cfg.read_text()
+    assert {p: p.stat().st_mtime_ns for p in (root / "wav").rglob("*.wav")} == speech
+    assert not list(root.rglob("*.tmp"))
+
+
+def test_foreign_noise_folders_are_refused(tmp_path):
+    (tmp_path / "musan" / "noise").mkdir(parents=True)
+    (tmp_path / "musan" / "noise" / "real.wav").write_bytes(b"RIFF")
+    with pytest.raises(SystemExit) as err:
+        make(tmp_path)
+    assert "not made by --synthetic" in str(err.value.code)
+    assert (tmp_path / "musan" / "noise" / "real.wav").exists()
