@@ -138,3 +138,16 @@ def test_noise_is_read_partially(bank, monkeypatch):
     noise, rir = augment.read_augmentation(bank, spec, 4000, read_crop)
     assert rir is None and noise.shape == (4000,)
     assert calls == [4000, 4000, 4000]
+
+
+def test_fast_fft_size_is_the_next_5_smooth_number():
+    def smooth(n):
+        for p in (2, 3, 5):
+            while n % p == 0:
+                n //= p
+        return n == 1
+
+    for n in (1, 7, 97, 1000, 16001, 48239):
+        size = augment.fast_fft_size(n)
+        assert size >= n and smooth(size)
+        assert not any(smooth(m) for m in range(n, size))
