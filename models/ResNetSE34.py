@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from models.frontend import LogSpectrogramFrontend
 from models.pooling import build_pooling
-from models.resnet_blocks import as_image, init_resnet_weights, make_stage, use_channels_last
+from models.resnet_blocks import add_stages, as_image, init_resnet_weights, use_channels_last
 
 CHANNELS = (16, 32, 64, 128)      # a quarter of ResNet-34's 64/128/256/512
 BLOCKS = (3, 4, 6, 3)             # ResNet-34
@@ -34,11 +34,7 @@ class ThinResNet34(nn.Module):
         self.bn1 = nn.BatchNorm2d(CHANNELS[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=(2, 1), padding=1)
-        in_channels = CHANNELS[0]
-        stages = zip(CHANNELS, BLOCKS, STAGE_STRIDES)
-        for i, (channels, blocks, stride) in enumerate(stages, start=1):
-            setattr(self, f"layer{i}", make_stage(in_channels, channels, blocks, stride))
-            in_channels = channels
+        add_stages(self, CHANNELS, BLOCKS, STAGE_STRIDES)
         self.pool = build_pooling(encoder_type, CHANNELS[-1])
         self.fc = nn.Linear(self.pool.out_dim, nOut)
         init_resnet_weights(self)

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from models.frontend import LogMelFrontend
 from models.pooling import build_pooling
-from models.resnet_blocks import as_image, init_resnet_weights, make_stage, use_channels_last
+from models.resnet_blocks import add_stages, as_image, init_resnet_weights, use_channels_last
 
 CHANNELS = (16, 32, 64, 128)
 BLOCKS = (3, 4, 6, 3)
@@ -23,11 +23,7 @@ class FastResNet34(nn.Module):
         self.conv1 = nn.Conv2d(1, CHANNELS[0], kernel_size=7, stride=(2, 1), padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(CHANNELS[0])
         self.relu = nn.ReLU(inplace=True)
-        strides = (1, (2, 2), (2, 2), (1, 1))
-        in_channels = CHANNELS[0]
-        for i, (channels, blocks, stride) in enumerate(zip(CHANNELS, BLOCKS, strides), start=1):
-            setattr(self, f"layer{i}", make_stage(in_channels, channels, blocks, stride))
-            in_channels = channels
+        add_stages(self, CHANNELS, BLOCKS, strides=(1, (2, 2), (2, 2), (1, 1)))
         self.pool = build_pooling(encoder_type, CHANNELS[-1])
         self.fc = nn.Linear(self.pool.out_dim, nOut)
         init_resnet_weights(self)

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from models.frontend import LogMelFrontend
 from models.pooling import ChannelAttentiveStatsPooling, check_encoder_type
-from models.resnet_blocks import as_image, init_resnet_weights, make_stage, use_channels_last
+from models.resnet_blocks import add_stages, as_image, init_resnet_weights, use_channels_last
 
 CHANNELS = (32, 64, 128, 256)     # half of ResNet-34's 64/128/256/512
 BLOCKS = (3, 4, 6, 3)
@@ -44,11 +44,7 @@ class HalfResNet34ASP(nn.Module):
         self.conv1 = nn.Conv2d(1, CHANNELS[0], kernel_size=3, stride=1, padding=1)
         self.relu = nn.ReLU(inplace=True)
         self.bn1 = nn.BatchNorm2d(CHANNELS[0])
-        in_channels = CHANNELS[0]
-        stages = zip(CHANNELS, BLOCKS, STAGE_STRIDES)
-        for i, (channels, blocks, stride) in enumerate(stages, start=1):
-            setattr(self, f"layer{i}", make_stage(in_channels, channels, blocks, stride))
-            in_channels = channels
+        add_stages(self, CHANNELS, BLOCKS, STAGE_STRIDES)
         frame_dim = CHANNELS[-1] * bands_after_stages(n_mels)
         self.pool = ChannelAttentiveStatsPooling(frame_dim, bottleneck=ATTENTION_BOTTLENECK,
                                                  with_std=encoder_type == "ASP")

@@ -54,6 +54,14 @@ def make_stage(in_channels, channels, blocks, stride):
     return nn.Sequential(*layers)
 
 
+def add_stages(module, channels, blocks, strides):
+    """Attach the four stages as module.layer1..layer4 (voxceleb_trainer's parameter names)."""
+    in_channels = channels[0]
+    for i, (width, count, stride) in enumerate(zip(channels, blocks, strides), start=1):
+        setattr(module, f"layer{i}", make_stage(in_channels, width, count, stride))
+        in_channels = width
+
+
 def init_resnet_weights(module):
     """He-normal convolutions and unit BatchNorm, the usual ResNet start."""
     for m in module.modules():
