@@ -11,6 +11,7 @@ views of one utterance get independent draws), `read_augmentation` runs in the l
 workers and only reads noise and RIR crops (partial reads), and `Augmenter` mixes whole
 batches on the training device with torchaudio.functional.
 """
+import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,21 @@ def add_arguments(parser):
                    help="how many speech files are summed for babble (inclusive range)")
     g.add_argument("--aug_fraction", type=float, default=1.0,
                    help="share of training crops that are augmented at all (the rest stay clean)")
+    # The papers train without SpecAugment; these defaults are wespeaker's recipe values
+    # (spec_aug_args of its VoxCeleb configs: one mask of each kind, up to 10 frames and 8 bins,
+    # on 60% of the samples); Park et al. 2019 (LibriSpeech basic policy) use 1 mask of up to
+    # 27 of 80 mel bins and 1 of up to 100 frames on every sample.
+    g = parser.add_argument_group("SpecAugment (--specaugment), in the encoder's front end")
+    g.add_argument("--specaugment", action=argparse.BooleanOptionalAction, default=False,
+                   help="mask random time spans and frequency bands of each training sample's "
+                        "features (never at evaluation)")
+    g.add_argument("--specaug_time_masks", type=int, default=1, help="time masks per sample")
+    g.add_argument("--specaug_freq_masks", type=int, default=1, help="frequency masks per sample")
+    g.add_argument("--specaug_max_time", type=int, default=10,
+                   help="widest time mask, in 10 ms frames (width drawn from 1..this)")
+    g.add_argument("--specaug_max_freq", type=int, default=8,
+                   help="widest frequency mask, in feature bins (mel bands, spectrogram bins or MFCCs)")
+    g.add_argument("--specaug_prob", type=float, default=0.6, help="share of samples that get masks")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from errors import UserError
 from models.ecapa_blocks import Conv1dReluBn, SERes2NetBlock
-from models.frontend import LogMelFrontend, MFCCFrontend
+from models.frontend import LogMelFrontend, MFCCFrontend, with_spec_augment
 from models.pooling import ChannelAttentiveStatsPooling, check_encoder_type
 
 DILATIONS = (2, 3, 4)
@@ -85,5 +85,5 @@ def MainModel(nOut=192, encoder_type="ASP", n_mels=80, log_input=True, channels=
     # ECAPA-TDNN has one pooling, attentive statistics; naming another would silently
     # change nothing, so it is refused.
     check_encoder_type(encoder_type, ("ASP",))
-    return ECAPATDNN(nOut=nOut, channels=channels, n_mels=n_mels, log_input=log_input,
-                     input_features=input_features)
+    return with_spec_augment(ECAPATDNN(nOut=nOut, channels=channels, n_mels=n_mels, log_input=log_input,
+                                       input_features=input_features), **kwargs)

@@ -16,7 +16,7 @@ and 0.19 G in stages 1-4, since 257 bins keep the maps large. Fast ResNet-34
 """
 import torch.nn as nn
 
-from models.frontend import LogSpectrogramFrontend
+from models.frontend import LogSpectrogramFrontend, with_spec_augment
 from models.pooling import build_pooling
 from models.resnet_blocks import add_stages, as_image, init_resnet_weights, use_channels_last
 
@@ -50,4 +50,5 @@ class ThinResNet34(nn.Module):
 
 def MainModel(nOut=512, encoder_type="SAP", log_input=True, **kwargs):
     """Thin ResNet-34; --n_mels does not apply (the input is the 257-bin spectrogram)."""
-    return ThinResNet34(nOut=nOut, encoder_type=encoder_type, log_input=log_input)
+    return with_spec_augment(ThinResNet34(nOut=nOut, encoder_type=encoder_type, log_input=log_input),
+                             **kwargs)

@@ -5,7 +5,7 @@ Quarter-width SE-ResNet-34 on 40 log-mels with early strides; SAP or ASP pooling
 """
 import torch.nn as nn
 
-from models.frontend import LogMelFrontend
+from models.frontend import LogMelFrontend, with_spec_augment
 from models.pooling import build_pooling
 from models.resnet_blocks import add_stages, as_image, init_resnet_weights, use_channels_last
 
@@ -38,4 +38,5 @@ class FastResNet34(nn.Module):
 
 
 def MainModel(nOut=512, encoder_type="SAP", n_mels=40, log_input=True, **kwargs):
-    return FastResNet34(nOut=nOut, encoder_type=encoder_type, n_mels=n_mels, log_input=log_input)
+    return with_spec_augment(FastResNet34(nOut=nOut, encoder_type=encoder_type, n_mels=n_mels,
+                                          log_input=log_input), **kwargs)

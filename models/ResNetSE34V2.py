@@ -14,7 +14,7 @@ checkpoints load (renames below): 8,028,492 parameters with nOut 512, ASP and 64
 """
 import torch.nn as nn
 
-from models.frontend import LogMelFrontend
+from models.frontend import LogMelFrontend, with_spec_augment
 from models.pooling import ChannelAttentiveStatsPooling, check_encoder_type
 from models.resnet_blocks import add_stages, as_image, init_resnet_weights, use_channels_last
 
@@ -61,4 +61,5 @@ class HalfResNet34ASP(nn.Module):
 
 
 def MainModel(nOut=512, encoder_type="ASP", n_mels=64, log_input=True, **kwargs):
-    return HalfResNet34ASP(nOut=nOut, encoder_type=encoder_type, n_mels=n_mels, log_input=log_input)
+    return with_spec_augment(HalfResNet34ASP(nOut=nOut, encoder_type=encoder_type, n_mels=n_mels,
+                                             log_input=log_input), **kwargs)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from errors import UserError
-from models.frontend import LogMelFrontend
+from models.frontend import LogMelFrontend, with_spec_augment
 from models.pooling import build_pooling
 
 N_MELS = 40
@@ -69,4 +69,4 @@ def MainModel(nOut=512, encoder_type="SAP", n_mels=N_MELS, log_input=True, **kwa
     if n_mels != N_MELS:
         raise UserError(f"VGG-M-40 is defined on {N_MELS} mel bands (its 4x1 convolution "
                          f"expects them); got --n_mels {n_mels}")
-    return VGGM40(nOut=nOut, encoder_type=encoder_type, log_input=log_input)
+    return with_spec_augment(VGGM40(nOut=nOut, encoder_type=encoder_type, log_input=log_input), **kwargs)

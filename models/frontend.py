@@ -1,7 +1,13 @@
-"""Acoustic front ends computed inside the encoder, so loaders move raw waveforms only."""
+"""Acoustic front ends computed inside the encoder, so loaders move raw waveforms only.
+
+Every front end ends with an optional SpecAugment (`spec_augment`, None unless --specaugment):
+time and frequency masks drawn per sample, applied only in training mode.
+"""
 import torch
 import torch.nn as nn
 import torchaudio
+
+from errors import UserError
 
 SAMPLE_RATE = 16000
 WINDOW = 400      # 25 ms at 16 kHz
@@ -23,6 +29,78 @@ class PreEmphasis(nn.Module):
         return nn.functional.conv1d(padded, self.flipped_filter).squeeze(1)
 
 
+class SpecAugment(nn.Module):
+    """Per-sample time and frequency masking of B x bins x frames features (Park et al. 2019).
+
+    Each sample, with probability `prob`, gets `freq_masks` bands of 1..`max_freq` bins and
+    `time_masks` spans of 1..`max_time` frames set to 0, the mean of the instance-normalised
+    features. Masks lie wholly inside the features and may overlap. Drawn with tensor
+    comparisons on the features' device from torch's generator (reseeded every epoch), so a
+    batch costs a few small kernels and no Python loop over samples. Eval mode passes through.
+    """
+
+    def __init__(self, time_masks=1, freq_masks=1, max_time=10, max_freq=8, prob=0.6):
+        super().__init__()
+        self.time_masks, self.freq_masks = time_masks, freq_masks
+        self.max_time, self.max_freq = max_time, max_freq
+        self.prob = prob
+
+    @staticmethod
+    def _bands(batch, count, max_width, size, device):
+        """B x size boolean: `count` random bands of 1..max_width per row, inside [0, size)."""
+        if count == 0 or max_width == 0:
+            return torch.zeros(batch, size, dtype=torch.bool, device=device)
+        top = min(max_width, size)
+        width = 1 + (torch.rand(batch, count, 1, device=device) * top).long()
+        start = (torch.rand(batch, count, 1, device=device) * (size - width + 1)).long()
+        position = torch.arange(size, device=device)
+        return ((position >= start) & (position < start + width)).any(dim=1)
+
+    def draw_masks(self, batch, bins, frames, device):
+        """(B x bins frequency mask, B x frames time mask); rows not augmented are all False."""
+        chosen = torch.rand(batch, 1, device=device) < self.prob
+        freq = self._bands(batch, self.freq_masks, self.max_freq, bins, device) & chosen
+        time = self._bands(batch, self.time_masks, self.max_time, frames, device) & chosen
+        return freq, time
+
+    def forward(self, feats):
+        if not self.training:
+            return feats
+        freq, time = self.draw_masks(feats.shape[0], feats.shape[1], feats.shape[2], feats.device)
+        return feats.masked_fill(freq.unsqueeze(2) | time.unsqueeze(1), 0.0)
+
+    def extra_repr(self):
+        return (f"time_masks={self.time_masks}, max_time={self.max_time}, freq_masks={self.freq_masks}, "
+                f"max_freq={self.max_freq}, prob={self.prob}")
+
+
+def spec_augment_from_options(specaugment=False, specaug_time_masks=1, specaug_freq_masks=1,
+                              specaug_max_time=10, specaug_max_freq=8, specaug_prob=0.6, **_):
+    """A SpecAugment for --specaugment (the options in augment.add_arguments), else None."""
+    if not specaugment:
+        return None
+    counts = {"specaug_time_masks": specaug_time_masks, "specaug_freq_masks": specaug_freq_masks,
+              "specaug_max_time": specaug_max_time, "specaug_max_freq": specaug_max_freq}
+    for name, value in counts.items():
+        if value < 0:
+            raise UserError(f"--{name} must be 0 or more, got {value}")
+    if not 0 <= specaug_prob <= 1:
+        raise UserError(f"--specaug_prob must be between 0 and 1, got {specaug_prob}")
+    return SpecAugment(time_masks=specaug_time_masks, freq_masks=specaug_freq_masks,
+                       max_time=specaug_max_time, max_freq=specaug_max_freq, prob=specaug_prob)
+
+
+def with_spec_augment(encoder, **options):
+    """Give `encoder.features` the SpecAugment the options ask for (every MainModel calls this);
+    it holds no parameters, so checkpoints are the same with and without it."""
+    encoder.features.spec_augment = spec_augment_from_options(**options)
+    return encoder
+
+
+def _masked(frontend, feats):
+    return feats if frontend.spec_augment is None else frontend.spec_augment(feats)
+
+
 class LogMelFrontend(nn.Module):
     """Waveform (B x samples) -> instance-normalised (log-)mel filterbank (B x n_mels x frames).
 
@@ -40,6 +118,7 @@ class LogMelFrontend(nn.Module):
             sample_rate=SAMPLE_RATE, n_fft=N_FFT, win_length=WINDOW, hop_length=HOP,
             window_fn=window_fn, n_mels=n_mels)
         self.instancenorm = nn.InstanceNorm1d(n_mels)
+        self.spec_augment = None
 
     def forward(self, wav):
         with torch.no_grad(), torch.autocast(device_type=wav.device.type, enabled=False):
@@ -49,7 +128,7 @@ class LogMelFrontend(nn.Module):
             feats = self.melspec(wav) + 1e-6
             if self.log_input:
                 feats = feats.log()
-            return self.instancenorm(feats)
+            return _masked(self, self.instancenorm(feats))
 
 
 class LogSpectrogramFrontend(nn.Module):
@@ -68,13 +147,14 @@ class LogSpectrogramFrontend(nn.Module):
             n_fft=N_FFT, win_length=WINDOW, hop_length=HOP, window_fn=torch.hamming_window,
             power=1.0)
         self.instancenorm = nn.InstanceNorm1d(N_FFT // 2 + 1)
+        self.spec_augment = None
 
     def forward(self, wav):
         with torch.no_grad(), torch.autocast(device_type=wav.device.type, enabled=False):
             feats = self.spectrogram(wav.float()) + 1e-6
             if self.log_input:
                 feats = feats.log()
-            return self.instancenorm(feats)
+            return _masked(self, self.instancenorm(feats))
 
 
 class MFCCFrontend(nn.Module):
@@ -93,7 +173,8 @@ class MFCCFrontend(nn.Module):
             melkwargs=dict(n_fft=N_FFT, win_length=WINDOW, hop_length=HOP,
                            window_fn=torch.hamming_window, n_mels=n_mfcc))
         self.instancenorm = nn.InstanceNorm1d(n_mfcc)
+        self.spec_augment = None
 
     def forward(self, wav):
         with torch.no_grad(), torch.autocast(device_type=wav.device.type, enabled=False):
-            return self.instancenorm(self.mfcc(wav.float()))
+            return _masked(self, self.instancenorm(self.mfcc(wav.float())))
