@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from errors import UserError
 from audio_manifest import ListError, check_audio_files, resolve
-from augment import collate_augmentation, read_augmentation
+from augment import collate_augmentation, read_augmentation, speed_change, speed_read_length
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,9 @@ class CropRequest:
     files: tuple
     frames: tuple
     starts: tuple                # fractions in [0, 1) of the free range before each crop
-    label: int
+    label: int                   # speaker, offset by speed index x speakers when speed-perturbed
     augment: tuple = ()          # one augment.AugmentSpec per view, or () for clean crops
+    speed: float = 1.0           # playback speed of every view of the group (--speed_perturb)
 
 
 class SpeakerBalancedSampler:
@@ -162,7 +163,8 @@ class SpeakerBalancedSampler:
 
     def __init__(self, labels, groups_per_batch, views, max_seg_per_spk, seed=10,
                  group_by_utterance=False, view_frames=None, rank=0, world_size=1,
-                 augment_planner=None, augment_fraction=None, utterance_subset=None):
+                 augment_planner=None, augment_fraction=None, utterance_subset=None,
+                 speeds=(1.0,), num_speakers=0):
         self.labels = np.asarray(labels)
         self.groups_per_batch = groups_per_batch
         self.views = views
@@ -175,6 +177,10 @@ class SpeakerBalancedSampler:
         self.augment_planner = augment_planner
         self.augment_fraction = augment_fraction      # epoch -> share augmented (curricula)
         self.utterance_subset = utterance_subset      # (epoch, count) -> usable indices
+        # Speed perturbation: each group plays at one of `speeds`; the i-th speed turns
+        # speaker s into s + i * num_speakers (labelled groups only).
+        self.speeds = tuple(speeds)
+        self.num_speakers = num_speakers
         self.epoch = 0
         self.stats = {}
         self._planned = (None, [])
@@ -226,17 +232,25 @@ class SpeakerBalancedSampler:
             frames = tuple(int(f) for f in self.view_frames(epoch, rng))
             if len(frames) != self.views:
                 raise ValueError(f"objective asked for {len(frames)} view lengths, sampler draws {self.views}")
+            # Drawn only when perturbing, so plans without it stay as they were.
+            speed_index = (rng.integers(len(self.speeds), size=len(batch)) if len(self.speeds) > 1
+                           else [0] * len(batch))
             requests.append([CropRequest(
                 files=group, frames=frames, starts=tuple(rng.random(self.views)),
-                label=int(self.labels[group[0]]),
-                augment=tuple(planner.draw(rng) for _ in group) if planner else ())
-                for group in batch])
+                label=self._label(group, int(index)),
+                augment=tuple(planner.draw(rng) for _ in group) if planner else (),
+                speed=self.speeds[index])
+                for group, index in zip(batch, speed_index)])
         per_group = 1 if self.group_by_utterance else self.views
         self.stats = {"utterances": len(self.labels), "eligible": len(groups) * per_group,
                       "used": len(batches) * self.groups_per_batch * per_group,
                       "batches": len(batches)}
         self._planned = (epoch, requests)
         return requests
+
+    def _label(self, group, speed_index):
+        label = int(self.labels[group[0]])
+        return label + speed_index * self.num_speakers if label >= 0 else label
 
     def _groups(self, rng, allowed=None):
         candidates = np.arange(len(self.labels)) if allowed is None else np.flatnonzero(allowed)
@@ -318,8 +332,13 @@ class TrainDataset(Dataset):
         for index, frames, start in zip(request.files, request.frames, request.starts):
             length = crop_samples(frames)
             total = int(self.lengths[index])
-            offset = int(start * max(total - length, 0))
-            views.append(read_crop(self.files[index], total, offset, length))
+            if request.speed == 1.0:
+                views.append(read_crop(self.files[index], total, int(start * max(total - length, 0)), length))
+                continue
+            # A proportionally longer (slower) or shorter (faster) crop, resampled to `length`.
+            needed = speed_read_length(length, request.speed)
+            audio = read_crop(self.files[index], total, int(start * max(total - needed, 0)), needed)
+            views.append(speed_change(audio, length, request.speed))
         extras = None
         if request.augment:
             extras = [(*read_augmentation(self.augment_bank, spec, len(view), read_crop), spec.snr)

@@ -14,6 +14,7 @@ batches on the training device with torchaudio.functional.
 import argparse
 import logging
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 import torchaudio.functional as AF
 
 from audio_manifest import ListError, check_audio_files
+from errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,14 @@ def add_arguments(parser):
     g.add_argument("--specaug_max_freq", type=int, default=8,
                    help="widest frequency mask, in feature bins (mel bands, spectrogram bins or MFCCs)")
     g.add_argument("--specaug_prob", type=float, default=0.6, help="share of samples that get masks")
+    g = parser.add_argument_group("speed perturbation (--speed_perturb), in the loader")
+    g.add_argument("--speed_perturb", action=argparse.BooleanOptionalAction, default=False,
+                   help="play each group of views at one of --speed_factors (pitch and duration "
+                        "change together); each speed is a new speaker, so classifier objectives "
+                        "need --nClasses = factors x speakers")
+    g.add_argument("--speed_factors", type=float, nargs="+", default=[1.0, 0.9, 1.1],
+                   help="speeds drawn with equal probability; the i-th (from 0) maps speaker s "
+                        "to label s + i x speakers (wespeaker's and 3D-Speaker's recipes)")
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,58 @@ def planner_from_options(options):
     bank = AugmentBank(options.musan_path, options.rir_path)
     snr = {"noise": options.aug_snr_noise, "speech": options.aug_snr_speech, "music": options.aug_snr_music}
     return AugmentPlanner(bank, options.aug_probs, snr, options.aug_babble, options.aug_fraction)
+
+
+# ---------------------------------------------------------------------------- speed perturbation
+
+SPEED_MARGIN = 32        # input samples read beyond each end, so the resampling filter has context
+
+
+def speed_factors(options):
+    """The speeds of --speed_perturb, or (1.0,) without it; rejects unusable values."""
+    if not getattr(options, "speed_perturb", False):
+        return (1.0,)
+    factors = tuple(float(f) for f in options.speed_factors)
+    if any(not 0.5 <= f <= 2.0 for f in factors) or len(set(factors)) != len(factors):
+        raise UserError(f"--speed_factors {' '.join(map(str, factors))}: give distinct speeds "
+                        f"between 0.5 and 2.0 (e.g. 1.0 0.9 1.1)")
+    return factors
+
+
+def check_speed_classes(num_classes, num_speakers, factors, list_path):
+    """Classifier heads need one class per (speaker, speed): say what --nClasses must be."""
+    needed = num_speakers * len(factors)
+    if len(factors) > 1 and num_classes < needed:
+        raise UserError(f"--nClasses {num_classes} is too small for --speed_perturb: each of the "
+                        f"{len(factors)} speeds is a new speaker, {len(factors)} x {num_speakers} "
+                        f"speakers in {list_path} = {needed}; set --nClasses {needed} "
+                        f"(or train without --speed_perturb)")
+
+
+def speed_ratio(factor):
+    """(orig, new) integer rates with new / orig = 1 / factor: 1.1 -> (11, 10), 0.9 -> (9, 10)."""
+    ratio = Fraction(factor).limit_denominator(100)
+    return ratio.numerator, ratio.denominator
+
+
+def speed_read_length(length, factor):
+    """Input samples to read for `length` output samples at `factor`, margins included."""
+    orig, new = speed_ratio(factor)
+    margin = orig * -(-SPEED_MARGIN // orig)
+    return -(-length * orig // new) + 2 * margin
+
+
+def speed_change(audio, length, factor):
+    """`length` samples of `audio` (read with speed_read_length) played `factor` times faster:
+    resampled by new/orig = 1/factor at an unchanged 16 kHz, so pitch rises and duration
+    shrinks by `factor` (sox's `speed`, without sox). The margins are resampled and dropped."""
+    orig, new = speed_ratio(factor)
+    if orig == new:
+        return audio[:length]
+    margin = orig * -(-SPEED_MARGIN // orig)
+    out = AF.resample(torch.from_numpy(np.ascontiguousarray(audio)), orig, new)
+    first = margin * new // orig
+    return out[first:first + length].numpy()
 
 
 def read_augmentation(bank, spec, length, read_crop):

@@ -23,7 +23,7 @@ import checkpoint
 import evaluation
 import plugins
 import run_log
-from augment import Augmenter, planner_from_options
+from augment import Augmenter, check_speed_classes, planner_from_options, speed_factors
 from DatasetLoader import SpeakerBalancedSampler, TrainDataset, collate_views, read_train_list
 from errors import UserError
 from options import OptionError, parse_options, save_options
@@ -164,6 +164,9 @@ def train(options, model, device, rank, world_size):
     if uses_labels and len(train_list.speakers) > options.nClasses:
         raise OptionError(f"--nClasses {options.nClasses} is smaller than the {len(train_list.speakers)} "
                           f"speakers in {options.train_list}; set --nClasses {len(train_list.speakers)}")
+    speeds = speed_factors(options)
+    if uses_labels:
+        check_speed_classes(options.nClasses, len(train_list.speakers), speeds, options.train_list)
     evaluator = evaluation.Evaluation.from_options(options, train_list=train_list)
     max_frames = options.max_frames
     view_frames = getattr(model.objective, "view_frames", None) or (lambda epoch, rng: (max_frames,) * views)
@@ -172,7 +175,8 @@ def train(options, model, device, rank, world_size):
         train_list.labels, options.batch_size, views, options.max_seg_per_spk, seed=options.seed,
         group_by_utterance=not uses_labels, view_frames=view_frames, rank=rank, world_size=world_size,
         augment_planner=planner, augment_fraction=getattr(model.objective, "augment_fraction", None),
-        utterance_subset=getattr(model.objective, "utterance_subset", None))
+        utterance_subset=getattr(model.objective, "utterance_subset", None),
+        speeds=speeds, num_speakers=len(train_list.speakers))
     optimizer = plugins.factory("optimizer", options.optimizer)(model.parameters(), **vars(options))
     settings = {k: v for k, v in vars(options).items() if k != "optimizer"}
     scheduler, step_unit = plugins.factory("scheduler", options.scheduler)(optimizer, **settings)
