@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from errors import UserError
+from packed_audio import PackReader
 from audio_manifest import ListError, check_audio_files, resolve
 from augment import collate_augmentation, read_augmentation, speed_change, speed_read_length
 
@@ -319,10 +320,13 @@ class SpeakerBalancedSampler:
 class TrainDataset(Dataset):
     """Reads the crops a CropRequest names (and their noise and RIRs); nothing random here."""
 
-    def __init__(self, train_list, augment_bank=None):
+    def __init__(self, train_list, augment_bank=None, packs=()):
         self.files = train_list.files
         self.lengths = train_list.lengths
         self.augment_bank = augment_bank
+        # Packs (packed_audio.py) serve the files they hold from a memory map; the rest are read
+        # from their files.
+        self.read_crop = PackReader(packs, read_crop) if packs else read_crop
 
     def __len__(self):
         return len(self.files)
@@ -333,15 +337,16 @@ class TrainDataset(Dataset):
             length = crop_samples(frames)
             total = int(self.lengths[index])
             if request.speed == 1.0:
-                views.append(read_crop(self.files[index], total, int(start * max(total - length, 0)), length))
+                views.append(self.read_crop(self.files[index], total, int(start * max(total - length, 0)),
+                                            length))
                 continue
             # A proportionally longer (slower) or shorter (faster) crop, resampled to `length`.
             needed = speed_read_length(length, request.speed)
-            audio = read_crop(self.files[index], total, int(start * max(total - needed, 0)), needed)
+            audio = self.read_crop(self.files[index], total, int(start * max(total - needed, 0)), needed)
             views.append(speed_change(audio, length, request.speed))
         extras = None
         if request.augment:
-            extras = [(*read_augmentation(self.augment_bank, spec, len(view), read_crop), spec.snr)
+            extras = [(*read_augmentation(self.augment_bank, spec, len(view), self.read_crop), spec.snr)
                       for spec, view in zip(request.augment, views)]
         return views, request.label, extras
 
@@ -356,7 +361,11 @@ def collate_views(batch):
     tensors, extras, begin = [], [], 0
     for end in range(1, len(lengths) + 1):
         if end == len(lengths) or lengths[end] != lengths[begin]:
-            run = np.stack([np.stack(v[begin:end]) for v in views])
+            # One preallocated array, filled once (stacking views then groups copies twice).
+            run = np.empty((len(views), end - begin, lengths[begin]), dtype=np.float32)
+            for group, item in zip(run, views):
+                for row, view in zip(group, item[begin:end]):
+                    row[:] = view
             tensors.append(torch.from_numpy(run))
             extras.append(collate_augmentation([x for item in batch for x in item[2][begin:end]])
                           if augmented else None)

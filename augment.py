@@ -59,6 +59,12 @@ def add_arguments(parser):
     g.add_argument("--specaug_max_freq", type=int, default=8,
                    help="widest frequency mask, in feature bins (mel bands, spectrogram bins or MFCCs)")
     g.add_argument("--specaug_prob", type=float, default=0.6, help="share of samples that get masks")
+    g = parser.add_argument_group("packed audio (packed_audio.py)")
+    g.add_argument("--packs", type=str, default="auto",
+                   help="read training, MUSAN and RIR crops from int16 packs: 'auto' uses those "
+                        "packed_audio.py writes by default (train_list.pack beside the list, "
+                        "DIR.pack beside --musan_path/--rir_path), 'none' reads the audio files, "
+                        "or comma-separated pack prefixes")
     g = parser.add_argument_group("speed perturbation (--speed_perturb), in the loader")
     g.add_argument("--speed_perturb", action=argparse.BooleanOptionalAction, default=False,
                    help="play each group of views at one of --speed_factors (pitch and duration "
@@ -198,30 +204,36 @@ def read_augmentation(bank, spec, length, read_crop):
         index = spec.files[0]
         total = int(lengths[index])
         return None, read_crop(bank.files[name][index], total, 0, min(total, MAX_RIR_SAMPLES))
-    noise = np.zeros(length, dtype=np.float32)
+    noise = None
     for index, start in zip(spec.files, spec.starts):
         total = int(lengths[index])
-        noise += read_crop(bank.files[name][index], total, int(start * max(total - length, 0)), length)
+        crop = read_crop(bank.files[name][index], total, int(start * max(total - length, 0)), length)
+        if noise is None:
+            noise = crop                 # a fresh array: babble sums into it in place
+        else:
+            noise += crop
     return noise, None
 
 
 def collate_augmentation(items):
-    """Per-crop (noise, rir, snr) of one run of views -> batched tensors for `Augmenter`."""
-    length = next((len(n) for n, _, _ in items if n is not None), 0)
-    rir_len = max((len(r) for _, r, _ in items if r is not None), default=0)
-    noise = torch.zeros(len(items), length) if length else None
-    rir = torch.zeros(len(items), rir_len) if rir_len else None
-    snr = torch.tensor([s for _, _, s in items], dtype=torch.float32)
-    noisy = torch.zeros(len(items), dtype=torch.bool)
-    reverb = torch.zeros(len(items), dtype=torch.bool)
-    for i, (n, r, _) in enumerate(items):
-        if n is not None:
-            noise[i] = torch.from_numpy(n)
-            noisy[i] = True
-        if r is not None:
-            rir[i, :len(r)] = torch.from_numpy(r)
-            reverb[i] = True
-    return {"noise": noise, "rir": rir, "snr": snr, "noisy": noisy, "reverb": reverb}
+    """Per-crop (noise, rir, snr) of one run of views -> batched tensors for `Augmenter`.
+
+    `noise` and `rir` hold only the rows flagged in `noisy` and `reverb` (in order), so clean
+    crops cost no transfer to the device; `snr` has one entry per crop.
+    """
+    noises = [n for n, _, _ in items if n is not None]
+    rirs = [r for _, r, _ in items if r is not None]
+    noise = torch.from_numpy(np.stack(noises)) if noises else None
+    rir = None
+    if rirs:
+        padded = np.zeros((len(rirs), max(len(r) for r in rirs)), dtype=np.float32)
+        for row, r in zip(padded, rirs):
+            row[:len(r)] = r
+        rir = torch.from_numpy(padded)
+    return {"noise": noise, "rir": rir,
+            "snr": torch.tensor([s for _, _, s in items], dtype=torch.float32),
+            "noisy": torch.tensor([n is not None for n, _, _ in items], dtype=torch.bool),
+            "reverb": torch.tensor([r is not None for _, r, _ in items], dtype=torch.bool)}
 
 
 def fast_fft_size(n):
@@ -241,7 +253,13 @@ def fast_fft_size(n):
 
 
 class Augmenter:
-    """Mixes a batch on its device: `views` (list of N x V x S) with their collated extras."""
+    """Mixes a batch on its device: `views` (list of N x V x S) with their collated extras.
+
+    `noise` / `rir` may hold only the flagged rows (as collate_augmentation sends them) or one
+    row per crop. Noise is added at the requested SNR in one pass over the batch: scale =
+    sqrt(E_clean / E_noise) * 10^(-snr / 20) per row (torchaudio's add_noise), 0 for rows
+    without noise or with silent noise, without gathering the clean rows first.
+    """
 
     def __call__(self, views, extras):
         out = []
@@ -250,23 +268,32 @@ class Augmenter:
                 out.append(clean)
                 continue
             shape = clean.shape
+            # One copy, then in-place row updates (out-of-place index_add is several times slower).
             audio = clean.reshape(-1, shape[-1]).clone()
-            reverb = extra["reverb"]
-            if reverb.any():
-                rir = extra["rir"][reverb]
+            rows = extra["reverb"].nonzero().squeeze(1)
+            if len(rows):
+                rir = _flagged(extra["rir"], extra["reverb"], rows)
                 rir = rir / rir.norm(dim=-1, keepdim=True).clamp(min=1e-8)
                 # Zero-padding the crop to a 5-smooth FFT size leaves the first samples as they
                 # are and makes the transform several times faster than at an awkward size.
                 pad = fast_fft_size(shape[-1] + rir.shape[-1] - 1) - (shape[-1] + rir.shape[-1] - 1)
-                padded = torch.nn.functional.pad(audio[reverb], (0, pad))
-                audio[reverb] = AF.fftconvolve(padded, rir)[..., :shape[-1]]
-            noisy = extra["noisy"]
-            if noisy.any():
-                noise = extra["noise"][noisy]
+                padded = torch.nn.functional.pad(audio.index_select(0, rows), (0, pad))
+                audio.index_copy_(0, rows, AF.fftconvolve(padded, rir)[..., :shape[-1]])
+            rows = extra["noisy"].nonzero().squeeze(1)
+            if len(rows):
+                noise = _flagged(extra["noise"], extra["noisy"], rows)
+                clean_energy = torch.linalg.vector_norm(audio, dim=-1).square().index_select(0, rows)
+                noise_energy = torch.linalg.vector_norm(noise, dim=-1).square()
                 # Silent noise has no level to set: leave those crops clean rather than NaN.
-                audible = noise.pow(2).sum(dim=-1) > 1e-10
-                rows = noisy.nonzero().squeeze(1)[audible]
-                if len(rows):
-                    audio[rows] = AF.add_noise(audio[rows], noise[audible], extra["snr"][noisy][audible])
+                scale = torch.where(noise_energy > 1e-10,
+                                    (clean_energy / noise_energy.clamp(min=1e-10)).sqrt()
+                                    * torch.pow(10.0, -extra["snr"].index_select(0, rows) / 20),
+                                    torch.zeros((), device=noise.device))
+                audio.index_add_(0, rows, noise * scale.unsqueeze(1))
             out.append(audio.reshape(shape))
         return out
+
+
+def _flagged(rows_or_all, flags, rows):
+    """The rows of a tensor that holds either only the flagged rows or one row per crop."""
+    return rows_or_all.index_select(0, rows) if len(rows_or_all) == len(flags) != len(rows) else rows_or_all

@@ -6,8 +6,15 @@ A training crop from a WAV costs an open(), a header parse, a seek and a libsndf
 conversion (about 0.04 ms), and the operating system's page cache does the rest. Samples are
 bit-identical to soundfile.read(..., dtype="float32") of the source files.
 
-    python3 packed_audio.py --list data/train_list.txt --root data/voxceleb2 --out data/train.pack
-    python3 packed_audio.py --dir data/musan_split --out data/musan_split.pack
+    python3 packed_audio.py --list data/train_list.txt --root data/voxceleb2   # -> data/train_list.pack
+    python3 packed_audio.py --dir data/musan_split                             # -> data/musan_split.pack
+    python3 packed_audio.py --dir data/RIRS_NOISES/simulated_rirs
+
+Without --out the pack goes where the trainer looks for it (`default_prefix`): beside the list
+(its name without the extension, plus .pack) or beside the folder (its name plus .pack). With
+`--packs auto` (the default) training then reads the list's crops and the MUSAN/RIR crops from
+those packs; `--packs none` ignores them, `--packs A,B` names prefixes. A pack is used only for
+the files whose length matches the list's validated header; others are read from their files.
 
 Files: PREFIX.pcm (the samples, little-endian int16, back to back) and PREFIX.index.npz
 (names relative to the root, offsets, lengths). The index is written last, under a temporary
@@ -25,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 from tqdm import tqdm
+
+from errors import UserError
 
 log = logging.getLogger("packed_audio")
 VERSION = 1
@@ -89,24 +98,109 @@ class PackedAudio:
             audio = self.samples[begin:begin + total].astype(np.float32) * SCALE
             return np.pad(audio, (0, length - total), mode="wrap")
         start = min(max(start, 0), total - length)
-        out = self.samples[begin + start:begin + start + length].astype(np.float32)
-        out *= SCALE
-        return out
+        # One pass: int16 -> float32 times 2^-15 (exact, so identical to convert-then-scale).
+        return np.multiply(self.samples[begin + start:begin + start + length], SCALE, dtype=np.float32)
 
     def read_crop(self, path, total, start, length):
         """DatasetLoader.read_crop's signature (`total` is taken from the index)."""
         return self.crop(self.lookup[str(path)], start, length)
 
 
-def reader(packs, fallback):
-    """read_crop(path, total, start, length) from the first pack holding `path`, else `fallback`."""
-    def read_crop(path, total, start, length):
-        for p in packs:
+class PackReader:
+    """read_crop(path, total, start, length) from the first pack holding `path`, else `fallback`.
+
+    A class rather than a closure so that loader workers can receive it under any start method.
+    """
+
+    def __init__(self, packs, fallback):
+        self.packs = list(packs)
+        self.fallback = fallback
+
+    def __call__(self, path, total, start, length):
+        for p in self.packs:
             i = p.lookup.get(str(path))
             if i is not None:
                 return p.crop(i, start, length)
-        return fallback(path, total, start, length)
-    return read_crop
+        return self.fallback(path, total, start, length)
+
+
+def reader(packs, fallback):
+    """read_crop(path, total, start, length) from the first pack holding `path`, else `fallback`."""
+    return PackReader(packs, fallback)
+
+
+def default_prefix(path):
+    """Where a pack of a list (data/train_list.txt -> data/train_list.pack) or of a folder
+    (data/musan_split -> data/musan_split.pack) is written and looked for."""
+    path = Path(path)
+    if path.is_dir():
+        return str(path.parent / (path.name + ".pack"))
+    return str(path.with_suffix(".pack"))
+
+
+def exists(prefix):
+    return os.path.exists(str(prefix) + ".index.npz") and os.path.exists(str(prefix) + ".pcm")
+
+
+def restrict(pack, paths, lengths, what):
+    """Keep in `pack` only `paths` whose packed length equals `lengths` (the validated headers):
+    a pack made before a file changed must not feed stale audio. Logs the coverage."""
+    keep, stale = {}, 0
+    for path, length in zip(paths, lengths):
+        i = pack.lookup.get(str(path))
+        if i is None:
+            continue
+        if int(pack.lengths[i]) == int(length):
+            keep[str(path)] = i
+        else:
+            stale += 1
+    pack.lookup = keep
+    if stale:
+        log.warning("%s: %d files differ in length from %s.pcm and are read from their files; "
+                    "pack again", what, stale, pack.pcm_path[:-4])
+    log.info("%s: %d of %d files read from %s", what, len(keep), len(paths), pack.pcm_path)
+    return pack
+
+
+def loader_packs(spec, train_list_path, train_path, train_files, train_lengths, bank=None,
+                 musan_path=None, rir_path=None):
+    """Packs for the training loader, from --packs: 'auto' (those at the default places),
+    'none', or comma-separated prefixes (each holding list files or MUSAN/RIR files)."""
+    spec = str(spec or "none").strip()
+    if spec == "none":
+        return []
+    bank_paths = [p for kind in (bank.files if bank else {}) for p in bank.files[kind]]
+    bank_lengths = [n for kind in (bank.lengths if bank else {}) for n in bank.lengths[kind]]
+    if spec == "auto":
+        wanted = [(default_prefix(train_list_path), train_path, train_files, train_lengths, "training list")]
+        if bank is not None:
+            for kind, root in (("musan", musan_path), ("rir", rir_path)):
+                wanted.append((default_prefix(root), root, bank_paths, bank_lengths, kind))
+        found = [w for w in wanted if exists(w[0])]
+    else:
+        found = []
+        for prefix in (p.strip() for p in spec.split(",") if p.strip()):
+            if not exists(prefix):
+                raise UserError(f"--packs {prefix}: no {prefix}.pcm and {prefix}.index.npz; "
+                                        f"write it with packed_audio.py")
+            # A named pack may hold either kind of file: try each root it could be relative to.
+            for root, paths, lengths, what in ((train_path, train_files, train_lengths, "training list"),
+                                               (musan_path, bank_paths, bank_lengths, "musan"),
+                                               (rir_path, bank_paths, bank_lengths, "rir")):
+                if root is not None and paths:
+                    found.append((prefix, root, paths, lengths, what))
+    packs = []
+    for prefix, root, paths, lengths, what in found:
+        pack = restrict(PackedAudio(prefix, root), paths, lengths, f"{what} ({prefix})")
+        if pack.lookup:
+            packs.append(pack)
+    return packs
+
+
+def packs_from_options(options, train_list, bank=None):
+    """The training loader's packs for --packs (see loader_packs)."""
+    return loader_packs(getattr(options, "packs", "none"), options.train_list, options.train_path,
+                        train_list.files, train_list.lengths, bank, options.musan_path, options.rir_path)
 
 
 def main(argv=None):
@@ -114,11 +208,14 @@ def main(argv=None):
     p.add_argument("--list", help="train list ('speaker path' lines): pack the files it names")
     p.add_argument("--root", help="folder the list's paths are relative to")
     p.add_argument("--dir", help="pack every .wav under this folder instead (MUSAN split, RIRs)")
-    p.add_argument("--out", required=True, help="output prefix: PREFIX.pcm and PREFIX.index.npz")
+    p.add_argument("--out", help="output prefix: PREFIX.pcm and PREFIX.index.npz (default: where the "
+                                 "trainer's --packs auto finds it, LIST without extension + .pack or DIR.pack)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if bool(args.list) == bool(args.dir):
         p.error("give --list (with --root) or --dir")
+    if args.out is None:
+        args.out = default_prefix(args.list or args.dir.rstrip("/"))
     if os.path.exists(args.out + ".index.npz"):
         print("%s is already packed" % args.out)
         return

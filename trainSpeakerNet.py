@@ -27,6 +27,7 @@ from augment import Augmenter, check_speed_classes, planner_from_options, speed_
 from DatasetLoader import SpeakerBalancedSampler, TrainDataset, collate_views, read_train_list
 from errors import UserError
 from options import OptionError, parse_options, save_options
+from packed_audio import packs_from_options
 from SpeakerNet import SpeakerNet, Trainer, objective_attr
 
 log = logging.getLogger("trainSpeakerNet")
@@ -171,6 +172,7 @@ def train(options, model, device, rank, world_size):
     max_frames = options.max_frames
     view_frames = getattr(model.objective, "view_frames", None) or (lambda epoch, rng: (max_frames,) * views)
     planner = planner_from_options(options)
+    packs = packs_from_options(options, train_list, planner.bank if planner else None)
     sampler = SpeakerBalancedSampler(
         train_list.labels, options.batch_size, views, options.max_seg_per_spk, seed=options.seed,
         group_by_utterance=not uses_labels, view_frames=view_frames, rank=rank, world_size=world_size,
@@ -215,7 +217,8 @@ def train(options, model, device, rank, world_size):
                  sum(p.numel() for p in model.encoder.parameters()), len(train_list.files),
                  len(train_list.speakers), device)
 
-    loader = DataLoader(TrainDataset(train_list, planner.bank if planner else None), batch_sampler=sampler,
+    loader = DataLoader(TrainDataset(train_list, planner.bank if planner else None, packs),
+                        batch_sampler=sampler,
                         num_workers=options.nDataLoaderThread, collate_fn=collate_views,
                         pin_memory=device.type == "cuda", persistent_workers=options.nDataLoaderThread > 0,
                         prefetch_factor=4 if options.nDataLoaderThread > 0 else None)

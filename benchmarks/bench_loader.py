@@ -4,26 +4,22 @@
     python3 benchmarks/bench_loader.py                      # makes a small corpus in a temp dir
     python3 benchmarks/bench_loader.py --data data/demo     # any data_prep.py --synthetic folder
     python3 benchmarks/bench_loader.py --profile            # cProfile of our path, augmented, 0 workers
-    python3 benchmarks/bench_loader.py --proposed           # also the path with the proposed changes
+    python3 benchmarks/bench_loader.py --profile --packed   # the same, reading from packs
 
 Ours is the training path itself: SpeakerBalancedSampler (with augmentation planning) ->
 TrainDataset (partial reads of crops, noise crops and RIRs) -> collate_views ->
-augment.Augmenter mixing on the CPU. The reference-style loader, written here only for the
-comparison, does what voxceleb_trainer's loader does: read each whole file (float64) and
-crop it, then augment that one crop on the CPU (scipy.signal.convolve for reverberation,
+augment.Augmenter mixing on the CPU. The row "packed" is the same path reading the speech,
+noise and RIR crops from packed int16 memory maps (packed_audio.py, what `--packs auto` uses
+when the packs exist; made here in a temp dir). The reference-style loader, written here only
+for the comparison, does what voxceleb_trainer's loader does: read each whole file (float64)
+and crop it, then augment that one crop on the CPU (scipy.signal.convolve for reverberation,
 whole-file noise reads and numpy mixing), one crop at a time.
-
-`--proposed` adds rows for our path with three changes wired in by monkeypatching, to show
-what they are worth before anyone edits DatasetLoader.py / augment.py: crops read from packed
-int16 memory maps (packed_audio.py), reverberation at a 5-smooth FFT length, and noise mixed
-in one pass without gathering rows (mix_in_place below; same result as torchaudio's add_noise).
 
 Both see the same batches (the sampler's plan: 100 groups x 2 views of 200 frames). Wall-clock
 rates depend on whatever else runs on the machine; the per-CPU-second rate (CPU time of the
 main process and of its loader workers, from /proc) is the fairer comparison on a shared box.
 """
 import argparse
-import contextlib
 import cProfile
 import glob
 import os
@@ -37,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import torch
-from scipy import fft as scipy_fft
 from scipy import signal
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -197,13 +192,13 @@ def loader_for(dataset, workers, collate_fn=None):
     return lambda batches: DataLoader(dataset, batch_sampler=batches, **kwargs)
 
 
-def ours(train_list, bank, workers, augmenter):
+def ours(train_list, bank, workers, augmenter, packs=()):
     def step(batch):
         views, _, extras = batch
         if augmenter is not None:
             views = augmenter(views, extras)
         return sum(v.shape[0] * v.shape[1] for v in views)
-    return loader_for(TrainDataset(train_list, bank), workers, collate_views), step
+    return loader_for(TrainDataset(train_list, bank, packs=packs), workers, collate_views), step
 
 
 def reference(train_list, musan, rirs, workers, augment_on, max_frames):
@@ -211,61 +206,7 @@ def reference(train_list, musan, rirs, workers, augment_on, max_frames):
     return loader_for(dataset, workers), lambda batch: batch[0].shape[0] * batch[0].shape[1]
 
 
-# ---------------------------------------------------------------------------- proposed changes
-def fast_fftconvolve(x, y):
-    """torchaudio's fftconvolve at a 5-smooth FFT length: same result, several times faster when
-    len(x) + len(y) - 1 has a large prime factor (32240 + 16000 - 1 = 3 * 7 * 2297)."""
-    n = len(x[0]) + y.shape[-1] - 1
-    fast = scipy_fft.next_fast_len(n, real=True)
-    return torch.fft.irfft(torch.fft.rfft(x, fast) * torch.fft.rfft(y, fast), fast)[..., :n]
-
-
-def mix_in_place(self, views, extras):
-    """augment.Augmenter.__call__ without the gathers: reverberate only the reverberant rows,
-    then add every row's noise scaled to its SNR in one pass (scale 0 for clean or silent rows).
-    Same result as torchaudio's add_noise: scale = sqrt(E_clean / E_noise) * 10^(-snr / 20)."""
-    out = []
-    for clean, extra in zip(views, extras):
-        if extra is None:
-            out.append(clean)
-            continue
-        shape = clean.shape
-        audio = clean.reshape(-1, shape[-1])
-        reverb = extra["reverb"]
-        if reverb.any():
-            rir = extra["rir"][reverb]
-            rir = rir / rir.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-            audio = audio.clone()
-            audio[reverb] = fast_fftconvolve(audio[reverb], rir)[..., :shape[-1]]
-        if extra["noisy"].any():
-            noise = extra["noise"]
-            e_clean = torch.linalg.vector_norm(audio, dim=-1).square()
-            e_noise = torch.linalg.vector_norm(noise, dim=-1).square()
-            usable = extra["noisy"] & (e_noise > 1e-10)
-            scale = torch.where(usable, (e_clean / e_noise.clamp(min=1e-10)).sqrt()
-                                * torch.pow(10.0, -extra["snr"] / 20), torch.zeros(()))
-            audio = torch.addcmul(audio, noise, scale[:, None])
-        out.append(audio.reshape(shape))
-    return out
-
-
-class Proposed:
-    """Temporarily wires the proposed changes into the real path: reads from packs
-    (packed_audio) instead of WAV files, a 5-smooth FFT length for reverberation, and
-    gather-free noise mixing (mix_in_place)."""
-
-    def __init__(self, packs):
-        self.packs = packs
-
-    def __enter__(self):
-        self.saved = DatasetLoader.read_crop, augment.Augmenter.__call__
-        DatasetLoader.read_crop = packed_audio.reader(self.packs, DatasetLoader.read_crop)
-        augment.Augmenter.__call__ = mix_in_place
-
-    def __exit__(self, *exc):
-        DatasetLoader.read_crop, augment.Augmenter.__call__ = self.saved
-
-
+# ---------------------------------------------------------------------------- packs
 def make_packs(train_list_path, train_path, musan, rirs, tmp):
     packs = []
     names = [line.split()[1] for line in open(train_list_path) if line.strip()]
@@ -295,9 +236,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the main process")
     p.add_argument("--skip_reference", action="store_true")
     p.add_argument("--profile", action="store_true", help="cProfile our augmented path with 0 workers")
-    p.add_argument("--proposed", action="store_true",
-                   help="also time our path with the proposed changes: packed reads (packed_audio.py), "
-                        "a 5-smooth FFT length for reverberation, gather-free noise mixing")
+    p.add_argument("--packed", action="store_true",
+                   help="--profile: read from packs (made in a temp dir) instead of the WAV files")
+    p.add_argument("--skip_packed", action="store_true", help="no 'packed' rows")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     random.seed(0)
@@ -308,14 +249,14 @@ def main(argv=None):
         count = args.warmup + max(args.batches, args.ref_batches)
         plans = {aug: plan_batches(train_list, bank if aug else None, args, count) for aug in (False, True)}
         augmenter = augment.Augmenter()
-        packs = make_packs(list_path, train_path, musan, rirs, tmp) if args.proposed else None
+        use_packs = args.packed if args.profile else not args.skip_packed
+        packs = make_packs(list_path, train_path, musan, rirs, tmp) if use_packs else ()
         if args.profile:
-            make, step = ours(train_list, bank, 0, augmenter)
+            make, step = ours(train_list, bank, 0, augmenter, packs)
             profiler = cProfile.Profile()
-            with Proposed(packs) if args.proposed else contextlib.nullcontext():
-                profiler.enable()
-                measure(make, step, plans[True][:args.warmup + args.batches], args.warmup)
-                profiler.disable()
+            profiler.enable()
+            measure(make, step, plans[True][:args.warmup + args.batches], args.warmup)
+            profiler.disable()
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
             pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
             return
@@ -325,7 +266,7 @@ def main(argv=None):
                   crop_samples(args.max_frames), args.threads,
                   " ".join("%.1f" % x for x in os.getloadavg())))
         runs = [("ours", args.batches)] + ([] if args.skip_reference else [("reference", args.ref_batches)])
-        runs += [("proposed", args.batches)] if args.proposed else []
+        runs += [("packed", args.batches)] if use_packs else []
         configs = [(w, aug, name, n) for w in args.workers for aug in (False, True) for name, n in runs]
         results = {c: [] for c in configs}
         # Rounds interleave the loaders, so that each sees the same mix of load from other jobs.
@@ -335,9 +276,9 @@ def main(argv=None):
                 if name == "reference":
                     make, step = reference(train_list, musan, rirs, workers, aug, args.max_frames)
                 else:
-                    make, step = ours(train_list, bank if aug else None, workers, augmenter if aug else None)
-                with Proposed(packs) if name == "proposed" else contextlib.nullcontext():
-                    results[config].append(measure(make, step, plans[aug][:args.warmup + n], args.warmup))
+                    make, step = ours(train_list, bank if aug else None, workers, augmenter if aug else None,
+                                      packs if name == "packed" else ())
+                results[config].append(measure(make, step, plans[aug][:args.warmup + n], args.warmup))
         print("medians of %d interleaved rounds" % args.repeat)
         print("%-10s %-8s %-8s %12s %12s %16s" % ("loader", "augment", "workers", "segments/s", "CPU s/batch",
                                                   "segments/CPU-s"))

@@ -1,0 +1,163 @@
+"""The loader's fast paths: packs (--packs) give the same crops as the WAV files, only used
+noise/RIR rows are sent, one-pass mixing equals an independent float64 computation, and the
+preallocated collation equals stacking."""
+import argparse
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import augment
+import packed_audio
+import trainSpeakerNet
+from conftest import SR, train_argv, write_wav
+from DatasetLoader import SpeakerBalancedSampler, TrainDataset, collate_views, read_train_list
+from errors import UserError
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A list of 6 speakers x 3 utterances (some shorter than a crop) and MUSAN/RIR folders."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for s in range(6):
+        for u in range(3):
+            seconds = rng.uniform(0.1, 1.5)
+            write_wav(tmp_path / "wav" / f"s{s}" / f"{u}.wav", 0.3 * rng.standard_normal(int(seconds * SR)))
+            lines.append(f"s{s} s{s}/{u}.wav\n")
+    (tmp_path / "train_list.txt").write_text("".join(lines))
+    for kind in augment.NOISE_KINDS:
+        for i in range(4):
+            write_wav(tmp_path / "musan" / kind / f"{i}.wav",
+                      rng.uniform(0.01, 0.3) * rng.standard_normal(int(rng.uniform(0.2, 2) * SR)))
+    for i in range(3):
+        write_wav(tmp_path / "rirs" / "room" / f"{i}.wav",
+                  rng.standard_normal(2000) * np.exp(-np.arange(2000) / 300))
+    return tmp_path
+
+
+def options_for(root, packs="auto"):
+    return argparse.Namespace(packs=packs, train_list=str(root / "train_list.txt"),
+                              train_path=str(root / "wav"), musan_path=str(root / "musan"),
+                              rir_path=str(root / "rirs"))
+
+
+def pack_all(root):
+    """Packs at the default places, as the command line writes them without --out."""
+    packed_audio.main(["--list", str(root / "train_list.txt"), "--root", str(root / "wav")])
+    packed_audio.main(["--dir", str(root / "musan")])
+    packed_audio.main(["--dir", str(root / "rirs") + "/"])
+    assert packed_audio.exists(root / "train_list.pack") and packed_audio.exists(root / "musan.pack")
+    assert packed_audio.exists(root / "rirs.pack")
+
+
+def plan(train, bank, speeds=(1.0,)):
+    planner = augment.AugmentPlanner(bank, [0.2] * 5, {"noise": (0, 15), "speech": (13, 20), "music": (5, 15)},
+                                     (3, 7))
+    sampler = SpeakerBalancedSampler(train.labels, 3, 2, 500, seed=4, view_frames=lambda e, r: (40, 40),
+                                     augment_planner=planner, speeds=speeds, num_speakers=6)
+    return [b for epoch in (1, 2, 3) for b in sampler.plan(epoch)]
+
+
+def test_packed_loader_gives_bit_identical_batches(data, caplog):
+    pack_all(data)
+    train = read_train_list(data / "train_list.txt", data / "wav")
+    bank = augment.AugmentBank(data / "musan", data / "rirs")
+    with caplog.at_level(logging.INFO):
+        packs = packed_audio.packs_from_options(options_for(data), train, bank)
+    assert len(packs) == 3
+    assert "18 of 18 files read from" in caplog.text
+    files, packed = TrainDataset(train, bank), TrainDataset(train, bank, packs)
+    batches = plan(train, bank, speeds=(1.0, 0.9, 1.1))
+    kinds = {spec.kind for b in batches for r in b for spec in r.augment}
+    assert kinds == set(range(len(augment.KINDS)))       # every kind and both reads were exercised
+    for batch in batches:
+        a = collate_views([files[r] for r in batch])
+        b = collate_views([packed[r] for r in batch])
+        assert all(torch.equal(x, y) for x, y in zip(a[0], b[0])) and torch.equal(a[1], b[1])
+        for ea, eb in zip(a[2], b[2]):
+            for key in ea:
+                assert (ea[key] is None and eb[key] is None) or torch.equal(ea[key], eb[key]), key
+
+
+def test_packs_none_named_missing_and_stale(data, caplog):
+    train = read_train_list(data / "train_list.txt", data / "wav")
+    assert packed_audio.packs_from_options(options_for(data), train) == []         # auto, no packs yet
+    pack_all(data)
+    assert packed_audio.packs_from_options(options_for(data, "none"), train) == []
+    named = packed_audio.packs_from_options(options_for(data, str(data / "train_list.pack")), train)
+    assert len(named) == 1 and len(named[0].lookup) == 18
+    with pytest.raises(UserError, match="--packs .*nothing"):
+        packed_audio.packs_from_options(options_for(data, str(data / "nothing")), train)
+    # A file that changed length after packing is read from its file, not from the pack.
+    write_wav(data / "wav" / "s0" / "0.wav", np.zeros(SR // 2))
+    train = read_train_list(data / "train_list.txt", data / "wav")
+    with caplog.at_level(logging.WARNING):
+        packs = packed_audio.packs_from_options(options_for(data), train)
+    assert "1 files differ in length" in caplog.text
+    assert str(data / "wav" / "s0" / "0.wav") not in packs[0].lookup and len(packs[0].lookup) == 17
+
+
+def test_only_flagged_noise_and_rir_rows_are_sent():
+    rng = np.random.default_rng(1)
+    noise, rir = rng.standard_normal(100).astype(np.float32), rng.standard_normal(30).astype(np.float32)
+    short_rir = rir[:10].copy()
+    items = [(None, None, 0.0), (noise, None, 5.0), (None, rir, 0.0), (None, None, 0.0), (None, short_rir, 0.0)]
+    extra = augment.collate_augmentation(items)
+    assert extra["noise"].shape == (1, 100) and np.array_equal(extra["noise"][0].numpy(), noise)
+    assert extra["rir"].shape == (2, 30) and np.array_equal(extra["rir"][1, :10].numpy(), short_rir)
+    assert not extra["rir"][1, 10:].any()
+    assert extra["noisy"].tolist() == [False, True, False, False, False]
+    assert extra["reverb"].tolist() == [False, False, True, False, True]
+    assert extra["snr"].tolist() == [0.0, 5.0, 0.0, 0.0, 0.0]
+
+
+def test_mixing_equals_float64_reference_in_both_row_layouts():
+    rng = np.random.default_rng(2)
+    n, length = 12, 3000
+    clean = rng.standard_normal((n, length)).astype(np.float32)
+    noisy = np.zeros(n, dtype=bool)
+    noisy[[1, 4, 5, 9]] = True
+    reverb = np.zeros(n, dtype=bool)
+    reverb[[2, 7]] = True
+    noise = (rng.standard_normal((n, length)) * rng.uniform(0.01, 2, (n, 1))).astype(np.float32)
+    noise[5] = 0                                    # silent noise: stays clean
+    rir = (rng.standard_normal((n, 200)) * np.exp(-np.arange(200) / 40)).astype(np.float32)
+    snr = rng.uniform(0, 20, n).astype(np.float32)
+    expected = clean.astype(np.float64).copy()
+    for i in np.flatnonzero(noisy):
+        c, z = clean[i].astype(np.float64), noise[i].astype(np.float64)
+        if (z ** 2).sum() > 1e-10:
+            expected[i] = c + np.sqrt((c ** 2).sum() / (z ** 2).sum()) * 10 ** (-snr[i] / 20) * z
+    for i in np.flatnonzero(reverb):
+        r = rir[i].astype(np.float64)
+        expected[i] = np.convolve(clean[i].astype(np.float64), r / np.sqrt((r ** 2).sum()))[:length]
+    views = torch.from_numpy(clean.copy()).view(n // 2, 2, length)
+    full = {"noise": torch.from_numpy(noise), "rir": torch.from_numpy(rir), "snr": torch.from_numpy(snr),
+            "noisy": torch.from_numpy(noisy), "reverb": torch.from_numpy(reverb)}
+    compact = dict(full, noise=full["noise"][full["noisy"]], rir=full["rir"][full["reverb"]])
+    results = [augment.Augmenter()([views], [extra])[0].reshape(n, length) for extra in (full, compact)]
+    assert torch.equal(results[0], results[1])
+    np.testing.assert_allclose(results[0].numpy(), expected, atol=2e-4)
+    assert torch.equal(views.reshape(n, length), torch.from_numpy(clean))         # input untouched
+
+
+def test_collation_equals_stacking():
+    rng = np.random.default_rng(3)
+    lengths = (400, 400, 240, 240, 240)            # two runs of equal-length views (global, local)
+    batch = [([rng.standard_normal(k).astype(np.float32) for k in lengths], g, None) for g in range(4)]
+    views, labels, extras = collate_views(batch)
+    assert [tuple(v.shape) for v in views] == [(4, 2, 400), (4, 3, 240)] and extras == [None, None]
+    for run, (begin, end) in zip(views, ((0, 2), (2, 5))):
+        assert np.array_equal(run.numpy(), np.stack([np.stack(item[0][begin:end]) for item in batch]))
+    assert labels.tolist() == [0, 1, 2, 3]
+
+
+def test_training_reads_from_packs(corpus, tmp_path, caplog):
+    packed_audio.main(["--list", str(corpus.train_list), "--root", str(corpus.root)])
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        code = trainSpeakerNet.main([str(a) for a in train_argv(corpus, tmp_path / "exp", max_epoch=1)])
+    assert code == 0
+    assert f"24 of 24 files read from {corpus.root / 'train_list.pack.pcm'}" in caplog.text
