@@ -179,3 +179,50 @@ def test_outside_paths_are_allowed_by_option(tmp_path, monkeypatch):
     argv = _argv(corpus, tmp_path / "exp", max_epoch=1) + ["--allow_outside_paths"]
     assert trainSpeakerNet.main(argv) == 0
     assert read
+
+
+# ------------------------------------------------------------------ soak
+def test_many_epochs_leak_no_file_descriptors_or_workers(tmp_path):
+    """Eight epochs, each evaluated, with two persistent loader workers: the trainer's open
+    descriptors and child processes after the last epoch are no more than after the fourth."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import soak
+
+    corpus = make_corpus(tmp_path / "corpus")
+    save_path = tmp_path / "run"
+    argv = _argv(corpus, save_path, max_epoch=8, nDataLoaderThread=2, keep_last=2)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    code, samples = soak.watch([sys.executable, str(REPO / "trainSpeakerNet.py")] + argv,
+                               save_path / "metrics.jsonl", env=env, timeout=400)
+    assert code == 0
+    assert len(samples) >= 6, f"only {len(samples)} epochs were sampled"
+    assert samples[1].children == 2, "expected the two persistent loader workers"
+    growth = soak.verdict(samples)
+    assert growth["fd_growth"] <= 0, [s.fds for s in samples]
+    assert growth["worker_growth"] <= 0, [s.children for s in samples]
+
+
+# ------------------------------------------------------------------ YAML safety
+def _yaml_payload(target):
+    """A YAML document that creates `target` if loaded with an unsafe loader."""
+    return f"model: ResNetSE34L\nnOut: !!python/object/apply:builtins.open ['{target}', 'w']\n"
+
+
+def test_yaml_config_cannot_run_code(tmp_path, caplog):
+    target = tmp_path / "pwned.txt"
+    config = tmp_path / "evil.yaml"
+    config.write_text(_yaml_payload(target))
+    code = trainSpeakerNet.main(["--config", str(config), "--save_path", str(tmp_path / "run")])
+    assert code == 2
+    assert "evil.yaml" in caplog.text and "not valid YAML" in caplog.text
+    assert not target.exists(), "loading the config ran code"
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_payload_control(tmp_path):
+    """The payload above is live: an unsafe loader does create the file."""
+    import yaml
+    target = tmp_path / "pwned.txt"
+    loaded = yaml.unsafe_load(_yaml_payload(target))
+    loaded["nOut"].close()
+    assert target.exists()
