@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 import score_norm
@@ -267,6 +268,35 @@ def embed_files(extract, files, lengths, root, normalize=True, keep_crops=False,
         if keep_crops:
             kept.append(torch.as_tensor(crops).float())
     return torch.cat(embeddings), torch.cat(kept) if keep_crops else None
+
+
+def shared_extract(extract):
+    """`extract` split across the ranks of an initialised torch.distributed group: each rank
+    embeds a disjoint share of the files (files[rank::world]) and every rank receives all of
+    them, in order. Every rank must call it with the same files. Without a process group (or
+    with one rank) it is `extract` itself."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return extract
+
+    def run(files, lengths, root):
+        rank, world = dist.get_rank(), dist.get_world_size()
+        share = (len(files) - rank + world - 1) // world
+        # A rank without files still needs the crop tensor's shape for the collective:
+        # it embeds the first file and sends zeros.
+        mine = torch.as_tensor(extract(files[rank::world] if share else files[:1],
+                                       lengths[rank::world] if share else lengths[:1], root)).float()
+        rows = -(-len(files) // world)
+        padded = mine.new_zeros((rows, *mine.shape[1:]))
+        padded[:share] = mine[:share]
+        # NCCL gathers CUDA tensors only (init_distributed sets each rank's device).
+        device = (torch.device("cuda", torch.cuda.current_device())
+                  if dist.get_backend() == "nccl" else torch.device("cpu"))
+        parts = [torch.empty_like(padded, device=device) for _ in range(world)]
+        dist.all_gather(parts, padded.to(device))
+        # Row j of rank r is file j * world + r: interleave, and the padding falls at the end.
+        return torch.stack(parts, dim=1).flatten(0, 1)[:len(files)].cpu()
+
+    return run
 
 
 def _pair_scores(embeddings, pairs, normalize):
@@ -551,8 +581,11 @@ class Evaluation:
         return cls(options.test_list, options.test_path, settings,
                    out_dir=Path(options.save_path) / "result", cohort_list=train_list)
 
-    def run(self, extract, normalize=True, tag=""):
-        """Embed the lists' files (and the cohort), score, write outputs -> report."""
+    def run(self, extract, normalize=True, tag="", score=True):
+        """Embed the lists' files (and the cohort), score, write outputs -> report.
+
+        With score=False it only embeds and returns None: the other ranks of a distributed
+        run, whose `extract` (shared_extract) needs every rank to take part."""
         started = time.perf_counter()
         trial_set = self.trial_set
         embeddings, crops = embed_files(extract, trial_set.files, trial_set.lengths,
@@ -564,6 +597,8 @@ class Evaluation:
             log.warning("AS-norm needs cosine scoring; this objective scores by distance, so "
                         "the cohort is not embedded and only raw scores are reported")
         extracted = time.perf_counter() - started
+        if not score:
+            return None
         report = evaluate_lists(embeddings if normalize else crops, trial_set, self.settings,
                                 normalize=normalize, cohort=cohort, out_dir=self.out_dir, tag=tag,
                                 plots=self.plots)

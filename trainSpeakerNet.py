@@ -75,8 +75,17 @@ def init_distributed(options):
         raise OptionError("--distributed needs torchrun (e.g. torchrun --nproc_per_node 2 trainSpeakerNet.py ...)")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     backend = "nccl" if torch.cuda.is_available() and options.device != "cpu" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)     # NCCL collectives use the current device
     dist.init_process_group(backend=backend)
     return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def share_buffers(module):
+    """Rank 0's buffers on every rank. Each rank's last step updated its BatchNorm statistics
+    with its own batch; evaluation must embed with the weights rank 0 saves."""
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def prepare_save_path(save_path, needed_bytes=0):
@@ -125,34 +134,42 @@ def load_initial_weights(model, source):
 
 
 def make_extractor(trainer, options):
-    """extract(files, lengths, root) -> files x crops x D, as evaluation.py expects."""
-    return lambda files, lengths, root: trainer.extract(files, lengths, root, options.eval_frames,
-                                                        options.num_eval, options.nDataLoaderThread)
+    """extract(files, lengths, root) -> files x crops x D, as evaluation.py expects; under
+    --distributed each rank embeds its share of the files and all ranks receive all."""
+    return evaluation.shared_extract(
+        lambda files, lengths, root: trainer.extract(files, lengths, root, options.eval_frames,
+                                                     options.num_eval, options.nDataLoaderThread))
 
 
 # ---------------------------------------------------------------------------- modes
 
-def extract_only(options, model, device):
+def extract_only(options, model, device, rank=0):
     """--extract: embeddings of a list's files (or of every trial-list file) to one .npz."""
     file_set = evaluation.files_to_export(options)
     source = options.initial_model or newest_checkpoint(options.save_path)
     load_initial_weights(model, source)
-    trainer = Trainer(model, None, None, None, device, options.mixedprec)
+    trainer = Trainer(model, None, None, None, device, options.mixedprec, is_main=rank == 0)
     normalize = objective_attr(model.objective, "test_normalize", True)
+    if rank != 0:      # embeds its share for rank 0, which writes the file
+        evaluation.embed_files(make_extractor(trainer, options), file_set.files, file_set.lengths,
+                               file_set.root, normalize=normalize, keep_crops=options.extract_crops)
+        return None
     return evaluation.extract_to_npz(options.extract, make_extractor(trainer, options), file_set,
                                      keep_crops=options.extract_crops, normalize=normalize)
 
 
-def evaluate_only(options, model, device):
-    """--eval: score the trial lists with --initial_model or the newest checkpoint."""
+def evaluate_only(options, model, device, rank=0):
+    """--eval: score the trial lists with --initial_model or the newest checkpoint (under
+    --distributed every rank embeds a share of the files; rank 0 scores and writes)."""
     evaluator = evaluation.Evaluation.from_options(options)
     source = options.initial_model or newest_checkpoint(options.save_path)
     load_initial_weights(model, source)
-    prepare_save_path(options.save_path)
-    log.info("evaluating %s on %s", source, ", ".join(map(str, evaluator.trial_set.paths)))
-    trainer = Trainer(model, None, None, None, device, options.mixedprec)
-    return evaluator.run(make_extractor(trainer, options),
-                         normalize=objective_attr(model.objective, "test_normalize", True), tag="eval")
+    if rank == 0:
+        prepare_save_path(options.save_path)
+        log.info("evaluating %s on %s", source, ", ".join(map(str, evaluator.trial_set.paths)))
+    trainer = Trainer(model, None, None, None, device, options.mixedprec, is_main=rank == 0)
+    return evaluator.run(make_extractor(trainer, options), tag="eval", score=rank == 0,
+                         normalize=objective_attr(model.objective, "test_normalize", True))
 
 
 def train(options, model, device, rank, world_size):
@@ -224,9 +241,10 @@ def train(options, model, device, rank, world_size):
                         prefetch_factor=4 if options.nDataLoaderThread > 0 else None)
     validation = Validation(options, model, trainer, evaluator, save_path)
     report = None
-    if start_epoch > options.max_epoch and is_main:
-        log.info("training already reached epoch %d of %d; evaluating that checkpoint",
-                 start_epoch - 1, options.max_epoch)
+    if start_epoch > options.max_epoch:
+        if is_main:
+            log.info("training already reached epoch %d of %d; evaluating that checkpoint",
+                     start_epoch - 1, options.max_epoch)
         report = validation.evaluate(start_epoch - 1)
     for epoch in range(start_epoch, options.max_epoch + 1):
         # Reseeding from (seed, epoch) makes every epoch reproducible on its own, so a resumed
@@ -247,7 +265,11 @@ def train(options, model, device, rank, world_size):
                          "trainer": trainer.state_dict(), "rng": checkpoint.capture_rng(),
                          "options": dict(vars(options))}
                 checkpoint.save_atomic(state, checkpoint.checkpoint_path(model_dir, epoch))
-                report = validation.evaluate(epoch, stats)
+            # Every rank embeds a share of the evaluation files; rank 0 scores and writes.
+            if options.distributed:
+                share_buffers(model.encoder)
+            report = validation.evaluate(epoch, stats)
+            if is_main:
                 validation.keep_best(state, report)
                 checkpoint.prune_checkpoints(model_dir, options.keep_last)
             if options.distributed:
@@ -262,6 +284,7 @@ class Validation:
 
     def __init__(self, options, model, trainer, evaluator, save_path):
         self.options = options
+        self.is_main = trainer.is_main
         self.model = model
         self.extract = make_extractor(trainer, options)
         self.evaluator = evaluator
@@ -273,7 +296,10 @@ class Validation:
 
     def evaluate(self, epoch, stats=None):
         normalize = objective_attr(self.model.objective, "test_normalize", True)
-        report = self.evaluator.run(self.extract, normalize=normalize, tag=f"epoch{epoch:04d}")
+        report = self.evaluator.run(self.extract, normalize=normalize, tag=f"epoch{epoch:04d}",
+                                    score=self.is_main)
+        if not self.is_main:
+            return None
         first = next(iter(report["lists"].values()))["metrics"]["raw"]
         p_target = next(iter(first["min_dcf"]), None)
         min_dcf = first["min_dcf"][p_target]["value"] if p_target else None
@@ -300,9 +326,9 @@ def run(options):
     seed_everything(options.seed)
     model = build_model(options).to(device)
     if options.extract:
-        return extract_only(options, model, device)
+        return extract_only(options, model, device, rank)
     if options.eval:
-        return evaluate_only(options, model, device)
+        return evaluate_only(options, model, device, rank)
     return train(options, model, device, rank, world_size)
 
 

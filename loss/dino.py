@@ -22,7 +22,9 @@ all views,
         H(P_t(g), P_s(v)) = -sum_k P_t(g)_k log P_s(v)_k,
 with tau_s = 0.1 and tau_t = 0.04 (sec. 3). The paper's eq. 1 sums over all v in V; DINO
 skips the pair of a global view with itself, and so do we (2 x 7 - 2 = 12 pairs).
-Centring: c <- mc c + (1 - mc) mean(t over the batch's global views), mc = 0.9 (DINO).
+Centring: c <- mc c + (1 - mc) mean(t over the batch's global views), mc = 0.9 (DINO); under
+--distributed the mean is all-reduced over the ranks, so it is the global batch's and every
+rank keeps the same centre (as DINO does).
 Teacher: theta_t <- m theta_t + (1 - m) theta_s after every optimizer step, with
 m = 1 - (1 - m0)(1 + cos(pi (e - 1) / E)) / 2 for epoch e of E, from m0 = 0.996 towards 1
 (DINO's cosine schedule; the paper gives none of its own). DINO evaluates it per iteration;
