@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from errors import UserError
+from packed_audio import SCALE as PACK_SCALE
 from packed_audio import PackReader
 from audio_manifest import ListError, check_audio_files, resolve
 from augment import collate_augmentation, read_augmentation, speed_change, speed_read_length
@@ -327,6 +328,7 @@ class TrainDataset(Dataset):
         # Packs (packed_audio.py) serve the files they hold from a memory map; the rest are read
         # from their files.
         self.read_crop = PackReader(packs, read_crop) if packs else read_crop
+        self.read_int16 = self.read_crop.read_int16 if packs else None
 
     def __len__(self):
         return len(self.files)
@@ -337,8 +339,10 @@ class TrainDataset(Dataset):
             length = crop_samples(frames)
             total = int(self.lengths[index])
             if request.speed == 1.0:
-                views.append(self.read_crop(self.files[index], total, int(start * max(total - length, 0)),
-                                            length))
+                offset = int(start * max(total - length, 0))
+                # Packed crops travel as int16 (half the bytes); the device converts them.
+                view = self.read_int16(self.files[index], total, offset, length) if self.read_int16 else None
+                views.append(view if view is not None else self.read_crop(self.files[index], total, offset, length))
                 continue
             # A proportionally longer (slower) or shorter (faster) crop, resampled to `length`.
             needed = speed_read_length(length, request.speed)
@@ -353,7 +357,9 @@ class TrainDataset(Dataset):
 
 def collate_views(batch):
     """-> (views, labels, extras): views is a list of N x V_run x samples tensors, one per run
-    of equal-length views; extras holds each run's batched noise/RIRs (None when clean)."""
+    of equal-length views (float32, or int16 samples when read from packs: the encoders' front
+    ends and the Augmenter convert them); extras holds each run's batched noise/RIRs (None when
+    clean)."""
     views = [item[0] for item in batch]
     labels = torch.tensor([item[1] for item in batch], dtype=torch.long)
     augmented = batch[0][2] is not None
@@ -361,10 +367,16 @@ def collate_views(batch):
     tensors, extras, begin = [], [], 0
     for end in range(1, len(lengths) + 1):
         if end == len(lengths) or lengths[end] != lengths[begin]:
-            # One preallocated array, filled once (stacking views then groups copies twice).
-            run = np.empty((len(views), end - begin, lengths[begin]), dtype=np.float32)
-            for group, item in zip(run, views):
-                for row, view in zip(group, item[begin:end]):
+            # One preallocated array, filled once (stacking views then groups copies twice). int16
+            # when every crop of the run came from a pack as int16, else float32 (int16 crops
+            # scaled exactly as a float read would give them).
+            pieces = [v for item in views for v in item[begin:end]]
+            as_int16 = all(v.dtype == np.int16 for v in pieces)
+            run = np.empty((len(views), end - begin, lengths[begin]), dtype=np.int16 if as_int16 else np.float32)
+            for row, view in zip(run.reshape(-1, lengths[begin]), pieces):
+                if view.dtype == np.int16 and not as_int16:
+                    np.multiply(view, PACK_SCALE, out=row)
+                else:
                     row[:] = view
             tensors.append(torch.from_numpy(run))
             extras.append(collate_augmentation([x for item in batch for x in item[2][begin:end]])

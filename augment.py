@@ -23,6 +23,7 @@ import torchaudio.functional as AF
 
 from audio_manifest import ListError, check_audio_files
 from errors import UserError
+from packed_audio import to_float
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +269,10 @@ class Augmenter:
                 out.append(clean)
                 continue
             shape = clean.shape
-            # One copy, then in-place row updates (out-of-place index_add is several times slower).
-            audio = clean.reshape(-1, shape[-1]).clone()
+            # One copy (or the int16 -> float conversion), then in-place row updates
+            # (out-of-place index_add is several times slower).
+            audio = clean.reshape(-1, shape[-1])
+            audio = to_float(audio) if audio.dtype == torch.int16 else audio.clone()
             rows = extra["reverb"].nonzero().squeeze(1)
             if len(rows):
                 rir = _flagged(extra["rir"], extra["reverb"], rows)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+import torch
 from tqdm import tqdm
 
 from errors import UserError
@@ -101,6 +102,15 @@ class PackedAudio:
         # One pass: int16 -> float32 times 2^-15 (exact, so identical to convert-then-scale).
         return np.multiply(self.samples[begin + start:begin + start + length], SCALE, dtype=np.float32)
 
+    def crop_int16(self, i, start, length):
+        """The same samples as `crop`, as the stored int16 (crop = crop_int16 * 2^-15 exactly)."""
+        total = int(self.lengths[i])
+        begin = int(self.offsets[i])
+        if total < length:
+            return np.pad(self.samples[begin:begin + total], (0, length - total), mode="wrap")
+        start = min(max(start, 0), total - length)
+        return np.array(self.samples[begin + start:begin + start + length])
+
     def read_crop(self, path, total, start, length):
         """DatasetLoader.read_crop's signature (`total` is taken from the index)."""
         return self.crop(self.lookup[str(path)], start, length)
@@ -122,6 +132,23 @@ class PackReader:
             if i is not None:
                 return p.crop(i, start, length)
         return self.fallback(path, total, start, length)
+
+    def read_int16(self, path, total, start, length):
+        """The crop as int16 when a pack holds `path`, else None (read it as float instead)."""
+        for p in self.packs:
+            i = p.lookup.get(str(path))
+            if i is not None:
+                return p.crop_int16(i, start, length)
+        return None
+
+
+def to_float(audio):
+    """Waveform tensor as float32: int16 samples (packed crops sent as they are stored, half the
+    bytes of float32 between processes and to the device) are scaled by 2^-15 exactly as
+    libsndfile does, so the result equals a float read of the file."""
+    if audio.dtype == torch.int16:
+        return audio.float().mul_(float(SCALE))
+    return audio.float()
 
 
 def reader(packs, fallback):

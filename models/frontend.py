@@ -8,6 +8,7 @@ import torch.nn as nn
 import torchaudio
 
 from errors import UserError
+from packed_audio import to_float
 
 SAMPLE_RATE = 16000
 WINDOW = 400      # 25 ms at 16 kHz
@@ -122,7 +123,7 @@ class LogMelFrontend(nn.Module):
 
     def forward(self, wav):
         with torch.no_grad(), torch.autocast(device_type=wav.device.type, enabled=False):
-            wav = wav.float()
+            wav = to_float(wav)
             if self.preemphasis is not None:
                 wav = self.preemphasis(wav)
             feats = self.melspec(wav) + 1e-6
@@ -151,7 +152,7 @@ class LogSpectrogramFrontend(nn.Module):
 
     def forward(self, wav):
         with torch.no_grad(), torch.autocast(device_type=wav.device.type, enabled=False):
-            feats = self.spectrogram(wav.float()) + 1e-6
+            feats = self.spectrogram(to_float(wav)) + 1e-6
             if self.log_input:
                 feats = feats.log()
             return _masked(self, self.instancenorm(feats))
@@ -177,4 +178,4 @@ class MFCCFrontend(nn.Module):
 
     def forward(self, wav):
         with torch.no_grad(), torch.autocast(device_type=wav.device.type, enabled=False):
-            return _masked(self, self.instancenorm(self.mfcc(wav.float())))
+            return _masked(self, self.instancenorm(self.mfcc(to_float(wav))))

@@ -10,6 +10,7 @@ import torch
 
 import augment
 import packed_audio
+import plugins
 import trainSpeakerNet
 from conftest import SR, train_argv, write_wav
 from DatasetLoader import SpeakerBalancedSampler, TrainDataset, collate_views, read_train_list
@@ -69,16 +70,26 @@ def test_packed_loader_gives_bit_identical_batches(data, caplog):
     assert len(packs) == 3
     assert "18 of 18 files read from" in caplog.text
     files, packed = TrainDataset(train, bank), TrainDataset(train, bank, packs)
-    batches = plan(train, bank, speeds=(1.0, 0.9, 1.1))
-    kinds = {spec.kind for b in batches for r in b for spec in r.augment}
-    assert kinds == set(range(len(augment.KINDS)))       # every kind and both reads were exercised
-    for batch in batches:
-        a = collate_views([files[r] for r in batch])
-        b = collate_views([packed[r] for r in batch])
-        assert all(torch.equal(x, y) for x, y in zip(a[0], b[0])) and torch.equal(a[1], b[1])
-        for ea, eb in zip(a[2], b[2]):
-            for key in ea:
-                assert (ea[key] is None and eb[key] is None) or torch.equal(ea[key], eb[key]), key
+    dtypes = set()
+    for speeds in ((1.0,), (1.0, 0.9, 1.1)):
+        batches = plan(train, bank, speeds=speeds)
+        kinds = {spec.kind for b in batches for r in b for spec in r.augment}
+        assert kinds == set(range(len(augment.KINDS)))       # every kind was exercised
+        for batch in batches:
+            a = collate_views([files[r] for r in batch])
+            b = collate_views([packed[r] for r in batch])
+            dtypes |= {x.dtype for x in b[0]}
+            # Packed crops may travel as int16: converted, they are the WAV reads bit for bit.
+            assert all(x.dtype == torch.float32 for x in a[0])
+            assert all(torch.equal(x, packed_audio.to_float(y)) for x, y in zip(a[0], b[0]))
+            assert torch.equal(a[1], b[1])
+            for ea, eb in zip(a[2], b[2]):
+                for key in ea:
+                    assert (ea[key] is None and eb[key] is None) or torch.equal(ea[key], eb[key]), key
+            mixed_a, mixed_b = augment.Augmenter()(a[0], a[2]), augment.Augmenter()(b[0], b[2])
+            assert all(torch.equal(x, y) for x, y in zip(mixed_a, mixed_b))
+    # Unperturbed packed batches are int16; a perturbed crop in a run makes it float32.
+    assert dtypes == {torch.int16, torch.float32}
 
 
 def test_packs_none_named_missing_and_stale(data, caplog):
@@ -141,6 +152,16 @@ def test_mixing_equals_float64_reference_in_both_row_layouts():
     assert torch.equal(results[0], results[1])
     np.testing.assert_allclose(results[0].numpy(), expected, atol=2e-4)
     assert torch.equal(views.reshape(n, length), torch.from_numpy(clean))         # input untouched
+
+
+@pytest.mark.parametrize("model", ["ResNetSE34L", "ResNetSE34", "ECAPA_TDNN"])
+def test_front_ends_read_int16_as_the_float_samples(model):
+    rng = np.random.default_rng(4)
+    samples = torch.from_numpy(rng.integers(-20000, 20000, (2, 8000)).astype(np.int16))
+    frontend = plugins.factory("models", model)(encoder_type="ASP").features.eval()
+    as_float = samples.float() / 32768
+    assert torch.equal(packed_audio.to_float(samples), as_float)
+    assert torch.equal(frontend(samples), frontend(as_float))
 
 
 def test_collation_equals_stacking():
