@@ -13,6 +13,9 @@ import soundfile
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import data_prep  # noqa: E402
+from prep.baseline import baseline_eer, mean_log_mel, mel_filterbank  # noqa: E402
+from prep.synth_corpus import draw_speaker, make_trials  # noqa: E402
+from prep.synth_noise import STATIONARY_NOISES, TRANSIENT_NOISES  # noqa: E402
 
 # Tiny but not trivial: several sessions per speaker, short utterances, all in about a second.
 TINY = ["--num_train_speakers", "4", "--utts_per_speaker", "4", "--num_test_speakers", "6",
@@ -103,10 +106,10 @@ def test_trial_labels_match_speakers(corpus):
 
 def test_trials_balanced_and_bounded_on_a_bigger_plan():
     files = ["id%05d/vid%08d/%05d.wav" % (s, s, u) for s in range(40) for u in range(12)]
-    trials = data_prep.make_trials(np.random.default_rng(0), files, 4000)
+    trials = make_trials(np.random.default_rng(0), files, 4000)
     labels = [int(t.split()[0]) for t in trials]
     assert len(trials) == 4000 and sum(labels) == 2000
-    assert trials == data_prep.make_trials(np.random.default_rng(0), files, 4000)
+    assert trials == make_trials(np.random.default_rng(0), files, 4000)
 
 
 def test_rerun_same_settings_is_a_no_op_and_other_settings_are_refused(corpus):
@@ -135,7 +138,7 @@ def test_foreign_lists_are_refused(tmp_path):
 
 
 def test_mel_filterbank_shape():
-    fb = data_prep.mel_filterbank()
+    fb = mel_filterbank()
     assert fb.shape == (40, 257) and fb.min() >= 0
     peaks = fb.argmax(1)
     assert np.all(np.diff(peaks) >= 0) and peaks[-1] > 200     # increasing centres up to near Nyquist
@@ -143,7 +146,7 @@ def test_mel_filterbank_shape():
 
 
 def test_baseline_eer_is_a_sensible_number(corpus):
-    eer = data_prep.baseline_eer(str(corpus / "test_list.txt"), str(corpus / "wav"))
+    eer = baseline_eer(str(corpus / "test_list.txt"), str(corpus / "wav"))
     assert 5 < eer < 60
 
 
@@ -155,14 +158,14 @@ def test_baseline_eer_is_zero_for_identical_files(corpus, tmp_path):
     lines += ["0 %s %s" % (a, b) for a, b in zip(files, files[::-1]) if spk(a) != spk(b)]
     lst = tmp_path / "trials.txt"
     lst.write_text("\n".join(lines) + "\n")
-    assert data_prep.baseline_eer(str(lst), str(corpus / "wav")) < 1e-6
+    assert baseline_eer(str(lst), str(corpus / "wav")) < 1e-6
 
 
 def test_mean_log_mel_sees_the_spectrum(tmp_path):
     t = np.arange(16000) / 16000
     for name, freq in (("low", 300), ("high", 5000)):
         soundfile.write(str(tmp_path / f"{name}.wav"), 0.3 * np.sin(2 * np.pi * freq * t), 16000, subtype="PCM_16")
-    low, high = (data_prep.mean_log_mel(str(tmp_path / f"{n}.wav")) for n in ("low", "high"))
+    low, high = (mean_log_mel(str(tmp_path / f"{n}.wav")) for n in ("low", "high"))
     assert low.argmax() < 10 < 30 < high.argmax()
 
 
@@ -192,8 +195,7 @@ def test_noise_sets_layout_format_and_counts(corpus):
         info = soundfile.info(str(path))
         assert (info.samplerate, info.channels) == (16000, 1) and 0.5 <= info.duration <= 1.0
     # every noise type is there once: four stationary ones and four transient ones
-    assert sorted(p.parent.name for p in kinds["noise"]) == sorted(
-        data_prep.STATIONARY_NOISES + data_prep.TRANSIENT_NOISES)
+    assert sorted(p.parent.name for p in kinds["noise"]) == sorted(STATIONARY_NOISES + TRANSIENT_NOISES)
 
 
 def test_noise_sets_load_in_the_augmentation_bank(corpus):
@@ -208,7 +210,7 @@ def test_babble_comes_from_speakers_of_its_own(corpus):
     babble = {p.parent.name for p in wavs(corpus / "musan" / "speech")}
     assert babble == {"ns0001", "ns0002"} and not babble & listed
     # voices are drawn from their own seed stream (role 2), so no voice equals a listed one
-    voice = lambda role, s: data_prep.draw_speaker(np.random.default_rng([0, role, s, 2]))["f0"]
+    voice = lambda role, s: draw_speaker(np.random.default_rng([0, role, s, 2]))["f0"]
     listed_f0 = {voice(0, s) for s in range(4)} | {voice(1, s) for s in range(6)}
     assert not {voice(2, s) for s in range(2)} & listed_f0
 

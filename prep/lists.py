@@ -1,0 +1,127 @@
+"""Lists and checks: --make_list writes a train list of a speaker/video/utt.wav tree; --check reports
+missing or unusable audio under a folder or in a train or trial list."""
+import concurrent.futures
+import glob
+import os
+
+from tqdm import tqdm
+
+from audio_manifest import _read_header       # one place decides what a usable audio file is
+from prep.common import SHOW, SR, PrepError, log, write_atomic
+
+
+# ---- lists
+def make_list(args):
+    """train_list lines 'speaker speaker/video/utt.wav' for every speaker/video/utt.wav under DIR."""
+    root = args.make_list
+    if not os.path.isdir(root):
+        raise PrepError("--make_list %s: no such folder" % root)
+    lines, stray = [], 0
+    speakers = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    for spk in tqdm(speakers, desc="listing", unit="speaker"):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, spk)):
+            dirnames.sort()
+            depth = os.path.relpath(dirpath, root).count(os.sep)
+            for name in sorted(filenames):
+                if name.lower().endswith(".wav"):
+                    if depth == 1:
+                        lines.append("%s %s/%s" % (spk, os.path.relpath(dirpath, root).replace(os.sep, "/"), name))
+                    else:
+                        stray += 1
+    if stray:
+        log.warning("%d .wav files under %s are not at speaker/video/utt.wav and were left out", stray, root)
+    if not lines:
+        raise PrepError("no speaker/video/utt.wav files under %s; run --extract (and --convert for "
+                        "VoxCeleb2) first" % root)
+    text = "".join(line + "\n" for line in lines)
+    if os.path.exists(args.list_out):
+        if open(args.list_out, encoding="utf-8").read() == text:
+            print("%s is already up to date (%d utterances)" % (args.list_out, len(lines)))
+            return
+        if not args.overwrite:
+            raise PrepError("%s already exists with other contents; pass --overwrite to replace it"
+                            % args.list_out)
+    os.makedirs(os.path.dirname(os.path.abspath(args.list_out)), exist_ok=True)
+    write_atomic(args.list_out, lines)
+    print("Wrote %s: %d utterances of %d speakers (train_path %s)"
+          % (args.list_out, len(lines), len({line.split()[0] for line in lines}), root))
+
+
+# ---- check
+PROBLEMS = ("malformed line", "missing", "unreadable", "empty", "wrong sample rate", "multi-channel", "other")
+
+
+def classify(problem):
+    for key, kind in (("unreadable", "unreadable"), ("empty", "empty"), ("sample rate", "wrong sample rate"),
+                      ("channels", "multi-channel")):
+        if key in problem:
+            return kind
+    return "other"
+
+
+def list_entries(path, fmt):
+    """[(line, name)] of the audio files a train ('spk path') or trial ('label a b', 'a b') list names."""
+    entries, malformed = [], []
+    with open(path, encoding="utf-8") as f:
+        rows = [(n, line.split()) for n, line in enumerate(f, 1) if line.strip()]
+    if fmt == "auto":
+        first = rows[0][1] if rows else []
+        trial = len(first) == 3 or len(first) == 2 and first[0].lower().endswith((".wav", ".flac", ".m4a"))
+        fmt = "trial" if trial else "train"
+    for number, cols in rows:
+        if fmt == "train" and len(cols) == 2:
+            entries.append((number, cols[1]))
+        elif fmt == "trial" and (len(cols) == 3 and cols[0] in ("0", "1") or len(cols) == 2):
+            entries += [(number, c) for c in cols[-2:]]
+        else:
+            malformed.append((number, " ".join(cols)))
+    return fmt, entries, malformed
+
+
+def check(args):
+    """Report missing, unreadable, empty, wrong-rate and multi-channel files of a dataset (or list)."""
+    root = args.check
+    if not os.path.isdir(root):
+        raise PrepError("--check %s: no such folder" % root)
+    problems = {k: [] for k in PROBLEMS}
+    if args.list:
+        fmt, entries, malformed = list_entries(args.list, args.list_format)
+        problems["malformed line"] = ["%s:%d: %s" % (args.list, n, text) for n, text in malformed]
+        seen, todo = set(), []
+        for number, name in entries:
+            if name not in seen:
+                seen.add(name)
+                todo.append(("%s (line %d)" % (name, number), os.path.join(root, name)))
+        what = "%s (%s list)" % (args.list, fmt)
+    else:
+        todo = [(os.path.relpath(p, root), p) for p in sorted(glob.glob(os.path.join(root, "**", "*"), recursive=True))
+                if p.lower().endswith((".wav", ".flac"))]
+        what = root
+    lengths = []
+
+    def header(item):
+        label, path = item
+        if not os.path.exists(path):
+            return label, 0, "missing"
+        frames, problem = _read_header(path)
+        return label, frames, problem
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for label, frames, problem in tqdm(pool.map(header, todo), total=len(todo), desc="checking", unit="file"):
+            if problem:
+                problems["missing" if problem == "missing" else classify(problem)].append(
+                    label if problem == "missing" else "%s: %s" % (label, problem))
+            else:
+                lengths.append(frames)
+    bad = sum(len(v) for v in problems.values())
+    hours = sum(lengths) / SR / 3600
+    print("Checked %d files of %s under %s: %d usable (%.1f h), %d problems" % (len(todo), what, root,
+                                                                             len(lengths), hours, bad))
+    for kind in PROBLEMS:
+        if problems[kind]:
+            print("  %d %s, e.g.:" % (len(problems[kind]), kind))
+            for item in problems[kind][:SHOW]:
+                print("    " + item)
+    if bad:
+        raise PrepError("%d problems in %s (see above); fix or remove those files, or regenerate the list "
+                        "with --make_list" % (bad, what))
