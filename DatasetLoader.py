@@ -16,7 +16,8 @@ from errors import UserError
 from packed_audio import SCALE as PACK_SCALE
 from packed_audio import PackReader
 from audio_manifest import ListError, check_audio_files, resolve
-from augment import collate_augmentation, read_augmentation, speed_change, speed_read_length
+from augment import (KINDS, NONE, REVERB, collate_augmentation, read_augmentation, speed_change,
+                     speed_read_length)
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +328,7 @@ class TrainDataset(Dataset):
         self.augment_bank = augment_bank
         # Packs (packed_audio.py) serve the files they hold from a memory map; the rest are read
         # from their files.
-        self.read_crop = PackReader(packs, read_crop) if packs else read_crop
+        self.read_crop = PackReader(packs, read_crop)
         self.read_int16 = self.read_crop.read_int16 if packs else None
 
     def __len__(self):
@@ -354,12 +355,69 @@ class TrainDataset(Dataset):
                       for spec, view in zip(request.augment, views)]
         return views, request.label, extras
 
+    def __getitems__(self, requests):
+        """A whole batch, collated: what collate_views makes of [self[r] for r in requests], bit
+        for bit, but with every crop and noise crop read straight into its place in the batch
+        (the DataLoader calls this instead of __getitem__ for batched samplers)."""
+        lengths = [crop_samples(f) for f in requests[0].frames]
+        labels = torch.tensor([r.label for r in requests], dtype=torch.long)
+        augmented = bool(requests[0].augment)
+        tensors, extras, begin = [], [], 0
+        for end in range(1, len(lengths) + 1):
+            if end < len(lengths) and lengths[end] == lengths[begin]:
+                continue
+            length = lengths[begin]
+            as_int16 = all(r.speed == 1.0 and all(self.read_crop.holds(self.files[i]) for i in r.files[begin:end])
+                           for r in requests)
+            run = np.empty((len(requests), end - begin, length), dtype=np.int16 if as_int16 else np.float32)
+            for group, request in zip(run, requests):
+                for row, v in zip(group, range(begin, end)):
+                    index, start = request.files[v], request.starts[v]
+                    total = int(self.lengths[index])
+                    if request.speed == 1.0:
+                        self.read_crop.read_into(self.files[index], total, int(start * max(total - length, 0)),
+                                                 length, row)
+                    else:
+                        row[:] = self[_single_view(request, v)][0][0]
+            tensors.append(torch.from_numpy(run))
+            extras.append(self._collated_augmentation([r.augment[v] for r in requests for v in range(begin, end)],
+                                                      length) if augmented else None)
+            begin = end
+        return CollatedBatch((tensors, labels, extras))
+
+    def _collated_augmentation(self, specs, length):
+        """collate_augmentation's result for `specs`, noise crops summed in place in the batch."""
+        bank = self.augment_bank
+        noisy = [s for s in specs if s.kind not in (NONE, REVERB)]
+        noise = np.empty((len(noisy), length), dtype=np.float32) if noisy else None
+        for row, spec in zip(noise if noisy else (), noisy):
+            name = KINDS[spec.kind]
+            for n, (index, start) in enumerate(zip(spec.files, spec.starts)):
+                total = int(bank.lengths[name][index])
+                offset = int(start * max(total - length, 0))
+                if n == 0:
+                    self.read_crop.read_into(bank.files[name][index], total, offset, length, row)
+                else:
+                    row += self.read_crop(bank.files[name][index], total, offset, length)
+        rirs = [read_augmentation(bank, s, length, self.read_crop)[1] for s in specs if s.kind == REVERB]
+        extra = collate_augmentation([(None, r, 0.0) for r in rirs]) if rirs else {"rir": None}
+        return {"noise": torch.from_numpy(noise) if noisy else None, "rir": extra["rir"],
+                "snr": torch.tensor([s.snr for s in specs], dtype=torch.float32),
+                "noisy": torch.tensor([s.kind not in (NONE, REVERB) for s in specs], dtype=torch.bool),
+                "reverb": torch.tensor([s.kind == REVERB for s in specs], dtype=torch.bool)}
+
+
+class CollatedBatch(tuple):
+    """(views, labels, extras) already in collate_views' form; collate_views passes it on."""
+
 
 def collate_views(batch):
     """-> (views, labels, extras): views is a list of N x V_run x samples tensors, one per run
     of equal-length views (float32, or int16 samples when read from packs: the encoders' front
     ends and the Augmenter convert them); extras holds each run's batched noise/RIRs (None when
     clean)."""
+    if isinstance(batch, CollatedBatch):          # TrainDataset.__getitems__ built it already
+        return tuple(batch)
     views = [item[0] for item in batch]
     labels = torch.tensor([item[1] for item in batch], dtype=torch.long)
     augmented = batch[0][2] is not None
@@ -383,6 +441,12 @@ def collate_views(batch):
                           if augmented else None)
             begin = end
     return tensors, labels, extras
+
+
+def _single_view(request, v):
+    """A CropRequest for view `v` of `request` alone, clean (its augmentation is read apart)."""
+    return CropRequest(files=(request.files[v],), frames=(request.frames[v],), starts=(request.starts[v],),
+                       label=request.label, speed=request.speed)
 
 
 class TestDataset(Dataset):

@@ -102,6 +102,19 @@ class PackedAudio:
         # One pass: int16 -> float32 times 2^-15 (exact, so identical to convert-then-scale).
         return np.multiply(self.samples[begin + start:begin + start + length], SCALE, dtype=np.float32)
 
+    def crop_into(self, i, start, length, out):
+        """Write `crop` (float32 `out`) or `crop_int16` (int16 `out`) into `out` without a
+        temporary array."""
+        total = int(self.lengths[i])
+        if total < length:
+            out[:] = self.crop(i, start, length) if out.dtype != np.int16 else self.crop_int16(i, start, length)
+            return
+        begin = int(self.offsets[i]) + min(max(start, 0), total - length)
+        if out.dtype == np.int16:
+            out[:] = self.samples[begin:begin + length]
+        else:
+            np.multiply(self.samples[begin:begin + length], SCALE, out=out)
+
     def crop_int16(self, i, start, length):
         """The same samples as `crop`, as the stored int16 (crop = crop_int16 * 2^-15 exactly)."""
         total = int(self.lengths[i])
@@ -132,6 +145,21 @@ class PackReader:
             if i is not None:
                 return p.crop(i, start, length)
         return self.fallback(path, total, start, length)
+
+    def holds(self, path):
+        return any(str(path) in p.lookup for p in self.packs)
+
+    def read_into(self, path, total, start, length, out):
+        """Write the crop into `out` (int16 or float32 row): straight from the memory map when a
+        pack holds `path` (int16 rows only then), else through `fallback`."""
+        for p in self.packs:
+            i = p.lookup.get(str(path))
+            if i is not None:
+                p.crop_into(i, start, length, out)
+                return
+        if out.dtype == np.int16:
+            raise ValueError(f"{path} is not packed: it has no int16 samples to copy")
+        out[:] = self.fallback(path, total, start, length)
 
     def read_int16(self, path, total, start, length):
         """The crop as int16 when a pack holds `path`, else None (read it as float instead)."""

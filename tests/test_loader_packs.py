@@ -92,6 +92,37 @@ def test_packed_loader_gives_bit_identical_batches(data, caplog):
     assert dtypes == {torch.int16, torch.float32}
 
 
+@pytest.mark.parametrize("use_packs", [False, True])
+@pytest.mark.parametrize("speeds", [(1.0,), (1.0, 0.9, 1.1)])
+def test_batched_read_equals_item_reads_then_collation(data, use_packs, speeds):
+    """__getitems__ (what the DataLoader calls) reads into the batch in place; it must give what
+    __getitem__ per group and collate_views give, bit for bit, for views of two lengths."""
+    if use_packs:
+        pack_all(data)
+    train = read_train_list(data / "train_list.txt", data / "wav")
+    bank = augment.AugmentBank(data / "musan", data / "rirs")
+    packs = packed_audio.packs_from_options(options_for(data), train, bank) if use_packs else ()
+    dataset = TrainDataset(train, bank, packs)
+    planner = augment.AugmentPlanner(bank, [0.2] * 5, {"noise": (0, 15), "speech": (13, 20), "music": (5, 15)},
+                                     (3, 7))
+    sampler = SpeakerBalancedSampler(train.labels, 3, 1, 500, seed=5, group_by_utterance=False,
+                                     view_frames=lambda e, r: (60,), augment_planner=planner,
+                                     speeds=speeds, num_speakers=6)
+    ssl = SpeakerBalancedSampler(np.full(len(train.files), -1), 3, 4, 500, seed=6, group_by_utterance=True,
+                                 view_frames=lambda e, r: (60, 60, 25, 25), augment_planner=planner,
+                                 speeds=speeds)
+    for batch in [b for s in (sampler, ssl) for epoch in (1, 2) for b in s.plan(epoch)]:
+        expected = collate_views([dataset[r] for r in batch])
+        got = collate_views(dataset.__getitems__(batch))
+        assert len(got[0]) == len(expected[0]) and torch.equal(got[1], expected[1])
+        for x, y in zip(got[0], expected[0]):
+            assert x.dtype == y.dtype and torch.equal(x, y)
+        for ea, eb in zip(got[2], expected[2]):
+            assert ea.keys() == eb.keys()
+            for key in ea:
+                assert (ea[key] is None and eb[key] is None) or torch.equal(ea[key], eb[key]), key
+
+
 def test_packs_none_named_missing_and_stale(data, caplog):
     train = read_train_list(data / "train_list.txt", data / "wav")
     assert packed_audio.packs_from_options(options_for(data), train) == []         # auto, no packs yet
