@@ -171,3 +171,13 @@ def test_classifier_trains_with_speed_perturbation(corpus, tmp_path, caplog):
                       nPerSpeaker=1, nClasses=18, max_epoch=1, batch_size=6)
     code, errors = run(argv, caplog)
     assert code == 0 and not errors
+
+
+def test_self_supervised_training_with_speed_perturbation_and_specaugment(corpus, tmp_path, caplog):
+    """DINO (global and local views, a teacher that embeds the views itself) never needs
+    --nClasses and trains with both options on."""
+    argv = train_argv(corpus, tmp_path / "exp", flags=("speed_perturb", "specaugment"), trainfunc="dino",
+                      batch_size=3, max_epoch=1, nOut=16, dino_out_dim=32, dino_hidden_dim=16,
+                      dino_bottleneck_dim=8, dino_global_frames=30, dino_local_frames=15, nClasses=1)
+    code, errors = run(argv, caplog)
+    assert code == 0 and not errors
