@@ -175,7 +175,9 @@ def to_float(audio):
     bytes of float32 between processes and to the device) are scaled by 2^-15 exactly as
     libsndfile does, so the result equals a float read of the file."""
     if audio.dtype == torch.int16:
-        return audio * float(SCALE)          # one pass; int16 x float promotes to float32
+        # Convert, then scale in place: an int16 x float product (type promotion) is several
+        # times slower on the CPU than the two passes.
+        return audio.float().mul_(float(SCALE))
     return audio.float()
 
 
