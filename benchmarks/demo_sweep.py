@@ -30,7 +30,8 @@ log = logging.getLogger("demo_sweep")
 # "common"; a run adds only what its variant needs (nPerSpeaker where the objective demands it).
 PRESETS = {
     "objectives": {
-        "common": "--max_epoch 2 --test_interval 2",
+        # Two epochs over 16 of each speaker's 24 utterances.
+        "common": "--max_epoch 2 --test_interval 2 --max_seg_per_spk 16",
         "runs": [
             "softmaxproto: --trainfunc softmaxproto",
             "softmax: --trainfunc softmax",
@@ -62,21 +63,21 @@ PRESETS = {
     },
     "ssl": {
         # Labels are never read: a group is one utterance and its views are crops of it, each
-        # augmented on its own. 100 utterances per batch for more negatives than the demo's 25;
-        # "untrained" runs one epoch at learning rate 0, so its encoder keeps its random
-        # weights but has batch-norm statistics of the data (a stronger baseline than raw
-        # initial weights). MoCo's queue is sized to the 4,800-utterance corpus (paper: 65,536
-        # keys of a million utterances); DINO's crops are shortened for the demo's 2-4 s files
-        # and its head to 4,096 prototypes (paper: 65,536).
-        "common": "--max_epoch 2 --test_interval 2 --batch_size 100 --augment "
+        # augmented on its own; one epoch (every utterance once, two crops or more each).
+        # "untrained" runs at learning rate 0 over a tenth of the list, so its encoder keeps
+        # its random weights but has batch-norm statistics of the data (a stronger baseline
+        # than raw initial weights). MoCo's queue is sized to the 4,800-utterance corpus
+        # (paper: 65,536 keys of a million utterances); DINO's crops are shortened for the
+        # demo's 2-4 s files and its head to 4,096 prototypes (paper: 65,536).
+        "common": "--max_epoch 1 --test_interval 1 --batch_size 50 --augment "
                   "--musan_path data/demo/musan --rir_path data/demo/rirs "
                   "--aug_probs 0 0.25 0.25 0.25 0.25",
         "runs": [
-            "untrained: --trainfunc cel --lr 0 --max_epoch 1 --test_interval 1",
+            "untrained: --trainfunc cel --lr 0 --cl_data 1:0.1",
             "cel_ap: --trainfunc cel --cel_similarity ap",
             "cel_acont: --trainfunc cel --cel_similarity acont",
             "moco: --trainfunc moco --moco_queue_size 1024",
-            "dino: --trainfunc dino --dino_global_frames 150 --dino_local_frames 80 "
+            "dino: --trainfunc dino --dino_global_frames 120 --dino_local_frames 60 "
             "--dino_out_dim 4096",
         ],
     },
