@@ -1,8 +1,10 @@
 """Training and test data: list parsing, header validation, crops, the speaker-balanced sampler.
 
 A training step's data path: the sampler plans every batch of an epoch (which files, how long
-each view, where each crop starts), workers only read those crops with partial reads, and
-`collate_views` stacks them into N x V x samples tensors.
+each view, where each crop starts, at which speed), workers only read those crops with partial
+reads (or slices of packed_audio packs), and `collate_views` stacks them into N x V x samples
+tensors; the DataLoader calls `TrainDataset.__getitems__`, which reads a whole batch straight
+into those tensors with the same result.
 """
 import logging
 from dataclasses import dataclass, field
@@ -13,8 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from errors import UserError
-from packed_audio import SCALE as PACK_SCALE
-from packed_audio import PackReader
+from packed_audio import SCALE as PACK_SCALE, PackReader
 from audio_manifest import ListError, check_audio_files, resolve
 from augment import (KINDS, NONE, REVERB, collate_augmentation, read_augmentation, speed_change,
                      speed_read_length)

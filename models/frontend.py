@@ -1,5 +1,8 @@
 """Acoustic front ends computed inside the encoder, so loaders move raw waveforms only.
 
+Waveforms are float, or int16 samples (packed crops as the loader sends them), which are
+scaled by 2^-15 exactly as a float read of the file would give them.
+
 Every front end ends with an optional SpecAugment (`spec_augment`, None unless --specaugment):
 time and frequency masks drawn per sample, applied only in training mode.
 """
