@@ -12,6 +12,7 @@ workers and only reads noise and RIR crops (partial reads), and `Augmenter` mixe
 batches on the training device with torchaudio.functional.
 """
 import argparse
+import inspect
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
@@ -159,9 +160,17 @@ def speed_factors(options):
     return factors
 
 
-def check_speed_classes(num_classes, num_speakers, factors, list_path):
+def uses_classes(objective):
+    """Whether an objective has a classifier over --nClasses: those name it in their __init__
+    (loss files read only the options they use); metric-learning objectives ignore it."""
+    return "nClasses" in inspect.signature(type(objective).__init__).parameters
+
+
+def check_speed_classes(num_classes, num_speakers, factors, list_path, objective=None):
     """Classifier heads need one class per (speaker, speed): say what --nClasses must be."""
     needed = num_speakers * len(factors)
+    if objective is not None and not uses_classes(objective):
+        return
     if len(factors) > 1 and num_classes < needed:
         raise UserError(f"--nClasses {num_classes} is too small for --speed_perturb: each of the "
                         f"{len(factors)} speeds is a new speaker, {len(factors)} x {num_speakers} "

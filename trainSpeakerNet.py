@@ -184,7 +184,8 @@ def train(options, model, device, rank, world_size):
                           f"speakers in {options.train_list}; set --nClasses {len(train_list.speakers)}")
     speeds = speed_factors(options)
     if uses_labels:
-        check_speed_classes(options.nClasses, len(train_list.speakers), speeds, options.train_list)
+        check_speed_classes(options.nClasses, len(train_list.speakers), speeds, options.train_list,
+                            model.objective)
     evaluator = evaluation.Evaluation.from_options(options, train_list=train_list)
     max_frames = options.max_frames
     view_frames = getattr(model.objective, "view_frames", None) or (lambda epoch, rng: (max_frames,) * views)

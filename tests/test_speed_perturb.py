@@ -166,6 +166,16 @@ def test_classifier_without_enough_classes_stops_with_the_fix(corpus, tmp_path, 
     assert not (tmp_path / "exp").exists()
 
 
+def test_metric_objectives_do_not_need_more_classes(corpus, tmp_path, caplog):
+    from loss.angleproto import LossFunction as AngleProto
+    from loss.aamsoftmax import LossFunction as AAM
+    assert not augment.uses_classes(AngleProto(nOut=8))
+    assert augment.uses_classes(AAM(nOut=8, nClasses=18))
+    argv = train_argv(corpus, tmp_path / "exp", flags=("speed_perturb",), nClasses=6, max_epoch=1)
+    code, errors = run(argv, caplog)                 # angleproto, 6 speakers, nClasses 6
+    assert code == 0 and not errors
+
+
 def test_classifier_trains_with_speed_perturbation(corpus, tmp_path, caplog):
     argv = train_argv(corpus, tmp_path / "exp", flags=("speed_perturb",), trainfunc="softmax",
                       nPerSpeaker=1, nClasses=18, max_epoch=1, batch_size=6)
