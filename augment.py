@@ -196,9 +196,9 @@ def speed_change(audio, length, factor):
     resampled by new/orig = 1/factor at an unchanged 16 kHz, so pitch rises and duration
     shrinks by `factor` (sox's `speed`, without sox). The margins are resampled and dropped."""
     orig, new = speed_ratio(factor)
-    if orig == new:
-        return audio[:length]
     margin = orig * -(-SPEED_MARGIN // orig)
+    if orig == new:
+        return audio[margin:margin + length]
     out = AF.resample(torch.from_numpy(np.ascontiguousarray(audio)), orig, new)
     first = margin * new // orig
     return out[first:first + length].numpy()

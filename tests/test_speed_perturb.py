@@ -41,6 +41,9 @@ def test_output_length_is_exact(sine_file, factor, frames):
     for start in (0, total - needed, (total - needed) // 2):
         audio = augment.speed_change(read_crop(str(path), total, start, needed), length, factor)
         assert audio.shape == (length,) and audio.dtype == np.float32
+        if factor == 1.0:                          # no change: the crop between the margins
+            margin = (needed - length) // 2
+            assert np.array_equal(audio, read_crop(str(path), total, start + margin, length))
 
 
 @pytest.mark.parametrize("factor", [0.9, 1.1])
