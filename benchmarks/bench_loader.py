@@ -42,7 +42,6 @@ sys.path.insert(0, str(REPO))
 
 import augment  # noqa: E402
 import data_prep  # noqa: E402
-import DatasetLoader  # noqa: E402
 import packed_audio  # noqa: E402
 from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, collate_views, crop_samples,  # noqa: E402
                            read_train_list)
