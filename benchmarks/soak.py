@@ -75,26 +75,26 @@ def sample(pid, epoch, start):
 
 
 def watch(command, metrics_path, cwd=REPO, env=None, timeout=None, poll=0.2):
-    """Run `command`; sample the process each time metrics_path gains a line. -> (code, samples)"""
+    """Run `command`; sample the process each time metrics_path gains a line. -> (code, samples)
+
+    The trainer's output goes to a file beside metrics_path: a pipe nobody reads while it runs
+    would fill up and stop the trainer at its next progress-bar update."""
     start = time.monotonic()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    output = metrics_path.parent.parent / (metrics_path.parent.name + ".soak.log")
     samples, seen = [], 0
-    try:
+    with open(output, "w", encoding="utf-8") as log_file:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log_file, stderr=log_file)
         while process.poll() is None:
             if timeout and time.monotonic() - start > timeout:
                 process.kill()
-                raise TimeoutError(f"soak run took longer than {timeout} s")
+                raise TimeoutError(f"soak run took longer than {timeout} s; see {output}")
             lines = metrics_path.read_text().count("\n") if metrics_path.exists() else 0
             if lines > seen:
                 seen = lines
                 samples.append(sample(process.pid, lines, start))
             time.sleep(poll)
-    finally:
-        stderr = process.stderr.read()
-        process.stderr.close()
     if process.returncode != 0:
-        log.error("trainer exited with %d:\n%s", process.returncode, stderr[-3000:])
+        log.error("trainer exited with %d:\n%s", process.returncode, output.read_text()[-3000:])
     return process.returncode, samples
 
 
