@@ -64,7 +64,7 @@ PRESETS = {
     "ssl": {
         # Labels are never read: a group is one utterance and its views are crops of it, each
         # augmented on its own; one epoch (every utterance once, two crops or more each).
-        # "untrained" runs at learning rate 0 over a tenth of the list, so its encoder keeps
+        # "untrained" runs at learning rate 1e-12 over a tenth of the list, so its encoder keeps
         # its random weights but has batch-norm statistics of the data (a stronger baseline
         # than raw initial weights). MoCo's queue is sized to the 4,800-utterance corpus
         # (paper: 65,536 keys of a million utterances); DINO's crops are shortened for the
@@ -73,7 +73,7 @@ PRESETS = {
                   "--musan_path data/demo/musan --rir_path data/demo/rirs "
                   "--aug_probs 0 0.25 0.25 0.25 0.25",
         "runs": [
-            "untrained: --trainfunc cel --lr 0 --cl_data 1:0.1",
+            "untrained: --trainfunc cel --lr 1e-12 --cl_data 1:0.1",
             "cel_ap: --trainfunc cel --cel_similarity ap",
             "cel_acont: --trainfunc cel --cel_similarity acont",
             "moco: --trainfunc moco --moco_queue_size 1024",
