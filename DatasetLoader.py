@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from errors import UserError
 from packed_audio import SCALE as PACK_SCALE, PackReader
 from audio_manifest import ListError, check_audio_files, resolve
-from augment import (KINDS, NONE, REVERB, collate_augmentation, read_augmentation, speed_change,
+from augment import (KINDS, NONE, REVERB, Augmenter, collate_augmentation, read_augmentation, speed_change,
                      speed_read_length)
 
 log = logging.getLogger(__name__)
@@ -448,6 +448,26 @@ def _single_view(request, v):
     """A CropRequest for view `v` of `request` alone, clean (its augmentation is read apart)."""
     return CropRequest(files=(request.files[v],), frames=(request.frames[v],), starts=(request.starts[v],),
                        label=request.label, speed=request.speed)
+
+
+class CollateAndMix:
+    """collate_views, then the augmentation mixing, inside the loader workers.
+
+    For training on a CPU with worker processes: the mixing then runs in the workers beside the
+    model instead of in front of it in the training process, and only mixed crops cross the
+    process boundary, not the noise and RIR rows. On a GPU the mixing stays on the device
+    (Trainer's augment), where it is cheap. The sampler's plan fixes every random choice, so
+    a batch is bit-identical wherever it is mixed.
+    """
+
+    def __init__(self):
+        self.mix = Augmenter()
+
+    def __call__(self, batch):
+        views, labels, extras = collate_views(batch)
+        if any(extra is not None for extra in extras):
+            views, extras = self.mix(views, extras), [None] * len(views)
+        return views, labels, extras
 
 
 class TestDataset(Dataset):

@@ -24,7 +24,8 @@ import evaluation
 import plugins
 import run_log
 from augment import Augmenter, check_speed_classes, planner_from_options, speed_factors
-from DatasetLoader import SpeakerBalancedSampler, TrainDataset, collate_views, read_train_list
+from DatasetLoader import (CollateAndMix, SpeakerBalancedSampler, TrainDataset, collate_views,
+                           read_train_list)
 from errors import UserError
 from options import OptionError, parse_options, save_options
 from packed_audio import packs_from_options
@@ -216,8 +217,11 @@ def train(options, model, device, rank, world_size):
     if options.distributed:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    # On a CPU with loader workers the workers mix the noise in (CollateAndMix); elsewhere the
+    # training device does, batched.
+    mix_in_workers = planner is not None and device.type == "cpu" and options.nDataLoaderThread > 0
     trainer = Trainer(model, optimizer, scheduler, step_unit, device, options.mixedprec, ddp_model=ddp_model,
-                      is_main=is_main, augment=Augmenter() if planner else None,
+                      is_main=is_main, augment=Augmenter() if planner and not mix_in_workers else None,
                       max_bad_steps=options.max_bad_steps)
     if resume:
         trainer.load_state_dict(resume["trainer"])
@@ -237,7 +241,8 @@ def train(options, model, device, rank, world_size):
 
     loader = DataLoader(TrainDataset(train_list, planner.bank if planner else None, packs),
                         batch_sampler=sampler,
-                        num_workers=options.nDataLoaderThread, collate_fn=collate_views,
+                        num_workers=options.nDataLoaderThread,
+                        collate_fn=CollateAndMix() if mix_in_workers else collate_views,
                         pin_memory=device.type == "cuda", persistent_workers=options.nDataLoaderThread > 0,
                         prefetch_factor=4 if options.nDataLoaderThread > 0 else None)
     validation = Validation(options, model, trainer, evaluator, save_path)

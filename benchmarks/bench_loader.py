@@ -8,7 +8,8 @@
 
 Ours is the training path itself: SpeakerBalancedSampler (with augmentation planning) ->
 TrainDataset (partial reads of crops, noise crops and RIRs) -> collate_views ->
-augment.Augmenter mixing on the CPU. The row "packed" is the same path reading the speech,
+augment.Augmenter mixing on the CPU (in the loader workers when there are any, as the trainer
+does on a CPU: DatasetLoader.CollateAndMix). The row "packed" is the same path reading the speech,
 noise and RIR crops from packed int16 memory maps (packed_audio.py, what `--packs auto` uses
 when the packs exist; made here in a temp dir). The reference-style loader, written here only
 for the comparison, does what voxceleb_trainer's loader does: read each whole file (float64)
@@ -43,8 +44,8 @@ sys.path.insert(0, str(REPO))
 import augment  # noqa: E402
 import data_prep  # noqa: E402
 import packed_audio  # noqa: E402
-from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, collate_views, crop_samples,  # noqa: E402
-                           read_train_list)
+from DatasetLoader import (CollateAndMix, SpeakerBalancedSampler, TrainDataset, collate_views,  # noqa: E402
+                           crop_samples, read_train_list)
 
 SNR = {"noise": (0.0, 15.0), "speech": (13.0, 20.0), "music": (5.0, 15.0)}
 BABBLE = (3, 7)
@@ -192,12 +193,17 @@ def loader_for(dataset, workers, collate_fn=None):
 
 
 def ours(train_list, bank, workers, augmenter, packs=()):
+    """The trainer's path on a CPU: with workers they also mix (CollateAndMix), without them
+    the training process does."""
+    in_workers = augmenter is not None and workers > 0
+
     def step(batch):
         views, _, extras = batch
-        if augmenter is not None:
+        if augmenter is not None and not in_workers:
             views = augmenter(views, extras)
         return sum(v.shape[0] * v.shape[1] for v in views)
-    return loader_for(TrainDataset(train_list, bank, packs=packs), workers, collate_views), step
+    collate = CollateAndMix() if in_workers else collate_views
+    return loader_for(TrainDataset(train_list, bank, packs=packs), workers, collate), step
 
 
 def reference(train_list, musan, rirs, workers, augment_on, max_frames):

@@ -213,3 +213,42 @@ def test_training_reads_from_packs(corpus, tmp_path, caplog):
         code = trainSpeakerNet.main([str(a) for a in train_argv(corpus, tmp_path / "exp", max_epoch=1)])
     assert code == 0
     assert f"24 of 24 files read from {corpus.root / 'train_list.pack.pcm'}" in caplog.text
+
+
+def test_mixing_in_workers_equals_mixing_in_the_trainer(data):
+    """On a CPU with workers, CollateAndMix mixes inside the worker processes: the batches must be
+    bit-identical to collating there and mixing in the training process (the GPU/0-worker path),
+    and no noise or RIR rows may be left to send."""
+    from torch.utils.data import DataLoader
+    from DatasetLoader import CollateAndMix
+
+    train = read_train_list(data / "train_list.txt", data / "wav")
+    bank = augment.AugmentBank(data / "musan", data / "rirs")
+    batches = plan(train, bank)
+    dataset = TrainDataset(train, bank)
+    in_workers = DataLoader(dataset, batch_sampler=batches, num_workers=2, collate_fn=CollateAndMix())
+    in_trainer = DataLoader(dataset, batch_sampler=batches, num_workers=0, collate_fn=collate_views)
+    mixed_rows = 0
+    for (views_w, labels_w, extras_w), (views_t, labels_t, extras_t) in zip(in_workers, in_trainer):
+        assert all(e is None for e in extras_w)
+        expected = augment.Augmenter()(views_t, extras_t)
+        assert torch.equal(labels_w, labels_t)
+        assert all(torch.equal(x, y) for x, y in zip(views_w, expected))
+        mixed_rows += sum(int(e["noisy"].sum() + e["reverb"].sum()) for e in extras_t if e is not None)
+    assert mixed_rows > 0, "the plan augmented nothing: the test would prove nothing"
+
+
+def test_augmented_training_is_the_same_with_and_without_workers(corpus, data, tmp_path):
+    """The same augmented epoch trained with the mixing in the training process (0 workers) and
+    in two loader workers (CollateAndMix) ends with identical weights."""
+    import checkpoint
+
+    weights = []
+    for workers in (0, 2):
+        save_path = tmp_path / f"workers{workers}"
+        argv = train_argv(corpus, save_path, flags=("augment",), musan_path=data / "musan",
+                          rir_path=data / "rirs", nDataLoaderThread=workers, max_epoch=1)
+        assert trainSpeakerNet.main(argv) == 0
+        weights.append(checkpoint.load_file(checkpoint.checkpoint_path(save_path / "model", 1))["model"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
