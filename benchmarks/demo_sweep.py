@@ -63,20 +63,22 @@ PRESETS = {
     },
     "ssl": {
         # Labels are never read: a group is one utterance and its views are crops of it, each
-        # augmented on its own; one epoch (every utterance once, two crops or more each).
-        # "untrained" runs at learning rate 1e-12 over a tenth of the list, so its encoder keeps
-        # its random weights but has batch-norm statistics of the data (a stronger baseline
-        # than raw initial weights). MoCo's queue is sized to the 4,800-utterance corpus
-        # (paper: 65,536 keys of a million utterances); DINO's crops are shortened for the
-        # demo's 2-4 s files and its head to 4,096 prototypes (paper: 65,536).
-        "common": "--max_epoch 1 --test_interval 1 --batch_size 50 --augment "
+        # augmented on its own; three epochs (every utterance once per epoch, two crops or more
+        # each). "untrained" runs one epoch at learning rate 1e-12 over a tenth of the list, so
+        # its encoder keeps its random weights but has batch-norm statistics of the data (a
+        # stronger baseline than raw initial weights). MoCo: a queue sized to the 4,800-utterance
+        # corpus (paper: 65,536 keys of a million utterances) and key-encoder momentum 0.99
+        # (paper: 0.999, which over the demo's few hundred steps would leave the key encoder
+        # almost at its random initial weights). DINO: crops shortened for the demo's 2-4 s
+        # files and a head of 4,096 prototypes (paper: 65,536).
+        "common": "--max_epoch 3 --test_interval 3 --batch_size 50 --augment "
                   "--musan_path data/demo/musan --rir_path data/demo/rirs "
                   "--aug_probs 0 0.25 0.25 0.25 0.25",
         "runs": [
-            "untrained: --trainfunc cel --lr 1e-12 --cl_data 1:0.1",
+            "untrained: --trainfunc cel --lr 1e-12 --cl_data 1:0.1 --max_epoch 1 --test_interval 1",
             "cel_ap: --trainfunc cel --cel_similarity ap",
             "cel_acont: --trainfunc cel --cel_similarity acont",
-            "moco: --trainfunc moco --moco_queue_size 1024",
+            "moco: --trainfunc moco --moco_queue_size 1024 --moco_momentum 0.99",
             "dino: --trainfunc dino --dino_global_frames 120 --dino_local_frames 60 "
             "--dino_out_dim 4096",
         ],
