@@ -389,6 +389,9 @@ def run_compare(args):
     if args.compile:
         variants["  + torch.compile (encoder)"] = (trainer_variant(opts, compile_encoder=True),
                                                    contextlib.nullcontext)
+    if args.variants:
+        keep = ("baseline", "trainer:", *args.variants)
+        variants = {name: v for name, v in variants.items() if any(k in name for k in keep)}
     built = {name: builder() for name, (builder, _) in variants.items()}
     rates = {name: [] for name in variants}
     for round_index in range(args.rounds):
@@ -464,6 +467,9 @@ def main(argv=None):
     p.add_argument("--compare", action="store_true",
                    help="plain fp32 baseline vs the trainer's variants on Fast ResNet-34 + angleproto")
     p.add_argument("--rounds", type=int, default=5, help="compare: interleaved rounds")
+    p.add_argument("--variants", type=lambda s: s.split(","), default=None,
+                   help="compare: only the variants whose names contain one of these words "
+                        "(besides the baseline and the trainer), e.g. compile,autocast")
     p.add_argument("--_one", help=argparse.SUPPRESS)      # table: one configuration, JSON out
     args = p.parse_args(argv)
     if args.threads:
