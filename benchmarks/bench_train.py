@@ -10,7 +10,8 @@ its own:
   compute     segments/s of Trainer.train_epoch on one batch already in memory (forward,
               loss, backward, optimizer step, objective hooks), repeated;
   end to end  segments/s of Trainer.train_epoch fed by the real loader (sampler, workers,
-              partial reads, --augment with the demo corpus's MUSAN/RIR, mixing on the device)
+              partial reads, --augment with the demo corpus's MUSAN/RIR, mixed where the
+              trainer mixes: in the workers on a CPU with workers, else on the device)
               on data/demo (python3 data_prep.py --synthetic --save_path data/demo);
   peak memory torch.cuda.max_memory_allocated on CUDA; on the CPU the subprocess's peak
               resident set (getrusage ru_maxrss) after the compute steps, and beside it
@@ -162,8 +163,10 @@ def measure_configuration(model_name, objective, args):
     from torch.utils.data import DataLoader
 
     from augment import Augmenter, planner_from_options
-    from DatasetLoader import SpeakerBalancedSampler, TrainDataset, collate_views, read_train_list
+    from DatasetLoader import (CollateAndMix, SpeakerBalancedSampler, TrainDataset, collate_views,
+                               read_train_list)
     from models.__main__ import count_macs
+    from packed_audio import packs_from_options
     from trainSpeakerNet import views_per_group
     device = torch.device(args.device)
     resident_before = current_rss_mb()
@@ -188,11 +191,15 @@ def measure_configuration(model_name, objective, args):
             train_list.labels, opts.batch_size, views, opts.max_seg_per_spk, seed=opts.seed,
             view_frames=lambda epoch, rng: (opts.max_frames,) * views, augment_planner=planner)
         sampler.set_epoch(1)
-        loader = DataLoader(TrainDataset(train_list, planner.bank), batch_sampler=sampler,
-                            num_workers=args.workers, collate_fn=collate_views,
+        # As train() in trainSpeakerNet.py: on a CPU with workers the workers mix the noise in.
+        mix_in_workers = device.type == "cpu" and args.workers > 0
+        packs = packs_from_options(opts, train_list, planner.bank)
+        loader = DataLoader(TrainDataset(train_list, planner.bank, packs), batch_sampler=sampler,
+                            num_workers=args.workers,
+                            collate_fn=CollateAndMix() if mix_in_workers else collate_views,
                             pin_memory=device.type == "cuda",
                             prefetch_factor=4 if args.workers else None)
-        trainer.augment = Augmenter()
+        trainer.augment = None if mix_in_workers else Augmenter()
         count = min(args.warmup + args.steps, len(sampler))
         marks = []
         trainer.train_epoch(timed_batches(loader, count, marks), 1)
