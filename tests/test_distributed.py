@@ -137,7 +137,8 @@ def _read_scores(path):
 def test_torchrun_trains_an_epoch_end_to_end(tmp_path):
     """torchrun, two ranks: train, then evaluate with both ranks embedding half the files;
     the scores rank 0 writes equal a single-process --eval of the checkpoint it saved (which
-    needs the ranks' BatchNorm statistics made equal before embedding)."""
+    needs the ranks' BatchNorm statistics made equal before embedding); --extract on two
+    ranks writes what one process writes."""
     corpus = make_corpus(tmp_path / "corpus", test_utts=3)
     argv = train_argv(corpus, tmp_path / "exp", trainfunc="softmax", nPerSpeaker=1, nClasses=6,
                       batch_size=2, max_epoch=1, flags=("distributed", "log_input"))
@@ -160,6 +161,22 @@ def test_torchrun_trains_an_epoch_end_to_end(tmp_path):
     assert len(distributed_scores) == len(corpus.trials) == len(single_scores)
     # The score files hold 6 decimals.
     np.testing.assert_allclose(distributed_scores, single_scores, atol=TOLERANCE + 1e-6, rtol=0)
+
+    # --extract with two ranks (each embeds half, rank 0 writes) equals one process's.
+    outputs = {}
+    for name, launcher in (("two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                                    "2", "--master_port", str(_free_port())]),
+                           ("one", [sys.executable])):
+        outputs[name] = tmp_path / f"{name}.npz"
+        flags = ("distributed", "log_input") if name == "two" else ("log_input",)
+        argv = train_argv(corpus, tmp_path / "exp", trainfunc="softmax", nPerSpeaker=1, nClasses=6,
+                          initial_model=checkpoint_file, extract=outputs[name], flags=flags)
+        done = subprocess.run([*launcher, str(REPO / "trainSpeakerNet.py"), *argv], cwd=REPO,
+                              capture_output=True, text=True, timeout=240, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    two, one = np.load(outputs["two"]), np.load(outputs["one"])
+    assert list(two["names"]) == list(one["names"]) and len(one["names"]) == len(corpus.test_files)
+    np.testing.assert_allclose(two["embeddings"], one["embeddings"], atol=TOLERANCE, rtol=0)
 
 
 # ---------------------------------------------------------------------------- objective state
