@@ -158,8 +158,13 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"], "steps": totals["count"]}
 
     @torch.no_grad()
-    def extract(self, files, lengths, test_path, eval_frames, num_eval, workers, batch_files=20):
-        """Crop embeddings of every file: files x crops x D on the CPU, several files per pass."""
+    def extract(self, files, lengths, test_path, eval_frames, num_eval, workers, batch_files=None):
+        """Crop embeddings of every file: files x crops x D on the CPU, several files per pass.
+
+        batch_files defaults to 20 on a GPU and 2 on a CPU, where bigger batches run slower
+        (their activations no longer fit the caches; benchmarks/bench_eval.py)."""
+        if batch_files is None:
+            batch_files = 20 if self.device.type == "cuda" else 2
         self.model.eval()
         dataset = TestDataset(files, lengths, test_path, eval_frames, num_eval)
         # Whole files differ in length; crops of a fixed length batch across files.
