@@ -41,6 +41,9 @@ from scoring import score_trials  # noqa: E402
 from SpeakerNet import SpeakerNet, Trainer  # noqa: E402
 from tuneThreshold import compute_eer, compute_min_dcf  # noqa: E402
 
+# The figures go to stdout through their own logger; the project's modules log warnings only.
+report = logging.getLogger("bench_eval")
+
 VOX1_O_FILES, VOX1_O_TRIALS, VOX2_SPEAKERS, DIM = 4874, 37720, 5994, 512
 
 
@@ -96,10 +99,10 @@ def bench_extraction(n_files, seconds, repeats):
                 best[name] = min(best[name], best_time(run, 1))
         rates = {name: n_files / took for name, took in best.items()}
         for name, took in best.items():
-            print(f"extract, {name:21s}: {rates[name]:6.2f} files/s "
+            report.info(f"extract, {name:21s}: {rates[name]:6.2f} files/s "
                   f"({10 * rates[name]:.0f} crops of 4 s/s; {n_files} files in {took:.2f} s)")
     ours, reference = rates["ours, batch_files 2"], rates["reference-style loop"]
-    print(f"  20 files per pass (the GPU default) against 2 (the CPU default): "
+    report.info(f"  20 files per pass (the GPU default) against 2 (the CPU default): "
           f"x{rates['ours, batch_files 20'] / ours:.2f}; the CPU default against the reference-style "
           f"loop x{ours / reference:.2f}; VoxCeleb1-O "
           f"({VOX1_O_FILES} files) would take {VOX1_O_FILES / ours / 60:.1f} min here, "
@@ -118,18 +121,18 @@ def vox1_o_like(seed=0):
 def bench_scoring(repeats):
     crops, pairs, labels = vox1_o_like()
     took = best_time(lambda: score_trials(crops, pairs), repeats)
-    print(f"score_trials from crops ({VOX1_O_FILES} x 10 x {DIM}): {1000 * took:.1f} ms "
+    report.info(f"score_trials from crops ({VOX1_O_FILES} x 10 x {DIM}): {1000 * took:.1f} ms "
           f"({VOX1_O_TRIALS / took:,.0f} trials/s)")
     means = ev.file_embeddings(crops)
     # Tens of milliseconds: many repeats, so that other load on the machine shows less.
     took = best_time(lambda: ev._pair_scores(means, pairs, True), 4 * repeats)
-    print(f"scoring from file embeddings (evaluate_lists): {1000 * took:.1f} ms "
+    report.info(f"scoring from file embeddings (evaluate_lists): {1000 * took:.1f} ms "
           f"({VOX1_O_TRIALS / took:,.0f} trials/s); the crop mean itself "
           f"{1000 * best_time(lambda: ev.file_embeddings(crops), repeats):.1f} ms")
     cohort = torch.randn(VOX2_SPEAKERS, DIM, generator=torch.Generator().manual_seed(1))
     scores = ev._pair_scores(means, pairs, True)
     took = best_time(lambda: score_norm.as_norm(scores, pairs, means, cohort, 300), repeats)
-    print(f"AS-norm, {VOX1_O_FILES} files x {VOX2_SPEAKERS} cohort speakers, top 300: "
+    report.info(f"AS-norm, {VOX1_O_FILES} files x {VOX2_SPEAKERS} cohort speakers, top 300: "
           f"{1000 * took:.0f} ms")
     return crops, pairs, labels, cohort
 
@@ -140,10 +143,10 @@ def bench_metrics(repeats):
     labels = (rng.random(n) < 0.5).astype(np.int64)
     scores = rng.normal(size=n) + 1.5 * labels
     took = best_time(lambda: ev.compute_metrics(scores, labels, (0.05, 0.01)), repeats)
-    print(f"compute_metrics, 1M trials (EER, 2 minDCF, FRR@FAR, FAR@FRR): {took:.3f} s")
+    report.info(f"compute_metrics, 1M trials (EER, 2 minDCF, FRR@FAR, FAR@FRR): {took:.3f} s")
     took = best_time(lambda: (compute_eer(scores, labels), compute_min_dcf(scores, labels, 0.05)),
                      repeats)
-    print(f"compute_eer + compute_min_dcf(0.05), 1M trials: {took:.3f} s")
+    report.info(f"compute_eer + compute_min_dcf(0.05), 1M trials: {took:.3f} s")
 
 
 def bench_outputs(crops, pairs, labels, cohort):
@@ -158,7 +161,7 @@ def bench_outputs(crops, pairs, labels, cohort):
         ev.evaluate_lists(crops, trial_set, settings, cohort=cohort, out_dir=out, tag="bench")
         took = time.perf_counter() - start
         written = sorted(p.name for p in Path(out).iterdir())
-    print(f"evaluate_lists with AS-norm and outputs ({len(written)} files: 2 score files, DET, "
+    report.info(f"evaluate_lists with AS-norm and outputs ({len(written)} files: 2 score files, DET, "
           f"histogram, JSON): {took:.2f} s")
 
 
@@ -171,9 +174,14 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    report.addHandler(handler)
+    report.setLevel(logging.INFO)
+    report.propagate = False
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    report.info(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     if not args.skip_extract:
         bench_extraction(args.files, args.seconds, max(1, min(args.repeats, 3)))
     data = bench_scoring(args.repeats)

@@ -200,7 +200,7 @@ def main(argv=None):
     for name, extra in runs:
         rows.append(run_variant(args.config, out, name, common + extra, sys.executable))
         (out / "results.md").write_text(table(rows) + "\n")
-    print(table(rows))
+    log.info("results:\n%s", table(rows))
     return 1 if any("error" in r for r in rows) else 0
 
 

@@ -130,15 +130,15 @@ def main(argv=None):
                    "--save_path", str(save_path), *args.extra]
         log.info("%s", " ".join(command))
         code, samples = watch(command, save_path / "metrics.jsonl")
-    print(f"{'epoch':>5} {'time s':>7} {'RSS MiB':>8} {'trainer':>8} {'fds':>4} {'workers':>7}")
-    for s in samples:
-        print(f"{s.epoch:5d} {s.seconds:7.0f} {s.rss_mib:8.1f} {s.main_rss_mib:8.1f} {s.fds:4d} "
-              f"{s.children:7d}")
+    rows = [f"{'epoch':>5} {'time s':>7} {'RSS MiB':>8} {'trainer':>8} {'fds':>4} {'workers':>7}"]
+    rows += [f"{s.epoch:5d} {s.seconds:7.0f} {s.rss_mib:8.1f} {s.main_rss_mib:8.1f} {s.fds:4d} "
+             f"{s.children:7d}" for s in samples]
+    log.info("samples after each epoch:\n%s", "\n".join(rows))
     if not samples:
-        print("no epoch finished")
+        log.error("no epoch finished")
         return 1
     growth = verdict(samples)
-    print(f"from epoch {baseline(samples).epoch} to {samples[-1].epoch}: RSS "
+    log.info(f"from epoch {baseline(samples).epoch} to {samples[-1].epoch}: RSS "
           f"{growth['rss_growth_mib']:+.1f} MiB, file descriptors {growth['fd_growth']:+d}, "
           f"worker processes {growth['worker_growth']:+d}")
     return code
