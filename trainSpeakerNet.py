@@ -24,11 +24,11 @@ import evaluation
 import plugins
 import run_log
 from augment import Augmenter, check_speed_classes, planner_from_options, speed_factors
-from DatasetLoader import (CollateAndMix, SpeakerBalancedSampler, TrainDataset, collate_views,
-                           read_train_list)
+from DatasetLoader import CollateAndMix, TrainDataset, collate_views, read_train_list
 from errors import UserError
 from options import OptionError, parse_options, save_options
 from packed_audio import packs_from_options
+from sampler import SpeakerBalancedSampler
 from SpeakerNet import SpeakerNet, Trainer, objective_attr
 
 log = logging.getLogger("trainSpeakerNet")
