@@ -15,14 +15,20 @@ import soundfile
 import torch
 from torch.utils.data import Dataset
 
+from errors import message_of
+
 from packed_audio import SCALE as PACK_SCALE, PackReader
-from audio_manifest import ListError, check_audio_files, resolve
+from audio_manifest import ListError, NonFiniteAudio, check_audio_files, check_finite, resolve
 from augment import (KINDS, NONE, REVERB, Augmenter, collate_augmentation, read_augmentation, speed_change,
                      speed_read_length)
 
 from sampler import CropRequest, SpeakerBalancedSampler  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
+
+
+# Whole files shorter than one 25 ms analysis window are wrapped around to it.
+MIN_WHOLE_FILE = 400
 
 
 def crop_samples(frames):
@@ -38,6 +44,12 @@ class TrainList:
     lengths: np.ndarray              # samples per file, from the validated manifest
     labels: np.ndarray               # speaker index per file, -1 when the list has no speakers
     speakers: list = field(default_factory=list)   # speaker name per index
+    source: str = ""                 # the list file, for messages
+    line_numbers: np.ndarray = None  # list line of each file, for messages
+
+    def origin(self, index):
+        """'list:line' of file `index`, for error messages."""
+        return f"{self.source}:{self.line_numbers[index]}" if self.line_numbers is not None else self.source
 
 
 def read_train_list(list_path, train_path, need_labels=True, allow_outside=False):
@@ -53,10 +65,11 @@ def read_train_list(list_path, train_path, need_labels=True, allow_outside=False
         else:
             expected = "'speaker path'" if need_labels else "'speaker path' or 'path'"
             raise ListError(f"{list_path}:{number}: expected {expected}, got {len(columns)} "
-                            f"columns: {' '.join(columns)!r}")
+                            f"columns: {' '.join(columns)!r}{_space_hint(len(columns), 2)}")
         lines.append(number)
     if not files:
         raise ListError(f"{list_path}: the training list is empty")
+    _warn_duplicates(list_path, list(zip(names, files)), lines, "line")
     lengths = check_audio_files(list_path, train_path, files, lines, allow_outside)
     if None in names:
         labels = np.full(len(files), -1, dtype=np.int64)
@@ -66,7 +79,8 @@ def read_train_list(list_path, train_path, need_labels=True, allow_outside=False
         index = {name: i for i, name in enumerate(speakers)}
         labels = np.array([index[name] for name in names], dtype=np.int64)
     return TrainList(files=[_join(train_path, f) for f in files], lengths=lengths,
-                     labels=labels, speakers=speakers)
+                     labels=labels, speakers=speakers, source=str(list_path),
+                     line_numbers=np.array(lines, dtype=np.int64))
 
 
 @dataclass
@@ -75,6 +89,7 @@ class TrialList:
     pairs: np.ndarray            # trials x 2 indices into `files`
     files: list                  # unique files, as written in the list
     lengths: np.ndarray
+    origins: list = None         # 'list:line' where each file first appears, for messages
 
 
 def read_trial_list(list_path, test_path, allow_outside=False):
@@ -89,10 +104,11 @@ def read_trial_list(list_path, test_path, allow_outside=False):
             ends.append(columns)
         else:
             raise ListError(f"{list_path}:{number}: expected 'label file1 file2' with label 0 or 1 "
-                            f"(or 'file1 file2'), got: {' '.join(columns)!r}")
+                            f"(or 'file1 file2'), got: {' '.join(columns)!r}{_space_hint(len(columns), 3)}")
         lines.append(number)
     if not ends:
         raise ListError(f"{list_path}: the trial list is empty")
+    _warn_duplicates(list_path, [tuple(sorted(pair)) for pair in ends], lines, "trial")
     files, first_line, index = [], [], {}
     for number, pair in zip(lines, ends):
         for name in pair:
@@ -102,20 +118,47 @@ def read_trial_list(list_path, test_path, allow_outside=False):
                 first_line.append(number)
     lengths = check_audio_files(list_path, test_path, files, first_line, allow_outside)
     pairs = np.array([[index[a], index[b]] for a, b in ends], dtype=np.int64)
-    return TrialList(labels=np.array(labels), pairs=pairs, files=files, lengths=lengths)
+    return TrialList(labels=np.array(labels), pairs=pairs, files=files, lengths=lengths,
+                     origins=[f"{list_path}:{n}" for n in first_line])
 
 
 def _list_lines(list_path):
+    # utf-8-sig: a byte-order mark (written by some Windows editors) would otherwise become
+    # part of the first speaker's name or label.
     try:
-        with open(list_path, encoding="utf-8") as handle:
+        with open(list_path, encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
                 columns = line.split()
                 if columns:
                     yield number, columns
     except FileNotFoundError:
         raise ListError(f"list file not found: {list_path}") from None
+    except IsADirectoryError:
+        raise ListError(f"{list_path} is a directory, not a list file (give the list's path)") from None
+    except OSError as err:
+        raise ListError(f"cannot read list {list_path}: {err.strerror or err}") from None
     except UnicodeDecodeError as err:
         raise ListError(f"{list_path}: not a UTF-8 text list ({err.reason})") from None
+
+
+def _space_hint(columns, expected):
+    if columns > expected:
+        return " (a path with spaces reads as several columns: rename such files without spaces)"
+    return ""
+
+
+def _warn_duplicates(list_path, entries, lines, what):
+    """Warn once about entries (lines or trials) that repeat an earlier one."""
+    first, repeats = {}, []
+    for entry, line in zip(entries, lines):
+        if entry in first:
+            repeats.append((line, first[entry]))
+        else:
+            first[entry] = line
+    if repeats:
+        line, earlier = repeats[0]
+        log.warning("%s: %d duplicate %ss (line %d repeats line %d); each copy counts again", list_path,
+                    len(repeats), what, line, earlier)
 
 
 def _join(root, name):
@@ -129,8 +172,9 @@ def read_crop(path, total, start, length):
     """`length` samples from `start`, reading only that span; shorter files wrap around."""
     if total < length:
         audio, _ = soundfile.read(path, dtype="float32", always_2d=False)
-        return np.pad(audio, (0, length - len(audio)), mode="wrap")
+        return np.pad(check_finite(audio, path), (0, length - len(audio)), mode="wrap")
     audio, _ = soundfile.read(path, start=start, frames=length, dtype="float32", always_2d=False)
+    check_finite(audio, path, start)
     if len(audio) < length:          # header overstated the length: stay shape-stable
         audio = np.pad(audio, (0, length - len(audio)), mode="wrap")
     return audio
@@ -147,6 +191,7 @@ class TrainDataset(Dataset):
     """Reads the crops a CropRequest names (and their noise and RIRs); nothing random here."""
 
     def __init__(self, train_list, augment_bank=None, packs=()):
+        self.train_list = train_list
         self.files = train_list.files
         self.lengths = train_list.lengths
         self.augment_bank = augment_bank
@@ -159,6 +204,19 @@ class TrainDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, request):
+        try:
+            return self._read_group(request)
+        except NonFiniteAudio as err:
+            raise self._located(err) from None
+
+    def _located(self, err):
+        """`err` with the list line of its file (noise and RIR files are named by path alone)."""
+        try:
+            return NonFiniteAudio(f"{self.train_list.origin(self.files.index(err.path))}: {err}", err.path)
+        except ValueError:
+            return err
+
+    def _read_group(self, request):
         views = []
         for index, frames, start in zip(request.files, request.frames, request.starts):
             length = crop_samples(frames)
@@ -183,6 +241,12 @@ class TrainDataset(Dataset):
         """A whole batch, collated: what collate_views makes of [self[r] for r in requests], bit
         for bit, but with every crop and noise crop read straight into its place in the batch
         (the DataLoader calls this instead of __getitem__ for batched samplers)."""
+        try:
+            return self._read_batch(requests)
+        except NonFiniteAudio as err:
+            raise self._located(err) from None
+
+    def _read_batch(self, requests):
         lengths = [crop_samples(f) for f in requests[0].frames]
         labels = torch.tensor([r.label for r in requests], dtype=torch.long)
         augmented = bool(requests[0].augment)
@@ -202,7 +266,7 @@ class TrainDataset(Dataset):
                         self.read_crop.read_into(self.files[index], total, int(start * max(total - length, 0)),
                                                  length, row)
                     else:
-                        row[:] = self[_single_view(request, v)][0][0]
+                        row[:] = self._read_group(_single_view(request, v))[0][0]
             tensors.append(torch.from_numpy(run))
             extras.append(self._collated_augmentation([r.augment[v] for r in requests for v in range(begin, end)],
                                                       length) if augmented else None)
@@ -294,20 +358,30 @@ class CollateAndMix:
 
 
 class TestDataset(Dataset):
-    """num_eval evenly spaced crops of eval_frames per file; eval_frames 0 = the whole file."""
+    """num_eval evenly spaced crops of eval_frames per file; eval_frames 0 = the whole file.
+
+    Files shorter than what is cut from them are wrapped around to that length: a crop of
+    eval_frames, or MIN_WHOLE_FILE samples (one analysis window) for whole files."""
 
     def __init__(self, files, lengths, test_path, eval_frames, num_eval):
         self.paths = [_join(test_path, f) for f in files]
         self.lengths = lengths
         self.eval_frames = eval_frames
         self.num_eval = num_eval
+        short = int((np.asarray(lengths) < MIN_WHOLE_FILE).sum()) if eval_frames == 0 else 0
+        if short:
+            log.warning("%d files are shorter than %d samples (one 25 ms window); whole-file scoring "
+                        "wraps them around to that length", short, MIN_WHOLE_FILE)
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, index):
         audio, _ = soundfile.read(self.paths[index], dtype="float32", always_2d=False)
+        check_finite(audio, self.paths[index])
         if self.eval_frames == 0:
+            if len(audio) < MIN_WHOLE_FILE:
+                audio = np.pad(audio, (0, MIN_WHOLE_FILE - len(audio)), mode="wrap")
             return torch.from_numpy(audio).unsqueeze(0), index
         length = crop_samples(self.eval_frames)
         if len(audio) < length:
@@ -315,3 +389,13 @@ class TestDataset(Dataset):
         starts = eval_crop_starts(len(audio), length, self.num_eval)
         crops = np.stack([audio[s:s + length] for s in starts])
         return torch.from_numpy(crops), index
+
+
+def locate_bad_audio(err, root, files, origins):
+    """NonFiniteAudio `err` (possibly re-raised from a loader worker) with the list line of its
+    file, found among `files` under `root` (as TestDataset reads them) with `origins`."""
+    message = message_of(err)
+    for name, origin in zip(files, origins or ()):
+        if message.startswith(f"{_join(root, name)}:"):
+            return NonFiniteAudio(f"{origin}: {message}", path)
+    return NonFiniteAudio(message, getattr(err, "path", None))

@@ -32,6 +32,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from checkpoint import restore_rng
 from DatasetLoader import TestDataset
 
 log = logging.getLogger(__name__)
@@ -92,22 +93,32 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.mixedprec)
 
-    def train_epoch(self, loader, epoch):
-        """Train one epoch; -> {'loss', 'metric', 'utt_per_s', 'data_wait', 'lr', 'steps'}."""
+    def train_epoch(self, loader, epoch, resume=None, after_step=None):
+        """Train one epoch; -> {'loss', 'metric', 'utt_per_s', 'data_wait', 'lr', 'steps'}.
+
+        resume: a mid-epoch checkpoint's {'batch', 'totals', 'rng'} (the loader's sampler was
+        told to skip those batches); after_step(batch, totals) is called after every step."""
         self.model.train()
         hook = getattr(self.model.objective, "on_epoch_start", None)
         if hook:
             hook(epoch)
         step_hook = getattr(self.model.objective, "on_step_end", None)
         batch_hook = getattr(self.model.objective, "on_batch_start", None)
-        totals = {"loss": 0.0, "metric": 0.0, "count": 0, "utterances": 0, "wait": 0.0}
-        bad_steps = 0
+        totals = {"loss": 0.0, "metric": 0.0, "count": 0, "utterances": 0, "bad_steps": 0, "batch": 0}
         start = last = time.perf_counter()
+        wait = 0.0
         bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not self.is_main,
                    dynamic_ncols=True, leave=False)
-        for views, labels, extras in bar:
+        batches = iter(bar)
+        if resume:
+            # After the loader's iterator exists (its creation draws from the torch generator),
+            # so the steps that follow draw exactly what they drew in the interrupted run.
+            totals.update(resume["totals"])
+            restore_rng(resume["rng"])
+        for views, labels, extras in batches:
             fetched = time.perf_counter()
-            totals["wait"] += fetched - last
+            wait += fetched - last
+            totals["batch"] += 1
             views = [v.to(self.device, non_blocking=True) for v in views]
             labels = labels.to(self.device, non_blocking=True) if self.uses_labels else None
             if self.augment is not None and any(e is not None for e in extras):
@@ -117,13 +128,13 @@ class Trainer:
             with self._autocast():
                 loss, metric = self.net(views, labels)
             if not torch.isfinite(loss):
-                bad_steps += 1
-                where = f"epoch {epoch}, step {totals['count'] + bad_steps}"
-                if bad_steps > self.max_bad_steps:
+                totals["bad_steps"] += 1
+                where = f"epoch {epoch}, step {totals['batch']}"
+                if totals["bad_steps"] > self.max_bad_steps:
                     raise FloatingPointError(f"loss became {loss.item()} at {where}; lower --lr, check "
                                              f"the data, or allow skips with --max_bad_steps")
                 log.warning("skipping a step with loss %s at %s (%d of %d allowed)", loss.item(), where,
-                            bad_steps, self.max_bad_steps)
+                            totals["bad_steps"], self.max_bad_steps)
                 last = time.perf_counter()
                 continue
             self.optimizer.zero_grad(set_to_none=True)
@@ -135,17 +146,17 @@ class Trainer:
                 step_hook(self.step)
             if self.step_unit == "iteration":
                 self.scheduler.step()
-            batch_size = sum(v.shape[0] * v.shape[1] for v in views)
             totals["loss"] += loss.item()
             totals["metric"] += float(metric)
             totals["count"] += 1
-            totals["utterances"] += batch_size
+            totals["utterances"] += sum(v.shape[0] * v.shape[1] for v in views)
+            if after_step:
+                after_step(totals["batch"], dict(totals))
             last = time.perf_counter()
             elapsed = last - start
-            bar.set_postfix(loss=f"{totals['loss'] / totals['count']:.3f}",
-                            metric=f"{totals['metric'] / totals['count']:.1f}",
-                            utt_s=f"{totals['utterances'] / elapsed:.0f}",
-                            wait=f"{100 * totals['wait'] / elapsed:.0f}%")
+            count = max(totals["count"], 1)
+            bar.set_postfix(loss=f"{totals['loss'] / count:.3f}", metric=f"{totals['metric'] / count:.1f}",
+                            utt_s=f"{totals['utterances'] / elapsed:.0f}", wait=f"{100 * wait / elapsed:.0f}%")
         bar.close()
         elapsed = max(time.perf_counter() - start, 1e-9)
         count = max(totals["count"], 1)
@@ -154,7 +165,7 @@ class Trainer:
         elif self.step_unit == "loss":
             self.scheduler.step(totals["loss"] / count)
         return {"loss": totals["loss"] / count, "metric": totals["metric"] / count,
-                "utt_per_s": totals["utterances"] / elapsed, "data_wait": totals["wait"] / elapsed,
+                "utt_per_s": totals["utterances"] / elapsed, "data_wait": wait / elapsed,
                 "lr": self.optimizer.param_groups[0]["lr"], "steps": totals["count"]}
 
     @torch.no_grad()

@@ -28,6 +28,28 @@ class ListError(UserError):
     """A list, or a file it names, that cannot be used; the message names file and line."""
 
 
+class NonFiniteAudio(ListError):
+    """Audio with NaN or Inf samples: found where the samples are read, it names the file."""
+
+    def __init__(self, message, path=None):
+        super().__init__(message)
+        self.path = path
+
+
+def check_finite(audio, path, start=0):
+    """Raise NonFiniteAudio naming `path` unless every sample of `audio` is finite.
+
+    Only float-encoded files can hold NaN/Inf; one isfinite per crop costs far less than the
+    read, and a single bad sample would otherwise end as a NaN loss or a NaN embedding."""
+    finite = np.isfinite(audio)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise NonFiniteAudio(f"{path}: {len(bad)} NaN/Inf samples, the first at sample {start + int(bad[0])} "
+                             f"(re-export the file; non-finite samples poison training and scores)",
+                             path=str(path))
+    return audio
+
+
 def resolve(root, name, allow_outside=False):
     """Path of list entry `name` under `root`.
 
@@ -37,10 +59,12 @@ def resolve(root, name, allow_outside=False):
     path = Path(name)
     if allow_outside:
         return path if path.is_absolute() else Path(root) / path
-    if path.is_absolute() or ".." in path.parts:
+    joined = Path(os.path.normpath(Path(root) / path))       # an absolute path replaces root
+    base = Path(os.path.normpath(os.path.abspath(root)))
+    if not Path(os.path.abspath(joined)).is_relative_to(base):
         raise ListError(f"'{name}' points outside {root}; use paths relative to it, "
                         f"or pass --allow_outside_paths")
-    return Path(root) / path
+    return joined
 
 
 def check_audio_files(list_path, root, names, line_numbers, allow_outside=False):
@@ -82,7 +106,9 @@ def check_audio_files(list_path, root, names, line_numbers, allow_outside=False)
                     entries[str(path)] = [stat.st_size, stat.st_mtime_ns, frames]
     if problems:
         problems.sort()
-        for i, message in problems[:MAX_REPORTED]:
+        # The first problem is the raised error (logged once by the entry point); the next
+        # few are logged here so that one run shows more than one file to fix.
+        for i, message in problems[1:MAX_REPORTED]:
             log.error("%s:%d: %s", list_path, line_numbers[i], message)
         i, message = problems[0]
         more = f" ({len(problems) - 1} more bad files, see the log)" if len(problems) > 1 else ""
@@ -134,6 +160,9 @@ def _save_manifest(manifest_path, list_path, root, entries):
             json.dump(data, handle)
         os.replace(tmp, manifest_path)
     except OSError as err:
-        log.info("could not cache audio headers in %s (%s); they will be checked again next run",
-                 manifest_path, err)
-        tmp.unlink(missing_ok=True)
+        log.warning("could not cache audio headers in %s (%s); the run goes on, and the headers "
+                    "are checked again next time", manifest_path, err.strerror or err)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:          # a read-only file system refuses the clean-up too
+            pass

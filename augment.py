@@ -113,9 +113,11 @@ class AugmentPlanner:
     """Draws AugmentSpecs from a numpy Generator, in the sampler."""
 
     def __init__(self, bank, probs, snr_ranges, babble, fraction=1.0):
+        shown = " ".join(f"{float(p):g}" for p in np.ravel(probs))      # plain floats, no numpy reprs
         probs = np.asarray(probs, dtype=float)
-        if probs.shape != (5,) or (probs < 0).any() or probs.sum() <= 0:
-            raise ValueError(f"--aug_probs needs 5 non-negative numbers, got {list(probs)}")
+        if probs.shape != (5,) or not np.isfinite(probs).all() or (probs < 0).any() or probs.sum() <= 0:
+            raise UserError(f"--aug_probs {shown}: give 5 weights of 0 or more, at least one "
+                            f"positive (none, reverb, music, speech, noise; e.g. 0.2 0.2 0.2 0.2 0.2)")
         self.bank = bank
         self.probs = probs / probs.sum()
         self.snr_ranges = snr_ranges

@@ -3,6 +3,7 @@ import logging
 import os
 import random
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = "speakernet-checkpoint-1"
 NAME = re.compile(r"^model(\d{9})\.model$")
+# The mid-epoch checkpoint (--checkpoint_minutes/--checkpoint_steps): one file, replaced each time.
+PARTIAL = "partial.model"
+TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")       # save_atomic's .NAME.PID.tmp
 
 
 class CheckpointError(UserError):
@@ -44,7 +48,8 @@ def prune_checkpoints(model_dir, keep_last):
 
 def save_atomic(obj, path):
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`:
-    a crash mid-write leaves the previous file intact."""
+    a crash mid-write leaves the previous file intact. A failed write (disk full, read-only
+    folder) is a CheckpointError that says so."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -53,20 +58,73 @@ def save_atomic(obj, path):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise CheckpointError(f"cannot write {path}: {err.strerror or err}; {kept} (free some space "
+                              f"in {path.parent} and run again to resume)") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def remove_stale_temporaries(folder):
+    """Delete save_atomic's temporary files left by writers that were killed (their pid is gone);
+    returns how many bytes were freed."""
+    freed = 0
+    if not Path(folder).is_dir():
+        return freed
+    for path in Path(folder).iterdir():
+        match = TEMPORARY.match(path.name)
+        if match and not pid_alive(int(match.group(1))):
+            try:
+                freed += path.stat().st_size
+                path.unlink()
+            except OSError:
+                pass
+    if freed:
+        log.info("removed %.1f MB of temporary files left by interrupted writes in %s", freed / 1e6, folder)
+    return freed
+
+
+def pid_alive(pid):
+    """Whether process `pid` exists on this machine."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:            # exists, owned by someone else
+        return True
+    return True
 
 
 def load_file(path):
     """Read a checkpoint without running code from it (weights_only)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path} (check --initial_model)")
+        what = "a directory, not a checkpoint file" if path.is_dir() else "not found"
+        raise CheckpointError(f"checkpoint {path}: {what} (check --initial_model)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint: {first}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: {_why_unreadable(path, err)}") from None
+
+
+def _why_unreadable(path, err):
+    text = str(err)
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if "GLOBAL" in text or "Unsupported global" in text:
+        # weights_only refused a pickled class or function: loading it could run code.
+        detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), "")
+        return (f"it holds Python objects other than tensors ({detail}); refused, because loading "
+                f"it could run code (re-save the state dict with torch.save(model.state_dict()))")
+    if zipfile.is_zipfile(path) or "zip archive" in text:
+        return "a PyTorch file that is truncated or corrupt (copy it again, or use an earlier checkpoint)"
+    return "not a PyTorch checkpoint (corrupt, truncated or another kind of file)"
 
 
 def model_state(obj, model):

@@ -32,7 +32,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import score_norm
-from DatasetLoader import ListError, TrialList, read_train_list, read_trial_list
+from DatasetLoader import (ListError, NonFiniteAudio, TrialList, locate_bad_audio, read_train_list,
+                           read_trial_list)
 from errors import UserError
 from scoring import score_trials
 # tuneThreshold's one-sort table of operating points, shared so that the figures here are
@@ -193,6 +194,7 @@ class TrialSet:
     lists: list                 # one TrialList per path; pairs index `files`
     files: list                 # unique files of all lists, as written in the lists
     lengths: np.ndarray         # samples per file
+    origins: list = None        # 'list:line' where each file first appears, for messages
 
 
 def list_names(paths):
@@ -231,20 +233,22 @@ def load_trial_lists(list_paths, test_path):
         if len(problems) == 1:
             raise ListError(problems[0])
         raise ListError(f"{len(problems)} trial lists cannot be used:\n  " + "\n  ".join(problems))
-    index, files, lengths, remaps = {}, [], [], []
+    index, files, lengths, remaps, origins = {}, [], [], [], []
     for trials in loaded:
         remap = np.empty(len(trials.files), dtype=np.int64)
-        for i, (name, length) in enumerate(zip(trials.files, trials.lengths)):
+        for i, (name, length, origin) in enumerate(zip(trials.files, trials.lengths, trials.origins)):
             if name not in index:
                 index[name] = len(files)
                 files.append(name)
                 lengths.append(int(length))
+                origins.append(origin)
             remap[i] = index[name]
         remaps.append(remap)
     lengths = np.array(lengths, dtype=np.int64)
     lists = [TrialList(labels=t.labels, pairs=remap[t.pairs], files=files, lengths=lengths)
              for t, remap in zip(loaded, remaps)]
-    return TrialSet(paths=paths, names=list_names(paths), lists=lists, files=files, lengths=lengths)
+    return TrialSet(paths=paths, names=list_names(paths), lists=lists, files=files, lengths=lengths,
+                    origins=origins)
 
 
 # ---------------------------------------------------------------------------- embeddings
@@ -258,12 +262,16 @@ def file_embeddings(crops, normalize=True):
 
 
 def embed_files(extract, files, lengths, root, normalize=True, keep_crops=False,
-                chunk=EXTRACT_CHUNK):
+                chunk=EXTRACT_CHUNK, origins=None):
     """Call extract(files, lengths, root) a chunk of files at a time -> (files x D file
-    embeddings, files x crops x D crops or None). Crops are only kept when asked for."""
+    embeddings, files x crops x D crops or None). Crops are only kept when asked for. A file
+    with NaN/Inf samples stops it, named with its list line from `origins` when given."""
     embeddings, kept = [], []
     for start in range(0, len(files), chunk):
-        crops = extract(files[start:start + chunk], lengths[start:start + chunk], root)
+        try:
+            crops = extract(files[start:start + chunk], lengths[start:start + chunk], root)
+        except NonFiniteAudio as err:
+            raise locate_bad_audio(err, root, files, origins) from None
         embeddings.append(file_embeddings(crops, normalize))
         if keep_crops:
             kept.append(torch.as_tensor(crops).float())
@@ -589,7 +597,7 @@ class Evaluation:
         started = time.perf_counter()
         trial_set = self.trial_set
         embeddings, crops = embed_files(extract, trial_set.files, trial_set.lengths,
-                                        self.test_path, keep_crops=not normalize)
+                                        self.test_path, keep_crops=not normalize, origins=trial_set.origins)
         cohort = None
         if self.cohort is not None and normalize:
             cohort = cohort_embeddings(extract, self.cohort)
@@ -666,6 +674,7 @@ class FileSet:
     root: str
     names: list                         # as written in the list
     speakers: list = field(default=None)   # one per file, when the list names speakers
+    origins: list = field(default=None)    # 'list:line' of each file, for messages
 
 
 def files_to_export(options):
@@ -674,14 +683,30 @@ def files_to_export(options):
     names an existing file (checked before any extraction)."""
     if Path(options.extract).exists():
         raise UserError(f"--extract {options.extract} exists; choose another file name")
+    check_writable(Path(options.extract).parent, f"--extract {options.extract}")
     if not options.extract_list:
         trial_set = load_trial_lists(options.test_list, options.test_path)
-        return FileSet(trial_set.files, trial_set.lengths, options.test_path, list(trial_set.files))
+        return FileSet(trial_set.files, trial_set.lengths, options.test_path, list(trial_set.files),
+                       origins=trial_set.origins)
     train = read_train_list(options.extract_list, options.train_path, need_labels=False)
     root = str(Path(options.train_path))
     names = [f[len(root) + 1:] if f.startswith(root + os.sep) else f for f in train.files]
     speakers = [train.speakers[i] for i in train.labels] if train.speakers else None
-    return FileSet(train.files, train.lengths, "", names, speakers)
+    return FileSet(train.files, train.lengths, "", names, speakers,
+                   origins=[train.origin(i) for i in range(len(train.files))])
+
+
+def check_writable(folder, what):
+    """Create `folder` if needed and prove a file can be written there, before any long job."""
+    folder = Path(folder)
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"0")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write {what}: {err.strerror or err} in {folder} "
+                        f"(choose a writable folder)") from None
 
 
 def export_embeddings(path, names, crops, speakers=None, keep_crops=False, normalize=True):
@@ -696,7 +721,7 @@ def export_embeddings(path, names, crops, speakers=None, keep_crops=False, norma
 def extract_to_npz(path, extract, file_set, keep_crops=False, normalize=True):
     """Embed a FileSet a chunk at a time and write it like export_embeddings -> the path."""
     embeddings, crops = embed_files(extract, file_set.files, file_set.lengths, file_set.root,
-                                    normalize=normalize, keep_crops=keep_crops)
+                                    normalize=normalize, keep_crops=keep_crops, origins=file_set.origins)
     path = _write_npz(path, file_set.names, embeddings, crops, file_set.speakers)
     log.info("wrote %d embeddings (%d dimensions) to %s", len(file_set.names), embeddings.shape[1], path)
     return path
@@ -711,9 +736,21 @@ def _write_npz(path, names, embeddings, crops, speakers):
     if speakers is not None:
         arrays["speakers"] = np.array([str(s) for s in speakers])
     path = unique_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:        # a file object: numpy adds no second .npz suffix
-        np.savez(handle, **arrays)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:        # a file object: numpy adds no second .npz suffix
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except OSError as err:
+        _remove_quietly(tmp)
+        raise UserError(f"cannot write {path}: {err.strerror or err} (free space or choose another "
+                        f"place; nothing was written)") from None
     return path
+
+
+def _remove_quietly(path):
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -8,6 +8,8 @@ closest valid key.
 import argparse
 import copy
 import difflib
+import logging
+import math
 import sys
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from errors import UserError
 
 COMPONENT_OPTIONS = {"model": "models", "trainfunc": "loss", "optimizer": "optimizer",
                      "scheduler": "scheduler"}
+
+log = logging.getLogger(__name__)
 
 
 class OptionError(UserError):
@@ -70,6 +74,11 @@ def build_parser():
     g.add_argument("--save_path", type=str, default="exps/exp1", help="checkpoints, scores and logs go here")
     g.add_argument("--keep_last", type=int, default=0,
                    help="keep only the newest N epoch checkpoints (0 keeps all); best.model is kept apart")
+    g.add_argument("--checkpoint_minutes", type=float, default=0.0,
+                   help="also save a mid-epoch checkpoint (model/partial.model) every this many "
+                        "minutes, so a restart resumes at the next batch (0 = off)")
+    g.add_argument("--checkpoint_steps", type=int, default=0,
+                   help="also save a mid-epoch checkpoint every this many batches (0 = off)")
     g = p.add_argument_group("data")
     g.add_argument("--train_list", type=str, default="data/train_list.txt", help="'speaker path' lines")
     g.add_argument("--test_list", type=str, action=evaluation.ListOption, default="data/test_list.txt",
@@ -108,25 +117,90 @@ def parse_options(argv=None):
     config = load_config(first.config) if first.config else {}
     # Component names decide which extra options exist: command line, else YAML, else default.
     explicit = _explicit_values(parser, argv)
+    components = []
     for option, kind in COMPONENT_OPTIONS.items():
         name = explicit.get(option, config.get(option, parser.get_default(option)))
         if name:
             module = plugins.load_module(kind, str(name))
             if hasattr(module, "add_arguments"):
                 module.add_arguments(parser.add_argument_group(f"{kind}/{name}.py"))
+            components.append((f"{kind}/{name}.py", module))
+    # A component's OPTION_DEFAULTS replace generic defaults; YAML and the command line still win.
+    parser.set_defaults(**_component_defaults(parser, components))
     parser.set_defaults(**_checked_config(parser, config, first.config))
     options = parser.parse_args(argv)
     options.test_list = evaluation.split_list(options.test_list)   # always a list of paths
-    validate(options)
+    validate(options, parser)
     return options
+
+
+def _component_defaults(parser, components):
+    """{option: value} from the loaded components' OPTION_DEFAULTS, checked like YAML.
+
+    A component whose paper (or design) fixes a generic option such as --margin declares
+    `OPTION_DEFAULTS = {"margin": 0.4}`; it applies when the user sets the option neither in
+    YAML nor on the command line. Names that are no option are an error naming the component.
+    """
+    chosen, source = {}, {}
+    for where, module in components:
+        declared = getattr(module, "OPTION_DEFAULTS", None)
+        if declared is None:
+            continue
+        label = f"{where} OPTION_DEFAULTS"
+        if not isinstance(declared, dict):
+            raise OptionError(f"{label}: must be a dict of option name -> value, "
+                              f"got a {type(declared).__name__}")
+        for key in declared:
+            if key in COMPONENT_OPTIONS or key == "config":
+                raise OptionError(f"{label}: '{key}' chooses components and cannot have a "
+                                  f"component default; remove it")
+        for key, value in _checked_config(parser, declared, label).items():
+            if key in chosen and chosen[key] != value:
+                log.warning("%s and %s give --%s different defaults (%r, %r); %s's is used "
+                            "(set --%s to choose)", source[key], where, key, chosen[key], value,
+                            where, key)
+            chosen[key], source[key] = value, where
+    return chosen
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader for --config files (see _load_yaml: duplicate keys are reported)."""
+
+
+def _load_yaml(handle, path):
+    """yaml.safe_load, warning about top-level keys set twice (the last value is used)."""
+    loader = _ConfigLoader(handle)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        data = loader.construct_document(node)
+        lines = {}                        # top-level key -> lines where it is set
+        if isinstance(node, yaml.MappingNode) and isinstance(data, dict):
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = loader.construct_object(key_node)
+                    lines.setdefault(key, []).append(key_node.start_mark.line + 1)
+    finally:
+        loader.dispose()
+    for key, found in lines.items():
+        if len(found) > 1:
+            log.warning("%s:%d: '%s' is also set on line%s %s; the value on line %d (%r) is used",
+                        path, found[-1], key, "s" if len(found) > 2 else "",
+                        " and ".join(map(str, found[:-1])), found[-1], data.get(key))
+    return data
 
 
 def load_config(path):
     try:
         with open(path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
+            config = _load_yaml(handle, path)
     except FileNotFoundError:
         raise OptionError(f"--config {path}: file not found") from None
+    except OSError as err:              # a directory, no permission, an I/O error, ...
+        raise OptionError(f"--config {path}: {err.strerror or err} (give a YAML file)") from None
+    except UnicodeDecodeError:
+        raise OptionError(f"--config {path}: not UTF-8 text (give a YAML file)") from None
     except yaml.YAMLError as err:
         raise OptionError(f"--config {path}: not valid YAML ({err})") from None
     if config is None:
@@ -191,10 +265,54 @@ def _convert(path, key, action, value):
     return converted if many else converted[0]
 
 
-def validate(options):
-    """Reject out-of-range values before anything runs."""
+def _float_actions(parser):
+    """The parser's float-typed options (core and component-declared, nargs lists included)."""
+    return [a for a in parser._actions if a.option_strings and a.type is float]
+
+
+def _check_finite(options, parser):
+    """Every float option is a finite number: NaN or Inf would only surface inside torch."""
+    for action in _float_actions(parser):
+        value = getattr(options, action.dest, None)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            name = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+            shown = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+            what = "finite numbers" if isinstance(value, (list, tuple)) else "a finite number"
+            raise OptionError(f"{name} must be {what}, got {shown}")
+
+
+def _check_augmentation(options):
+    """--aug_* values (augment.add_arguments), before the noise files are even scanned."""
+    probs = [float(p) for p in options.aug_probs]
+    for p in probs:
+        if p < 0:
+            raise OptionError(f"--aug_probs: {p:g} is negative (weights must be 0 or more)")
+    if options.augment and sum(probs) <= 0:
+        raise OptionError(f"--aug_probs {' '.join(f'{p:g}' for p in probs)}: every probability is 0, "
+                          f"so nothing is augmented (give at least one positive weight, or drop "
+                          f"--augment)")
+    if not 0 <= options.aug_fraction <= 1:
+        raise OptionError(f"--aug_fraction must lie in [0, 1] (a share of the crops), "
+                          f"got {options.aug_fraction:g}")
+    for name in ("aug_snr_noise", "aug_snr_speech", "aug_snr_music", "aug_babble"):
+        low, high = getattr(options, name)
+        if low > high:
+            raise OptionError(f"--{name} {low:g} {high:g}: the first value is the low end of the "
+                              f"range (give LOW HIGH, e.g. {high:g} {low:g})")
+    if options.aug_babble[0] < 1:
+        raise OptionError(f"--aug_babble {options.aug_babble[0]} {options.aug_babble[1]}: babble "
+                          f"sums at least 1 speech file (voxceleb_trainer: 3 7)")
+
+
+def validate(options, parser=None):
+    """Reject out-of-range values before anything runs. `parser` (default: the core options
+    only) names the float options checked for NaN and Inf, component-declared ones included."""
+    _check_finite(options, parser if parser is not None else build_parser())
     if options.keep_last < 0 or options.max_bad_steps < 0:
         raise OptionError("--keep_last and --max_bad_steps must be 0 or more")
+    if options.checkpoint_minutes < 0 or options.checkpoint_steps < 0:
+        raise OptionError("--checkpoint_minutes and --checkpoint_steps must be 0 (off) or more")
     positive = ["max_frames", "batch_size", "max_seg_per_spk", "test_interval", "max_epoch",
                 "nPerSpeaker", "nClasses", "n_mels", "nOut", "num_eval"]
     for name in positive:
@@ -206,6 +324,25 @@ def validate(options):
         raise OptionError("--nDataLoaderThread must be 0 or more")
     if options.lr <= 0:
         raise OptionError(f"--lr must be positive, got {options.lr}")
+    if not 0 < options.lr_decay <= 1:
+        raise OptionError(f"--lr_decay must lie in (0, 1] (the factor on the learning rate at each "
+                          f"steplr step; 1 keeps it), got {options.lr_decay:g}")
+    if options.weight_decay < 0:
+        raise OptionError(f"--weight_decay must be 0 or more, got {options.weight_decay:g}")
+    if options.margin < 0:
+        raise OptionError(f"--margin must be 0 or more, got {options.margin:g}")
+    if options.scale <= 0:
+        raise OptionError(f"--scale must be positive, got {options.scale:g}")
+    if not 0 <= options.hard_prob <= 1:
+        raise OptionError(f"--hard_prob must lie in [0, 1] (a probability), got {options.hard_prob:g}")
+    if options.hard_rank < 1:
+        raise OptionError(f"--hard_rank must be at least 1, got {options.hard_rank}")
+    for name in ("dcf_c_miss", "dcf_c_fa"):
+        if getattr(options, name) <= 0:
+            raise OptionError(f"--{name} must be positive (a cost), got {getattr(options, name):g}")
+    if options.seed < 0:
+        raise OptionError(f"--seed must be 0 or more, got {options.seed}")
+    _check_augmentation(options)
     if not options.trainfunc:
         raise OptionError("--trainfunc is required (a file name in loss/, e.g. angleproto)")
     if not options.model:

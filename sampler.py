@@ -61,6 +61,7 @@ class SpeakerBalancedSampler:
         self.epoch = 0
         self.stats = {}
         self._planned = (None, [])
+        self._skip = 0                                # batches of this rank to skip, once
         self._check_feasible()
 
     def _check_feasible(self):
@@ -82,8 +83,11 @@ class SpeakerBalancedSampler:
             raise UserError(f"--batch_size {self.groups_per_batch} (x {self.world_size} ranks) is "
                              f"larger than the {usable} {what} in the training list; lower --batch_size")
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch, skip_batches=0):
+        """Plan `epoch`; its next iteration starts after `skip_batches` of this rank's batches
+        (resuming from a mid-epoch checkpoint)."""
         self.epoch = epoch
+        self._skip = skip_batches
 
     def plan(self, epoch):
         """All batches of `epoch` (for every rank), each a list of CropRequest."""
@@ -185,10 +189,12 @@ class SpeakerBalancedSampler:
         return self._planned[1]
 
     def __iter__(self):
-        yield from self._epoch_plan()[self.rank::self.world_size]
+        mine = self._epoch_plan()[self.rank::self.world_size]
+        skip, self._skip = self._skip, 0
+        return iter(mine[skip:])
 
     def __len__(self):
-        return len(self._epoch_plan()) // self.world_size
+        return len(self._epoch_plan()) // self.world_size - self._skip
 
 
 # ---------------------------------------------------------------------------- datasets

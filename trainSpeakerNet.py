@@ -11,7 +11,10 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +25,12 @@ from torch.utils.data import DataLoader
 import checkpoint
 import evaluation
 import plugins
+import resume
+import run_lock
 import run_log
 from augment import Augmenter, check_speed_classes, planner_from_options, speed_factors
 from DatasetLoader import CollateAndMix, TrainDataset, collate_views, read_train_list
-from errors import UserError
+from errors import UserError, message_of
 from options import OptionError, parse_options, save_options
 from packed_audio import packs_from_options
 from sampler import SpeakerBalancedSampler
@@ -102,8 +107,8 @@ def prepare_save_path(save_path, needed_bytes=0):
         raise OptionError(f"--save_path {save_path} is not writable: {err.strerror}") from None
     free = shutil.disk_usage(save_path).free
     if free < needed_bytes:
-        raise OptionError(f"--save_path {save_path}: only {free / 1e6:.0f} MB free, a checkpoint "
-                          f"needs about {needed_bytes / 2e6:.0f} MB; free some space")
+        raise OptionError(f"--save_path {save_path}: only {free / 1e6:.0f} MB free, checkpoints "
+                          f"need about {needed_bytes / 1e6:.0f} MB; free some space")
     return save_path
 
 
@@ -173,11 +178,22 @@ def evaluate_only(options, model, device, rank=0):
                          normalize=objective_attr(model.objective, "test_normalize", True))
 
 
-def train(options, model, device, rank, world_size):
-    is_main = rank == 0
-    # Validate everything before any file is written or any step is taken.
-    views = views_per_group(options, model.objective)
-    uses_labels = objective_attr(model.objective, "uses_labels", True)
+@dataclass
+class TrainingData:
+    train_list: object
+    evaluator: object
+    sampler: SpeakerBalancedSampler
+    loader: DataLoader
+    mix_in_workers: bool
+    planner: object
+
+
+def build_data(options, model, device, rank, world_size):
+    """The training list, sampler and loader, and the evaluation lists: every file is checked
+    here, before any file is written or any step is taken."""
+    objective = model.objective
+    views = views_per_group(options, objective)
+    uses_labels = objective_attr(objective, "uses_labels", True)
     train_list = read_train_list(options.train_list, options.train_path, need_labels=uses_labels,
                                  allow_outside=options.allow_outside_paths)
     if uses_labels and len(train_list.speakers) > options.nClasses:
@@ -185,69 +201,109 @@ def train(options, model, device, rank, world_size):
                           f"speakers in {options.train_list}; set --nClasses {len(train_list.speakers)}")
     speeds = speed_factors(options)
     if uses_labels:
-        check_speed_classes(options.nClasses, len(train_list.speakers), speeds, options.train_list,
-                            model.objective)
+        check_speed_classes(options.nClasses, len(train_list.speakers), speeds, options.train_list, objective)
     evaluator = evaluation.Evaluation.from_options(options, train_list=train_list)
     max_frames = options.max_frames
-    view_frames = getattr(model.objective, "view_frames", None) or (lambda epoch, rng: (max_frames,) * views)
+    view_frames = getattr(objective, "view_frames", None) or (lambda epoch, rng: (max_frames,) * views)
     planner = planner_from_options(options)
     packs = packs_from_options(options, train_list, planner.bank if planner else None)
     sampler = SpeakerBalancedSampler(
         train_list.labels, options.batch_size, views, options.max_seg_per_spk, seed=options.seed,
         group_by_utterance=not uses_labels, view_frames=view_frames, rank=rank, world_size=world_size,
-        augment_planner=planner, augment_fraction=getattr(model.objective, "augment_fraction", None),
-        utterance_subset=getattr(model.objective, "utterance_subset", None),
+        augment_planner=planner, augment_fraction=getattr(objective, "augment_fraction", None),
+        utterance_subset=getattr(objective, "utterance_subset", None),
         speeds=speeds, num_speakers=len(train_list.speakers))
-    optimizer = plugins.factory("optimizer", options.optimizer)(model.parameters(), **vars(options))
-    settings = {k: v for k, v in vars(options).items() if k != "optimizer"}
-    scheduler, step_unit = plugins.factory("scheduler", options.scheduler)(optimizer, **settings)
-    model_dir = Path(options.save_path) / "model"
-    start_epoch, resume = 1, None
-    found = checkpoint.list_checkpoints(model_dir)
-    if found:
-        resume = checkpoint.load_file(found[-1][1])
-        if not isinstance(resume, dict) or resume.get("format") != checkpoint.FORMAT:
-            raise checkpoint.CheckpointError(f"{found[-1][1]} is not a resumable checkpoint of this project")
-        checkpoint.load_weights(model, resume["model"], found[-1][1])
-        start_epoch = resume["epoch"] + 1
-    elif options.initial_model:
-        load_initial_weights(model, options.initial_model)
-
-    ddp_model = None
-    if options.distributed:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
     # On a CPU with loader workers the workers mix the noise in (CollateAndMix); elsewhere the
     # training device does, batched.
     mix_in_workers = planner is not None and device.type == "cpu" and options.nDataLoaderThread > 0
-    trainer = Trainer(model, optimizer, scheduler, step_unit, device, options.mixedprec, ddp_model=ddp_model,
-                      is_main=is_main, augment=Augmenter() if planner and not mix_in_workers else None,
-                      max_bad_steps=options.max_bad_steps)
-    if resume:
-        trainer.load_state_dict(resume["trainer"])
-        checkpoint.restore_rng(resume["rng"])
-    state_bytes = 4 * sum(p.numel() for p in model.parameters())
-    save_path = Path(options.save_path)
-    if is_main:
-        prepare_save_path(save_path, needed_bytes=8 * state_bytes)
-        add_log_file(save_path / "train.log")
-        save_options(options, evaluation.unique_path(save_path / "options.yaml"))
-        if resume:
-            log.info("resuming from %s at epoch %d", found[-1][1], start_epoch)
-        log.info("options: %s", " ".join(f"{k}={v}" for k, v in sorted(vars(options).items())))
-        log.info("%s: %d parameters; %d utterances of %d speakers; device %s", options.model,
-                 sum(p.numel() for p in model.encoder.parameters()), len(train_list.files),
-                 len(train_list.speakers), device)
-
     loader = DataLoader(TrainDataset(train_list, planner.bank if planner else None, packs),
                         batch_sampler=sampler,
                         num_workers=options.nDataLoaderThread,
                         collate_fn=CollateAndMix() if mix_in_workers else collate_views,
                         pin_memory=device.type == "cuda", persistent_workers=options.nDataLoaderThread > 0,
                         prefetch_factor=4 if options.nDataLoaderThread > 0 else None)
-    validation = Validation(options, model, trainer, evaluator, save_path)
+    return TrainingData(train_list, evaluator, sampler, loader, mix_in_workers, planner)
+
+
+def build_trainer(options, model, device, data, is_main):
+    optimizer = plugins.factory("optimizer", options.optimizer)(model.parameters(), **vars(options))
+    settings = {k: v for k, v in vars(options).items() if k != "optimizer"}
+    scheduler, step_unit = plugins.factory("scheduler", options.scheduler)(optimizer, **settings)
+    ddp_model = None
+    if options.distributed:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return Trainer(model, optimizer, scheduler, step_unit, device, options.mixedprec, ddp_model=ddp_model,
+                   is_main=is_main, augment=Augmenter() if data.planner and not data.mix_in_workers else None,
+                   max_bad_steps=options.max_bad_steps)
+
+
+def resume_or_start(options, model, trainer, model_dir):
+    """Load the newest readable checkpoint (checked against the options) or --initial_model;
+    -> the ResumePoint, or None for a fresh start."""
+    point = resume.find_resume_point(model_dir)
+    if point is None:
+        if options.initial_model:
+            load_initial_weights(model, options.initial_model)
+        return None
+    resume.check_options(options, point)
+    checkpoint.load_weights(model, point.state["model"], point.path)
+    trainer.load_state_dict(point.state["trainer"])
+    checkpoint.restore_rng(point.state["rng"])
+    return point
+
+
+def epoch_state(options, model, trainer, epoch, **extra):
+    """Everything a resume needs, as saved in a checkpoint."""
+    return {"format": checkpoint.FORMAT, "epoch": epoch, "model": model.state_dict(),
+            "trainer": trainer.state_dict(), "rng": checkpoint.capture_rng(),
+            "options": dict(vars(options)), **extra}
+
+
+def train(options, model, device, rank, world_size):
+    is_main = rank == 0
+    data = build_data(options, model, device, rank, world_size)
+    trainer = build_trainer(options, model, device, data, is_main)
+    save_path = Path(options.save_path)
+    model_dir = save_path / "model"
+    if is_main:
+        state_bytes = 4 * sum(p.numel() for p in model.parameters())
+        prepare_save_path(save_path, needed_bytes=8 * state_bytes)
+    with run_lock.locked(save_path, enabled=is_main):
+        if is_main:
+            checkpoint.remove_stale_temporaries(model_dir)
+        point = resume_or_start(options, model, trainer, model_dir)
+        if is_main:
+            start_run_log(options, save_path, model, data.train_list, device, point)
+        return epoch_loop(options, model, trainer, data, save_path, point)
+
+
+def start_run_log(options, save_path, model, train_list, device, point):
+    add_log_file(save_path / "train.log")
+    save_options(options, evaluation.unique_path(save_path / "options.yaml"))
+    if point:
+        where = f"epoch {point.start_epoch}" + (f", batch {point.state['batch'] + 1}" if point.partial else "")
+        log.info("resuming from %s at %s", point.path, where)
+    log.info("options: %s", " ".join(f"{k}={v}" for k, v in sorted(vars(options).items())))
+    log.info("%s: %d parameters; %d utterances of %d speakers; device %s", options.model,
+             sum(p.numel() for p in model.encoder.parameters()), len(train_list.files),
+             len(train_list.speakers), device)
+
+
+def epoch_loop(options, model, trainer, data, save_path, point):
+    is_main = trainer.is_main
+    model_dir = save_path / "model"
+    validation = Validation(options, model, trainer, data.evaluator, save_path)
+    mid_epoch = resume.MidEpochCheckpoints(model_dir, options.checkpoint_minutes, options.checkpoint_steps,
+                                           enabled=is_main)
+    start_epoch = point.start_epoch if point else 1
     report = None
-    if start_epoch > options.max_epoch:
+    if point and not point.partial and not validation.recorded(point.state["epoch"]):
+        # The run stopped between writing this epoch's checkpoint and recording its evaluation.
+        report = validation.evaluate(point.state["epoch"], point.state.get("stats", {}))
+        if is_main:
+            validation.keep_best(point.state, report)
+    elif start_epoch > options.max_epoch:
         if is_main:
             log.info("training already reached epoch %d of %d; evaluating that checkpoint",
                      start_epoch - 1, options.max_epoch)
@@ -256,21 +312,27 @@ def train(options, model, device, rank, world_size):
         # Reseeding from (seed, epoch) makes every epoch reproducible on its own, so a resumed
         # run matches an uninterrupted one whatever evaluation consumed in between.
         seed_everything(options.seed * 100003 + epoch)
-        sampler.set_epoch(epoch)
-        stats = trainer.train_epoch(loader, epoch)
+        within = point.state if point and point.partial and epoch == point.start_epoch else None
+        data.sampler.set_epoch(epoch, skip_batches=within["batch"] if within else 0)
+
+        def save_mid_epoch(batch, totals, epoch=epoch):
+            if mid_epoch.due(batch):
+                mid_epoch.save(epoch_state(options, model, trainer, epoch, batch=batch, totals=totals))
+
+        stats = trainer.train_epoch(data.loader, epoch, resume=within, after_step=save_mid_epoch)
         if is_main:
-            used = sampler.stats
+            used = data.sampler.stats
             stats["used_share"] = used["used"] / used["utterances"]
             log.info("epoch %d: loss %.4f metric %.2f lr %.3g | %.0f utt/s, data wait %.0f%% | "
                      "utterances used %.1f%% of list, %.1f%% of eligible", epoch, stats["loss"],
                      stats["metric"], stats["lr"], stats["utt_per_s"], 100 * stats["data_wait"],
                      100 * stats["used_share"], 100 * used["used"] / max(used["eligible"], 1))
         if epoch % options.test_interval == 0 or epoch == options.max_epoch:
+            state = None
             if is_main:
-                state = {"format": checkpoint.FORMAT, "epoch": epoch, "model": model.state_dict(),
-                         "trainer": trainer.state_dict(), "rng": checkpoint.capture_rng(),
-                         "options": dict(vars(options))}
+                state = epoch_state(options, model, trainer, epoch, stats=stats)
                 checkpoint.save_atomic(state, checkpoint.checkpoint_path(model_dir, epoch))
+                mid_epoch.superseded()
             # Every rank embeds a share of the evaluation files; rank 0 scores and writes.
             if options.distributed:
                 share_buffers(model.encoder)
@@ -298,7 +360,22 @@ class Validation:
         best = save_path / "model" / "best.model"
         self.best_eer = math.inf
         if best.exists():
-            self.best_eer = checkpoint.load_file(best).get("eer", math.inf)
+            try:
+                self.best_eer = checkpoint.load_file(best).get("eer", math.inf)
+            except checkpoint.CheckpointError as err:
+                log.warning("%s; the next evaluation replaces it", err)
+
+    def recorded(self, epoch):
+        """Whether metrics.jsonl holds the evaluation of `epoch` (rank 0 decides for all ranks)."""
+        metrics = self.save_path / "metrics.jsonl"
+        done = self.is_main and metrics.exists() and any(
+            r.get("epoch") == epoch and any(k.startswith("val_eer") for k in r)
+            for r in run_log.read_metrics(metrics))
+        if dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([int(done)])
+            dist.broadcast(flag, src=0)
+            done = bool(flag.item())
+        return done
 
     def evaluate(self, epoch, stats=None):
         normalize = objective_attr(self.model.objective, "test_normalize", True)
@@ -328,28 +405,81 @@ class Validation:
 
 def run(options):
     rank, world_size, local_rank = init_distributed(options)
-    device = resolve_device(options.device, local_rank)
-    seed_everything(options.seed)
-    model = build_model(options).to(device)
-    if options.extract:
-        return extract_only(options, model, device, rank)
-    if options.eval:
-        return evaluate_only(options, model, device, rank)
-    return train(options, model, device, rank, world_size)
+    finished = False
+    try:
+        device = resolve_device(options.device, local_rank)
+        seed_everything(options.seed)
+        model = build_model(options).to(device)
+        if options.extract:
+            result = extract_only(options, model, device, rank)
+        elif options.eval:
+            result = evaluate_only(options, model, device, rank)
+        else:
+            result = train(options, model, device, rank, world_size)
+        finished = True
+        return result
+    finally:
+        close_distributed(finished)
+
+
+def close_distributed(finished):
+    """Tear the process group down on every exit path. After a normal end the ranks first meet
+    at a barrier, so none exits while another still talks to it (which aborted the process
+    with 'terminate called without an active exception'); after an error there is no barrier,
+    since the other ranks may never reach it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if finished:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+class Interrupted(Exception):
+    """SIGTERM (from schedulers and torchrun), raised in the main thread like KeyboardInterrupt."""
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted()
+
+
+def last_complete_checkpoint(save_path):
+    """A line naming the checkpoint a rerun resumes from, for the interruption message."""
+    try:
+        point = resume.find_resume_point(Path(save_path) / "model")
+    except UserError:
+        point = None
+    if point is None:
+        return "no checkpoint was written yet"
+    where = f"epoch {point.state['epoch']}" + (f", batch {point.state['batch']}" if point.partial else "")
+    return f"the last complete checkpoint is {point.path} ({where}); run the same command to resume"
 
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if in_main_thread else None
+    options = None
     try:
-        run(parse_options(argv))
+        options = parse_options(argv)
+        run(options)
     except UserError as err:
-        log.error("%s", err)
+        log.error("%s", message_of(err))
         return 2
     except FloatingPointError as err:
         log.error("%s; the last good checkpoint is kept", err)
         return 3
+    except (KeyboardInterrupt, Interrupted) as err:
+        name, code = ("SIGTERM", 143) if isinstance(err, Interrupted) else ("SIGINT", 130)
+        training = options is not None and not (options.eval or options.extract)
+        log.error("interrupted by %s; %s", name,
+                  last_complete_checkpoint(options.save_path) if training else "nothing was written")
+        return code
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         remove_log_file()
     return 0
 

@@ -42,6 +42,11 @@ from loss.curriculum import check_stage_starts, parse_intervals, parse_list, sta
 from loss.labelled_views import flatten_labelled
 from options import OptionError
 
+# Defaults of generic options when the user sets them neither in YAML nor on the command line
+# (options.parse_options): Xiao et al. 2021, sec. 4 ("As to circle loss, s is set to 60") and
+# Table 1 (m = 0.40 is the best fixed margin), not the generic --margin 0.1 --scale 30.
+OPTION_DEFAULTS = {"margin": 0.4, "scale": 60.0}
+
 
 def add_arguments(parser):
     parser.add_argument("--circle_stage_epochs", type=int, nargs="*", default=[],

@@ -30,6 +30,13 @@ SE_BOTTLENECK = 128
 AGGREGATED_CHANNELS = 1536
 ATTENTION_BOTTLENECK = 128
 
+# Defaults of generic options when the user sets them neither in YAML nor on the command line
+# (options.parse_options), the paper's instead of the generic 512 / 40 / no log / SAP:
+# Desplanques et al. 2020 (ECAPA-TDNN, Interspeech): a 192-d embedding from 80-dimensional
+# input features, attentive statistics pooling (the only pooling this model has). Log-mels
+# are this model's own front-end default (the paper's are MFCCs: --input_features mfcc).
+OPTION_DEFAULTS = {"nOut": 192, "n_mels": 80, "log_input": True, "encoder_type": "ASP"}
+
 
 def add_arguments(parser):
     """ECAPA-TDNN's own options (read by options.parse_options when --model ECAPA_TDNN)."""

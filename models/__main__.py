@@ -1,8 +1,8 @@
 """Profile every encoder, or export one with TorchScript.
 
     python -m models --profile [--device cpu] [--batch 32] [--frames 200] [--iterations 3]
-    python -m models --export ECAPA_TDNN --nOut 192 [--initial_model CKPT]
-                     [--config exps/x/options.yaml] --output ecapa.pt
+    python -m models --export ECAPA_TDNN --nOut 192 --initial_model CKPT (or --random_weights)
+                     [--config exps/x/options.yaml] --output ecapa.pt [--overwrite]
 
 --profile lists, for every file in models/ that exposes MainModel: parameters, MACs for a
 2-second input (torch.utils.flop_counter; MACs = FLOPs / 2, convolutions and matrix products
@@ -28,6 +28,8 @@ files keep loading in libtorch, and torch.export.save would be the successor for
 import argparse
 import copy
 import logging
+import os
+import sys
 import time
 import warnings
 
@@ -37,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import checkpoint
 import plugins
+from errors import UserError
 
 log = logging.getLogger("models")
 
@@ -170,7 +173,11 @@ def build_parser():
     p.add_argument("--frames", type=int, default=200, help="segment length in 10 ms frames")
     p.add_argument("--iterations", type=int, default=3, help="timed passes after one warm-up")
     p.add_argument("--output", help="TorchScript file to write (export)")
-    p.add_argument("--initial_model", default="", help="checkpoint to export (export)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output (export)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--initial_model", default="", help="checkpoint to export (export)")
+    weights.add_argument("--random_weights", action="store_true",
+                         help="export the untrained network instead of a checkpoint (export)")
     p.add_argument("--config", help="YAML of model options, e.g. a run's options.yaml (export)")
     g = p.add_argument_group("model options (default: each MainModel's own)")
     g.add_argument("--nOut", type=int, help="embedding size")
@@ -205,8 +212,45 @@ def resolve_device(name):
     return torch.device(name)
 
 
+def open_output(output, overwrite):
+    """A temporary file beside `output` (closed, empty) that the export is written to and then
+    renamed over `output`: refuses an existing file first, and fails here, before the slow
+    build and trace, when the folder cannot be written."""
+    if os.path.isdir(output):
+        raise UserError(f"--output {output} is a folder (give a file path)")
+    if os.path.lexists(output) and not overwrite:
+        raise UserError(f"--output {output} exists; choose another path or pass --overwrite")
+    folder, name = os.path.split(os.path.abspath(output))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")   # open(), not mkstemp: usual mode
+    try:
+        open(tmp, "wb").close()
+    except OSError as err:
+        raise UserError(f"cannot write --output {output}: {err.strerror or err} "
+                        f"(choose a writable folder)") from None
+    return tmp
+
+
+def read_config(path):
+    from options import load_config
+    try:                                # a folder or a binary file: load_config may let these by
+        return load_config(path)
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror or err if isinstance(err, OSError) else "not a UTF-8 text file"
+        raise UserError(f"--config {path}: {why} (give a run's options.yaml)") from None
+
+
 def main(argv=None):
+    """The command line; returns the exit status (2 for bad input, logged as one line)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(argv)
+    except UserError as err:                         # CheckpointError included
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+def run(argv):
     parser = build_parser()
     # Which encoders are involved decides which options they add (all of them for --help).
     mode = argparse.ArgumentParser(add_help=False)
@@ -221,27 +265,37 @@ def main(argv=None):
     model_dests += add_component_options(parser, names)
     args = parser.parse_args(argv)
 
+    if args.export:
+        if not args.output:
+            parser.error("--export needs --output FILE.pt")
+        # Random weights exported by mistake look like a working model until scored.
+        if not (args.initial_model or args.random_weights):
+            raise UserError("--export needs --initial_model CKPT (the trained weights); "
+                            "pass --random_weights to export an untrained network")
     model_kwargs = {}
     if args.config:
-        from options import load_config
-        model_kwargs.update(load_config(args.config))   # every key, as the trainer passes them
+        model_kwargs.update(read_config(args.config))   # every key, as the trainer passes them
     model_kwargs.update({d: getattr(args, d) for d in model_dests if getattr(args, d) is not None})
 
     if args.profile:
         profile(names, model_kwargs, resolve_device(args.device), args.batch, args.frames,
                 args.iterations)
         return
-    if not args.output:
-        parser.error("--export needs --output FILE.pt")
-    encoder = plugins.factory("models", args.export)(**model_kwargs)
-    if args.initial_model:
-        load_encoder_weights(encoder, args.initial_model)
-    exported = export_torchscript(encoder, args.output)
-    check_samples = samples_for(331) + 17             # another, odd length than traced
-    diff = max_abs_difference(encoder, exported, check_samples)
+    tmp = open_output(args.output, args.overwrite)
+    try:
+        encoder = plugins.factory("models", args.export)(**model_kwargs)
+        if args.initial_model:
+            load_encoder_weights(encoder, args.initial_model)
+        exported = export_torchscript(encoder, tmp)
+        check_samples = samples_for(331) + 17         # another, odd length than traced
+        diff = max_abs_difference(encoder, exported, check_samples)
+        os.replace(tmp, args.output)                  # only a complete, checked export lands
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     print(f"exported {args.export} ({count_parameters(encoder):,} parameters) to {args.output}; "
           f"max abs difference to eager on {check_samples} samples: {diff:.3g}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,6 +4,8 @@ import concurrent.futures
 import glob
 import os
 
+import numpy as np
+import soundfile
 from tqdm import tqdm
 
 from audio_manifest import _read_header       # one place decides what a usable audio file is
@@ -25,7 +27,7 @@ def make_list(args):
             for name in sorted(filenames):
                 if name.lower().endswith(".wav"):
                     if depth == 1:
-                        lines.append("%s %s/%s" % (spk, os.path.relpath(dirpath, root).replace(os.sep, "/"), name))
+                        lines.append((spk, "%s/%s" % (os.path.relpath(dirpath, root).replace(os.sep, "/"), name)))
                     else:
                         stray += 1
     if stray:
@@ -33,6 +35,12 @@ def make_list(args):
     if not lines:
         raise PrepError("no speaker/video/utt.wav files under %s; run --extract (and --convert for "
                         "VoxCeleb2) first" % root)
+    # Lists are split on whitespace: 'spk a b.wav' would read as three columns.
+    spaced = [path for _, path in lines if len(path.split()) != 1]
+    if spaced:
+        raise PrepError("--make_list %s: %d file paths contain whitespace, the first '%s' (rename those "
+                        "files and folders without spaces)" % (root, len(spaced), spaced[0]))
+    lines = ["%s %s" % entry for entry in lines]
     text = "".join(line + "\n" for line in lines)
     if os.path.exists(args.list_out):
         if open(args.list_out, encoding="utf-8").read() == text:
@@ -48,22 +56,51 @@ def make_list(args):
 
 
 # ---- check
-PROBLEMS = ("malformed line", "missing", "unreadable", "empty", "wrong sample rate", "multi-channel", "other")
+PROBLEMS = ("malformed line", "missing", "unreadable", "empty", "wrong sample rate", "multi-channel",
+            "non-finite samples", "other")
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")      # the only encodings that can hold NaN or Inf
 
 
 def classify(problem):
     for key, kind in (("unreadable", "unreadable"), ("empty", "empty"), ("sample rate", "wrong sample rate"),
-                      ("channels", "multi-channel")):
+                      ("channels", "multi-channel"), ("NaN/Inf", "non-finite samples")):
         if key in problem:
             return kind
     return "other"
 
 
+def non_finite(path, blocksize=1 << 16):
+    """None, or the problem of a float-encoded file with NaN/Inf samples (read in blocks: flat memory).
+    Integer PCM cannot hold them, so those files are not read at all."""
+    if soundfile.info(path).subtype not in FLOAT_SUBTYPES:
+        return None
+    count, first, start = 0, None, 0
+    try:
+        for block in soundfile.blocks(path, blocksize=blocksize, dtype="float32"):
+            bad = np.flatnonzero(~np.isfinite(block))
+            if len(bad) and first is None:
+                first = start + int(bad[0])
+            count += len(bad)
+            start += len(block)
+    except Exception as err:  # a header that reads but data that does not: truncated or corrupt
+        return "unreadable audio after sample %d (%s); re-encode it as 16 kHz mono WAV" % (
+            start, str(err).strip() or type(err).__name__)
+    if count:
+        return "%d NaN/Inf samples, the first at sample %d (re-export the file; NaN/Inf samples " \
+               "poison training)" % (count, first)
+    return None
+
+
 def list_entries(path, fmt):
     """[(line, name)] of the audio files a train ('spk path') or trial ('label a b', 'a b') list names."""
     entries, malformed = [], []
-    with open(path, encoding="utf-8") as f:
-        rows = [(n, line.split()) for n, line in enumerate(f, 1) if line.strip()]
+    # utf-8-sig: a byte-order mark (Windows editors) must not become part of the first name.
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            rows = [(n, line.split()) for n, line in enumerate(f, 1) if line.strip()]
+    except UnicodeDecodeError as err:
+        raise PrepError("--list %s: byte %d is not UTF-8 (save the list as UTF-8 text)"
+                        % (path, err.start)) from None
     if fmt == "auto":
         first = rows[0][1] if rows else []
         trial = len(first) == 3 or len(first) == 2 and first[0].lower().endswith((".wav", ".flac", ".m4a"))
@@ -94,7 +131,8 @@ def check(args):
                 todo.append(("%s (line %d)" % (name, number), os.path.join(root, name)))
         what = "%s (%s list)" % (args.list, fmt)
     else:
-        todo = [(os.path.relpath(p, root), p) for p in sorted(glob.glob(os.path.join(root, "**", "*"), recursive=True))
+        pattern = os.path.join(glob.escape(root), "**", "*")     # escape: a '[' in DIR is no pattern
+        todo = [(os.path.relpath(p, root), p) for p in sorted(glob.glob(pattern, recursive=True))
                 if p.lower().endswith((".wav", ".flac"))]
         what = root
     lengths = []
@@ -104,7 +142,7 @@ def check(args):
         if not os.path.exists(path):
             return label, 0, "missing"
         frames, problem = _read_header(path)
-        return label, frames, problem
+        return label, frames, problem or non_finite(path)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         for label, frames, problem in tqdm(pool.map(header, todo), total=len(todo), desc="checking", unit="file"):

@@ -228,7 +228,7 @@ def test_save_atomic_keeps_previous_file_when_save_fails(tmp_path, monkeypatch):
         f.write(b"half a checkpoint")
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(checkpoint.CheckpointError, match="disk full; the previous model000000001.model is intact"):
         checkpoint.save_atomic({"epoch": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert path.read_bytes() == before

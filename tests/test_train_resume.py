@@ -42,10 +42,10 @@ def runs(tmp_path_factory):
     original = SpeakerNet.Trainer.train_epoch
     tag = {"run": None}
 
-    def spy(self, loader, epoch):
+    def spy(self, loader, epoch, **kwargs):
         out["rng"].setdefault(tag["run"], {})[epoch] = (
             torch.get_rng_state().clone(), np.random.get_state()[1].copy(), random.getstate())
-        return original(self, loader, epoch)
+        return original(self, loader, epoch, **kwargs)
 
     try:
         with pytest.MonkeyPatch.context() as mp:

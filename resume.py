@@ -1,0 +1,139 @@
+"""Where a run continues from: the newest readable checkpoint in save_path, whether the options
+of the new start agree with it, and the mid-epoch checkpoints that make a crash cost minutes.
+
+Progress is (completed epochs, batches of the next epoch): an epoch checkpoint of epoch E is
+(E, 0), a mid-epoch checkpoint after k batches of epoch E is (E - 1, k); the largest wins.
+"""
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import checkpoint
+from errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Options that may differ on resume and take effect from there: where data lives, how and on
+# what the run computes, how long it goes, and what evaluation reports. Every other option
+# (model, objective, optimisation, sampling, augmentation) changes the training being resumed.
+RESUMABLE = frozenset({
+    "config", "save_path", "initial_model", "device", "mixedprec", "distributed", "nDataLoaderThread",
+    "max_epoch", "test_interval", "keep_last", "max_bad_steps", "checkpoint_minutes", "checkpoint_steps",
+    "train_path", "test_list", "test_path", "musan_path", "rir_path", "packs", "allow_outside_paths",
+    "eval_frames", "num_eval", "dcf_p_target", "dcf_c_miss", "dcf_c_fa", "far_targets", "frr_targets",
+    "asnorm_top_n", "cohort_utts", "cohort_speakers", "eval", "extract", "extract_list", "extract_crops",
+})
+
+
+class ResumeConflict(UserError):
+    """The new start's options would change the training it resumes."""
+
+
+@dataclass
+class ResumePoint:
+    state: dict
+    path: Path
+
+    @property
+    def partial(self):
+        return "batch" in self.state
+
+    @property
+    def start_epoch(self):
+        """The epoch training continues in."""
+        return self.state["epoch"] if self.partial else self.state["epoch"] + 1
+
+
+def _plain(value):
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _progress(state):
+    return (state["epoch"] - 1, state["batch"]) if "batch" in state else (state["epoch"], 0)
+
+
+def find_resume_point(model_dir):
+    """The readable checkpoint with the most progress in model_dir, or None. An unreadable or
+    foreign newer one is skipped with a warning (it is replaced when its epoch is saved again)."""
+    candidates = [path for _, path in checkpoint.list_checkpoints(model_dir)]
+    partial = Path(model_dir) / checkpoint.PARTIAL
+    if partial.is_file():
+        candidates.append(partial)
+    loaded, skipped = [], []
+    for path in candidates:
+        try:
+            state = checkpoint.load_file(path)
+            if not isinstance(state, dict) or state.get("format") != checkpoint.FORMAT:
+                raise checkpoint.CheckpointError(f"{path} is not a resumable checkpoint of this project")
+            loaded.append((_progress(state), state, path))
+        except checkpoint.CheckpointError as err:
+            skipped.append((path, err))
+    best = max(loaded, key=lambda item: item[0], default=None)
+    for path, err in skipped:
+        if best is None or _newer_name(path, best[2]):
+            log.warning("%s; resuming from %s instead", err, best[2] if best else "the start")
+    if best is None:
+        if skipped:
+            raise checkpoint.CheckpointError(f"{skipped[-1][1]} (no readable checkpoint is left in "
+                                             f"{model_dir}: delete the broken files, or use another --save_path)")
+        return None
+    return ResumePoint(state=best[1], path=best[2])
+
+
+def _newer_name(path, than):
+    return path.name == checkpoint.PARTIAL or path.name > than.name
+
+
+def check_options(options, point):
+    """Refuse a restart whose options differ from the checkpoint's in anything but RESUMABLE,
+    and an --initial_model other than the one the run started from; log what takes effect."""
+    saved = point.state.get("options", {})
+    current = vars(options)
+    wanted = current.get("initial_model") or ""
+    if wanted and wanted != (saved.get("initial_model") or ""):
+        raise ResumeConflict(f"--initial_model {wanted}: {point.path.parent.parent} already holds a run to "
+                             f"resume ({point.path}); drop --initial_model to resume it, or give a new "
+                             f"--save_path to start from {wanted}")
+    conflicts, changed = [], []
+    for key in sorted(saved):
+        if key not in current or _plain(saved[key]) == _plain(current[key]):
+            continue
+        (changed if key in RESUMABLE else conflicts).append(f"--{key} {saved[key]!r} -> {current[key]!r}")
+    if conflicts:
+        raise ResumeConflict(f"resuming {point.path} with options that change its training: "
+                             f"{', '.join(conflicts)} (restore them to resume, or start a new --save_path, "
+                             f"with --initial_model {point.path} to begin from these weights)")
+    if changed:
+        log.info("resuming with changed options, which take effect now: %s", ", ".join(changed))
+
+
+class MidEpochCheckpoints:
+    """Writes save_path/model/partial.model every `minutes` of wall time and/or every `steps`
+    optimizer steps, so that a restart resumes at the next batch."""
+
+    def __init__(self, model_dir, minutes=0.0, steps=0, enabled=True):
+        self.path = Path(model_dir) / checkpoint.PARTIAL
+        self.seconds = minutes * 60 if minutes > 0 else math.inf
+        self.steps = steps
+        self.enabled = enabled and (minutes > 0 or steps > 0)
+        self.last = time.monotonic()
+
+    def due(self, batch):
+        return self.enabled and ((self.steps and batch % self.steps == 0)
+                                 or time.monotonic() - self.last >= self.seconds)
+
+    def save(self, state):
+        checkpoint.save_atomic(state, self.path)
+        self.last = time.monotonic()
+        log.debug("mid-epoch checkpoint at epoch %d, batch %d", state["epoch"], state["batch"])
+
+    def superseded(self):
+        """An epoch checkpoint now holds more progress than the partial one."""
+        if self.path.exists():
+            self.path.unlink()
