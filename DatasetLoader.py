@@ -396,6 +396,7 @@ def locate_bad_audio(err, root, files, origins):
     file, found among `files` under `root` (as TestDataset reads them) with `origins`."""
     message = message_of(err)
     for name, origin in zip(files, origins or ()):
-        if message.startswith(f"{_join(root, name)}:"):
+        path = _join(root, name)
+        if message.startswith(f"{path}:"):
             return NonFiniteAudio(f"{origin}: {message}", path)
     return NonFiniteAudio(message, getattr(err, "path", None))

@@ -107,15 +107,16 @@ class Trainer:
         totals = {"loss": 0.0, "metric": 0.0, "count": 0, "utterances": 0, "bad_steps": 0, "batch": 0}
         start = last = time.perf_counter()
         wait = 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not self.is_main,
-                   dynamic_ncols=True, leave=False)
-        batches = iter(bar)
+        total = len(loader) if hasattr(loader, "__len__") else None
+        batches = iter(loader)
         if resume:
             # After the loader's iterator exists (its creation draws from the torch generator),
             # so the steps that follow draw exactly what they drew in the interrupted run.
             totals.update(resume["totals"])
             restore_rng(resume["rng"])
-        for views, labels, extras in batches:
+        bar = tqdm(batches, total=total, desc=f"epoch {epoch}", unit="batch", disable=not self.is_main,
+                   dynamic_ncols=True, leave=False)
+        for views, labels, extras in bar:
             fetched = time.perf_counter()
             wait += fetched - last
             totals["batch"] += 1

@@ -61,7 +61,7 @@ class SpeakerBalancedSampler:
         self.epoch = 0
         self.stats = {}
         self._planned = (None, [])
-        self._skip = 0                                # batches of this rank to skip, once
+        self._skip = 0                # batches of this rank that this epoch skips (a resume)
         self._check_feasible()
 
     def _check_feasible(self):
@@ -84,8 +84,9 @@ class SpeakerBalancedSampler:
                              f"larger than the {usable} {what} in the training list; lower --batch_size")
 
     def set_epoch(self, epoch, skip_batches=0):
-        """Plan `epoch`; its next iteration starts after `skip_batches` of this rank's batches
-        (resuming from a mid-epoch checkpoint)."""
+        """Plan `epoch`; its iterations start after `skip_batches` of this rank's batches
+        (resuming from a mid-epoch checkpoint). Kept until the next set_epoch: the loader may
+        call __iter__ more than once for one epoch (a new multi-worker iterator does)."""
         self.epoch = epoch
         self._skip = skip_batches
 
@@ -189,9 +190,7 @@ class SpeakerBalancedSampler:
         return self._planned[1]
 
     def __iter__(self):
-        mine = self._epoch_plan()[self.rank::self.world_size]
-        skip, self._skip = self._skip, 0
-        return iter(mine[skip:])
+        return iter(self._epoch_plan()[self.rank::self.world_size][self._skip:])
 
     def __len__(self):
         return len(self._epoch_plan()) // self.world_size - self._skip

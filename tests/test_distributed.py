@@ -147,6 +147,7 @@ def test_torchrun_trains_an_epoch_end_to_end(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "terminate called" not in done.stderr
     checkpoint_file = tmp_path / "exp" / "model" / "model000000001.model"
     assert checkpoint_file.exists()
     assert "EER" in done.stderr
@@ -174,6 +175,7 @@ def test_torchrun_trains_an_epoch_end_to_end(tmp_path):
         done = subprocess.run([*launcher, str(REPO / "trainSpeakerNet.py"), *argv], cwd=REPO,
                               capture_output=True, text=True, timeout=240, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert "terminate called" not in done.stderr         # every rank tore its group down
     two, one = np.load(outputs["two"]), np.load(outputs["one"])
     assert list(two["names"]) == list(one["names"]) and len(one["names"]) == len(corpus.test_files)
     np.testing.assert_allclose(two["embeddings"], one["embeddings"], atol=TOLERANCE, rtol=0)
