@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import Dataset
 
 from errors import message_of
+from speakernet.audio import INT16_SCALE as PACK_SCALE, crop_samples
 
-from packed_audio import SCALE as PACK_SCALE, PackReader
+from packed_audio import PackReader
 from audio_manifest import ListError, NonFiniteAudio, check_audio_files, check_finite, resolve
 from augment import (KINDS, NONE, REVERB, Augmenter, collate_augmentation, read_augmentation, speed_change,
                      speed_read_length)
@@ -29,11 +30,6 @@ log = logging.getLogger(__name__)
 
 # Whole files shorter than one 25 ms analysis window are wrapped around to it.
 MIN_WHOLE_FILE = 400
-
-
-def crop_samples(frames):
-    """Samples in a crop of `frames` 10 ms frames (25 ms window: 240 extra samples)."""
-    return frames * 160 + 240
 
 
 # ---------------------------------------------------------------------------- lists
@@ -235,7 +231,7 @@ class TrainDataset(Dataset):
         if request.augment:
             extras = [(*read_augmentation(self.augment_bank, spec, len(view), self.read_crop), spec.snr)
                       for spec, view in zip(request.augment, views)]
-        return views, request.label, extras
+        return views, request.label, extras, tuple(request.frames)
 
     def __getitems__(self, requests):
         """A whole batch, collated: what collate_views makes of [self[r] for r in requests], bit
@@ -271,7 +267,7 @@ class TrainDataset(Dataset):
             extras.append(self._collated_augmentation([r.augment[v] for r in requests for v in range(begin, end)],
                                                       length) if augmented else None)
             begin = end
-        return CollatedBatch((tensors, labels, extras))
+        return CollatedBatch((tensors, labels, extras, tuple(requests[0].frames)))
 
     def _collated_augmentation(self, specs, length):
         """collate_augmentation's result for `specs`, noise crops summed in place in the batch."""
@@ -296,14 +292,14 @@ class TrainDataset(Dataset):
 
 
 class CollatedBatch(tuple):
-    """(views, labels, extras) already in collate_views' form; collate_views passes it on."""
+    """(views, labels, extras, frames) already in collate_views' form; collate_views passes it on."""
 
 
 def collate_views(batch):
-    """-> (views, labels, extras): views is a list of N x V_run x samples tensors, one per run
-    of equal-length views (float32, or int16 samples when read from packs: the encoders' front
-    ends and the Augmenter convert them); extras holds each run's batched noise/RIRs (None when
-    clean)."""
+    """-> (views, labels, extras, frames): views is a list of N x V_run x samples tensors, one
+    per run of equal-length views (float32, or int16 samples when read from packs: the encoders'
+    front ends and the Augmenter convert them); extras holds each run's batched noise/RIRs (None
+    when clean); frames is the crop length of every view, as the sampler planned it."""
     if isinstance(batch, CollatedBatch):          # TrainDataset.__getitems__ built it already
         return tuple(batch)
     views = [item[0] for item in batch]
@@ -328,7 +324,7 @@ def collate_views(batch):
             extras.append(collate_augmentation([x for item in batch for x in item[2][begin:end]])
                           if augmented else None)
             begin = end
-    return tensors, labels, extras
+    return tensors, labels, extras, batch[0][3]
 
 
 def _single_view(request, v):
@@ -351,10 +347,10 @@ class CollateAndMix:
         self.mix = Augmenter()
 
     def __call__(self, batch):
-        views, labels, extras = collate_views(batch)
+        views, labels, extras, frames = collate_views(batch)
         if any(extra is not None for extra in extras):
             views, extras = self.mix(views, extras), [None] * len(views)
-        return views, labels, extras
+        return views, labels, extras, frames
 
 
 class TestDataset(Dataset):

@@ -1,24 +1,9 @@
 """SpeakerNet (encoder + objective) and the trainer: steps, epochs, evaluation, checkpoint state.
 
-The objective protocol (voxceleb_trainer's, plus optional attributes read with getattr):
-
-    forward(x, label=None) -> (loss, metric)   x: N x V x D, or N x D when V == 1
-    test_normalize   bool  score with cosine similarity (default True)
-    uses_labels      bool  False for self-supervised objectives: groups are utterances and
-                           the objective is called with label=None (default True)
-    min_views        int   smallest nPerSpeaker the objective accepts (default 1)
-    num_views        int   views per group it needs, overriding --nPerSpeaker
-    view_frames(epoch, rng) -> frames per view for one batch (default max_frames for all)
-    on_batch_start(frames)   frames per view of the coming batch (length-aware margins)
-    takes_views      bool  also pass the (augmented) input views: forward(x, label, views=...),
-                           for objectives that run their own encoders (teachers, key encoders)
-    utterance_subset(epoch, count) -> indices of the training utterances this epoch may use
-                           (data curricula); None or absent = all
-    augment_fraction(epoch) -> share of crops augmented this epoch (augmentation curricula)
-    attach_encoder(encoder)  given the encoder once, for momentum/teacher copies
-    on_epoch_start(epoch)    curricula: margins, mining, crop lengths
-    on_step_end(step)        after each optimizer step: EMA teachers, queues
-Objective state kept in parameters or buffers is saved in checkpoints with the model.
+The objective contract (what forward gets, the sampler's needs, the hooks and their defaults)
+is written once, in loss/_objective.py; SpeakerNet.contract is the objective itself, or for a
+plain voxceleb_trainer-style loss its view with the defaults. Objective state kept in
+parameters or buffers is saved in checkpoints with the model.
 
 Schedulers return (scheduler, unit): 'iteration' steps after every optimizer step, 'epoch'
 after every epoch, 'loss' after every epoch with the epoch's mean training loss (plateau).
@@ -26,7 +11,6 @@ after every epoch, 'loss' after every epoch with the epoch's mean training loss 
 import logging
 import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
@@ -34,6 +18,7 @@ from tqdm import tqdm
 
 from checkpoint import restore_rng
 from DatasetLoader import TestDataset
+from loss._objective import as_contract
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +27,10 @@ class SpeakerNet(nn.Module):
     def __init__(self, encoder, objective):
         super().__init__()
         self.encoder = encoder
-        self.objective = objective
-        if hasattr(objective, "attach_encoder"):
-            objective.attach_encoder(encoder)
+        self.objective = objective                 # registered: its state is checkpointed
+        # Not registered again (an Objective is its own contract): set past nn.Module.
+        object.__setattr__(self, "contract", as_contract(objective))
+        self.contract.attach_encoder(encoder)
 
     def embed(self, views):
         """List of N x V_i x samples tensors -> N x V x D (N x D when V == 1)."""
@@ -54,19 +40,15 @@ class SpeakerNet(nn.Module):
 
     def forward(self, views, labels=None):
         # The loss is computed inside forward so DistributedDataParallel sees every parameter.
-        if getattr(self.objective, "takes_views", False):
-            return self.objective(self.embed(views), labels, views=views)
-        return self.objective(self.embed(views), labels)
+        if self.contract.takes_views:
+            return self.contract(self.embed(views), labels, views=views)
+        return self.contract(self.embed(views), labels)
 
 
 def _to_device(extra, device):
     if extra is None:
         return None
     return {k: v.to(device, non_blocking=True) if v is not None else None for k, v in extra.items()}
-
-
-def objective_attr(objective, name, default):
-    return getattr(objective, name, default)
 
 
 class Trainer:
@@ -82,7 +64,8 @@ class Trainer:
         self.device = device
         self.is_main = is_main
         self.augment = augment
-        self.uses_labels = objective_attr(model.objective, "uses_labels", True)
+        self.contract = model.contract
+        self.uses_labels = self.contract.needs.labels
         # bf16 needs no loss scaling; fp16 (CUDA) does.
         self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         self.mixedprec = mixedprec
@@ -99,11 +82,7 @@ class Trainer:
         resume: a mid-epoch checkpoint's {'batch', 'totals', 'rng'} (the loader's sampler was
         told to skip those batches); after_step(batch, totals) is called after every step."""
         self.model.train()
-        hook = getattr(self.model.objective, "on_epoch_start", None)
-        if hook:
-            hook(epoch)
-        step_hook = getattr(self.model.objective, "on_step_end", None)
-        batch_hook = getattr(self.model.objective, "on_batch_start", None)
+        self.contract.on_epoch_start(epoch)
         totals = {"loss": 0.0, "metric": 0.0, "count": 0, "utterances": 0, "bad_steps": 0, "batch": 0}
         start = last = time.perf_counter()
         wait = 0.0
@@ -116,7 +95,7 @@ class Trainer:
             restore_rng(resume["rng"])
         bar = tqdm(batches, total=total, desc=f"epoch {epoch}", unit="batch", disable=not self.is_main,
                    dynamic_ncols=True, leave=False)
-        for views, labels, extras in bar:
+        for views, labels, extras, frames in bar:
             fetched = time.perf_counter()
             wait += fetched - last
             totals["batch"] += 1
@@ -124,8 +103,7 @@ class Trainer:
             labels = labels.to(self.device, non_blocking=True) if self.uses_labels else None
             if self.augment is not None and any(e is not None for e in extras):
                 views = self.augment(views, [_to_device(e, self.device) for e in extras])
-            if batch_hook:
-                batch_hook(tuple((v.shape[-1] - 240) // 160 for v in views for _ in range(v.shape[1])))
+            self.contract.on_batch_start(frames)
             with self._autocast():
                 loss, metric = self.net(views, labels)
             if not torch.isfinite(loss):
@@ -143,8 +121,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.step += 1
-            if step_hook:
-                step_hook(self.step)
+            self.contract.on_step_end(self.step)
             if self.step_unit == "iteration":
                 self.scheduler.step()
             totals["loss"] += loss.item()

@@ -15,25 +15,14 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from errors import UserError
+from errors import ListError, NonFiniteAudio  # noqa: F401 (re-exported)
+from speakernet.atomic import atomic_file
+from speakernet.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 MANIFEST_VERSION = 1
 MAX_REPORTED = 10
-
-
-class ListError(UserError):
-    """A list, or a file it names, that cannot be used; the message names file and line."""
-
-
-class NonFiniteAudio(ListError):
-    """Audio with NaN or Inf samples: found where the samples are read, it names the file."""
-
-    def __init__(self, message, path=None):
-        super().__init__(message)
-        self.path = path
 
 
 def check_finite(audio, path, start=0):
@@ -154,15 +143,9 @@ def _load_manifest(manifest_path, list_path, root):
 def _save_manifest(manifest_path, list_path, root, entries):
     """Write atomically; a list in a read-only folder is simply checked again next time."""
     data = {"signature": _list_signature(list_path, root), "files": entries}
-    tmp = manifest_path.with_name(f".{manifest_path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with atomic_file(manifest_path, "w", encoding="utf-8") as handle:
             json.dump(data, handle)
-        os.replace(tmp, manifest_path)
     except OSError as err:
         log.warning("could not cache audio headers in %s (%s); the run goes on, and the headers "
                     "are checked again next time", manifest_path, err.strerror or err)
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:          # a read-only file system refuses the clean-up too
-            pass

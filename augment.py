@@ -11,8 +11,6 @@ views of one utterance get independent draws), `read_augmentation` runs in the l
 workers and only reads noise and RIR crops (partial reads), and `Augmenter` mixes whole
 batches on the training device with torchaudio.functional.
 """
-import argparse
-import inspect
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
@@ -46,35 +44,6 @@ def add_arguments(parser):
                    help="how many speech files are summed for babble (inclusive range)")
     g.add_argument("--aug_fraction", type=float, default=1.0,
                    help="share of training crops that are augmented at all (the rest stay clean)")
-    # The papers train without SpecAugment; these defaults are wespeaker's recipe values
-    # (spec_aug_args of its VoxCeleb configs: one mask of each kind, up to 10 frames and 8 bins,
-    # on 60% of the samples); Park et al. 2019 (LibriSpeech basic policy) use 1 mask of up to
-    # 27 of 80 mel bins and 1 of up to 100 frames on every sample.
-    g = parser.add_argument_group("SpecAugment (--specaugment), in the encoder's front end")
-    g.add_argument("--specaugment", action=argparse.BooleanOptionalAction, default=False,
-                   help="mask random time spans and frequency bands of each training sample's "
-                        "features (never at evaluation)")
-    g.add_argument("--specaug_time_masks", type=int, default=1, help="time masks per sample")
-    g.add_argument("--specaug_freq_masks", type=int, default=1, help="frequency masks per sample")
-    g.add_argument("--specaug_max_time", type=int, default=10,
-                   help="widest time mask, in 10 ms frames (width drawn from 1..this)")
-    g.add_argument("--specaug_max_freq", type=int, default=8,
-                   help="widest frequency mask, in feature bins (mel bands, spectrogram bins or MFCCs)")
-    g.add_argument("--specaug_prob", type=float, default=0.6, help="share of samples that get masks")
-    g = parser.add_argument_group("packed audio (packed_audio.py)")
-    g.add_argument("--packs", type=str, default="auto",
-                   help="read training, MUSAN and RIR crops from int16 packs: 'auto' uses those "
-                        "packed_audio.py writes by default (train_list.pack beside the list, "
-                        "DIR.pack beside --musan_path/--rir_path), 'none' reads the audio files, "
-                        "or comma-separated pack prefixes")
-    g = parser.add_argument_group("speed perturbation (--speed_perturb), in the loader")
-    g.add_argument("--speed_perturb", action=argparse.BooleanOptionalAction, default=False,
-                   help="play each group of views at one of --speed_factors (pitch and duration "
-                        "change together); each speed is a new speaker, so classifier objectives "
-                        "need --nClasses = factors x speakers")
-    g.add_argument("--speed_factors", type=float, nargs="+", default=[1.0, 0.9, 1.1],
-                   help="speeds drawn with equal probability; the i-th (from 0) maps speaker s "
-                        "to label s + i x speakers (wespeaker's and 3D-Speaker's recipes)")
 
 
 @dataclass(frozen=True)
@@ -162,16 +131,10 @@ def speed_factors(options):
     return factors
 
 
-def uses_classes(objective):
-    """Whether an objective has a classifier over --nClasses: those name it in their __init__
-    (loss files read only the options they use); metric-learning objectives ignore it."""
-    return "nClasses" in inspect.signature(type(objective).__init__).parameters
-
-
-def check_speed_classes(num_classes, num_speakers, factors, list_path, objective=None):
+def check_speed_classes(num_classes, num_speakers, factors, list_path, classifier=True):
     """Classifier heads need one class per (speaker, speed): say what --nClasses must be."""
     needed = num_speakers * len(factors)
-    if objective is not None and not uses_classes(objective):
+    if not classifier:
         return
     if len(factors) > 1 and num_classes < needed:
         raise UserError(f"--nClasses {num_classes} is too small for --speed_perturb: each of the "

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from errors import UserError
+from errors import CheckpointError
+from speakernet.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -17,11 +18,7 @@ FORMAT = "speakernet-checkpoint-1"
 NAME = re.compile(r"^model(\d{9})\.model$")
 # The mid-epoch checkpoint (--checkpoint_minutes/--checkpoint_steps): one file, replaced each time.
 PARTIAL = "partial.model"
-TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")       # save_atomic's .NAME.PID.tmp
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be read or does not fit the model; the message says why."""
+TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")       # speakernet.atomic's .NAME.PID.tmp
 
 
 def checkpoint_path(model_dir, epoch):
@@ -51,22 +48,13 @@ def save_atomic(obj, path):
     a crash mid-write leaves the previous file intact. A failed write (disk full, read-only
     folder) is a CheckpointError that says so."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as handle:
+        with atomic_file(path, fsync=True) as handle:
             torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except OSError as err:
         kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
         raise CheckpointError(f"cannot write {path}: {err.strerror or err}; {kept} (free some space "
                               f"in {path.parent} and run again to resume)") from None
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
 
 
 def remove_stale_temporaries(folder):
@@ -127,14 +115,18 @@ def _why_unreadable(path, err):
     return "not a PyTorch checkpoint (corrupt, truncated or another kind of file)"
 
 
-def model_state(obj, model):
+def model_state(obj, model, source="the checkpoint"):
     """The model state dict (our parameter names) inside a loaded checkpoint of either format."""
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if not isinstance(obj.get("model"), dict):
+            raise CheckpointError(f"{source} has no model weights (a checkpoint of this project "
+                                  f"without its 'model' entry; use another checkpoint)")
         return obj["model"]
     if isinstance(obj, dict) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError("not a state dict of tensors")
+        raise CheckpointError(f"{source} is not a state dict of tensors (give a checkpoint written "
+                              f"by this project or voxceleb_trainer)")
     renames = getattr(model.encoder, "reference_renames", {})
     state = {}
     for key, value in obj.items():

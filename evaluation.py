@@ -36,6 +36,9 @@ from DatasetLoader import (ListError, NonFiniteAudio, TrialList, locate_bad_audi
                            read_trial_list)
 from errors import UserError
 from scoring import score_trials
+from speakernet.atomic import atomic_file, json_safe, write_text
+from speakernet.option_types import (ListOption, OptionValueError, count, parse_float_list,  # noqa: F401
+                                     probability_list, split_list)
 # tuneThreshold's one-sort table of operating points, shared so that the figures here are
 # computed exactly as compute_eer and compute_min_dcf compute them.
 from tuneThreshold import _operating_points as operating_points
@@ -51,74 +54,6 @@ SCORE_CHUNK = 1024
 
 
 # ---------------------------------------------------------------------------- options
-
-class OptionValueError(argparse.ArgumentTypeError, UserError):
-    """A bad option value. argparse shows the message on the command line; options.py's YAML
-    check catches it as a ValueError (UserError is one)."""
-
-
-def parse_float_list(value):
-    """'0.05,0.01' (or a number, or a list of numbers) -> (0.05, 0.01); '' -> ()."""
-    if value is None:
-        return ()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (float(value),)
-    if isinstance(value, (list, tuple)):
-        return tuple(x for item in value for x in parse_float_list(item))
-    numbers = []
-    for item in str(value).split(","):
-        if item.strip():
-            try:
-                numbers.append(float(item))
-            except ValueError:
-                raise OptionValueError(f"'{item.strip()}' in '{value}' is not a number "
-                                       f"(expected comma-separated numbers, e.g. 0.05,0.01)") from None
-    return tuple(numbers)
-
-
-def probability_list(value):
-    """parse_float_list, each value strictly between 0 and 1 (priors, error-rate targets)."""
-    numbers = parse_float_list(value)
-    for number in numbers:
-        if not 0 < number < 1:
-            raise OptionValueError(f"{number:g} in '{value}' is not a fraction in (0, 1), e.g. "
-                                   f"0.01 for 1%")
-    return numbers
-
-
-def count(value):
-    """An int of 0 or more (argparse/YAML type of the cohort options)."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise OptionValueError(f"'{value}' is not a whole number") from None
-    if number < 0 or number != float(value):
-        raise OptionValueError(f"'{value}' is not a whole number of 0 or more")
-    return number
-
-
-def split_list(value):
-    """'a.txt,b.txt' or ['a.txt', 'b.txt,c.txt'] -> ['a.txt', 'b.txt', 'c.txt']."""
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [item for part in value for item in split_list(part)]
-    return [item.strip() for item in str(value).split(",") if item.strip()]
-
-
-class ListOption(argparse.Action):
-    """Comma-separated and repeatable: `--test_list a,b --test_list c` -> ['a', 'b', 'c'].
-
-    The first use on the command line replaces the default (or the YAML value) instead of
-    extending it; read the result through split_list, which also accepts the default's
-    plain string and a YAML list.
-    """
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        current = getattr(namespace, self.dest, None)
-        kept = [] if current is None or current is self.default else split_list(current)
-        setattr(namespace, self.dest, kept + split_list(values))
-
 
 def add_arguments(parser):
     """Options of evaluation.py (options.py keeps --test_list, --dcf_p_target, --dcf_c_miss,
@@ -629,13 +564,11 @@ def unique_path(path):
     return candidate
 
 
-def _atomic_write_text(path, text):
+def _write_new_text(path, text):
+    """Write `text` to `path` (or a numbered sibling when it exists), atomically."""
     path = unique_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, text)
 
 
 def write_scores(path, scores, trials):
@@ -644,24 +577,12 @@ def write_scores(path, scores, trials):
     lines = [f"{score:.6f} {label if label >= 0 else '-'} {files[a]} {files[b]}\n"
              for score, label, (a, b) in zip(np.asarray(scores).tolist(), trials.labels.tolist(),
                                              trials.pairs.tolist())]
-    return _atomic_write_text(path, "".join(lines))
-
-
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items() if k != "scores"}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, (np.generic, torch.Tensor)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
+    return _write_new_text(path, "".join(lines))
 
 
 def write_json(path, report):
     """The report as JSON (scores arrays left out; infinite thresholds as "inf")."""
-    return _atomic_write_text(path, json.dumps(_json_ready(report), indent=1, allow_nan=False) + "\n")
+    return _write_new_text(path, json.dumps(json_safe(report, skip_keys=("scores",)), indent=1, allow_nan=False) + "\n")
 
 
 # ---------------------------------------------------------------------------- export
@@ -736,21 +657,11 @@ def _write_npz(path, names, embeddings, crops, speakers):
     if speakers is not None:
         arrays["speakers"] = np.array([str(s) for s in speakers])
     path = unique_path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:        # a file object: numpy adds no second .npz suffix
+        with atomic_file(path) as handle:        # a file object: numpy adds no second .npz suffix
             np.savez(handle, **arrays)
-        os.replace(tmp, path)
     except OSError as err:
-        _remove_quietly(tmp)
         raise UserError(f"cannot write {path}: {err.strerror or err} (free space or choose another "
                         f"place; nothing was written)") from None
     return path
-
-
-def _remove_quietly(path):
-    try:
-        Path(path).unlink(missing_ok=True)
-    except OSError:
-        pass

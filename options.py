@@ -11,23 +11,26 @@ import difflib
 import logging
 import math
 import sys
-from pathlib import Path
 
 import yaml
 
 import augment
 import evaluation
+import packed_audio
 import plugins
-from errors import UserError
+import sampler
+from models import frontend
+from errors import OptionError  # noqa: F401 (re-exported)
+from speakernet.atomic import write_text
+from speakernet.config_file import load_config  # noqa: F401 (re-exported)
+from speakernet.option_types import ListOption, probability_list, split_list
 
+# Modules that declare options of their own (add_arguments): each owner keeps its options.
+OPTION_OWNERS = (augment, frontend, packed_audio, sampler, evaluation)
 COMPONENT_OPTIONS = {"model": "models", "trainfunc": "loss", "optimizer": "optimizer",
                      "scheduler": "scheduler"}
 
 log = logging.getLogger(__name__)
-
-
-class OptionError(UserError):
-    """A bad option value or config key; the message names it and the fix."""
 
 
 def build_parser():
@@ -64,7 +67,7 @@ def build_parser():
     g.add_argument("--nPerSpeaker", type=int, default=1, help="utterances (views) per group")
     g.add_argument("--nClasses", type=int, default=5994, help="training speakers, for classifier objectives")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--dcf_p_target", type=evaluation.probability_list, default="0.05,0.01",
+    g.add_argument("--dcf_p_target", type=probability_list, default="0.05,0.01",
                    help="minDCF target priors, comma-separated (the papers: 0.05 and 0.01)")
     g.add_argument("--dcf_c_miss", type=float, default=1.0, help="minDCF cost of a miss")
     g.add_argument("--dcf_c_fa", type=float, default=1.0, help="minDCF cost of a false alarm")
@@ -81,7 +84,7 @@ def build_parser():
                    help="also save a mid-epoch checkpoint every this many batches (0 = off)")
     g = p.add_argument_group("data")
     g.add_argument("--train_list", type=str, default="data/train_list.txt", help="'speaker path' lines")
-    g.add_argument("--test_list", type=str, action=evaluation.ListOption, default="data/test_list.txt",
+    g.add_argument("--test_list", type=str, action=ListOption, default="data/test_list.txt",
                    help="'label path1 path2' trial lists: comma-separated or repeated; each is "
                         "reported on its own, shared files are embedded once")
     g.add_argument("--train_path", type=str, default="data/voxceleb2", help="root of train_list paths")
@@ -103,8 +106,8 @@ def build_parser():
     g.add_argument("--distributed", help="DistributedDataParallel under torchrun", **flag)
     g.add_argument("--max_bad_steps", type=int, default=0,
                    help="steps with a NaN/Inf loss skipped per epoch before training stops")
-    augment.add_arguments(p)
-    evaluation.add_arguments(p)
+    for owner in OPTION_OWNERS:            # the modules that declare their own options
+        owner.add_arguments(p)
     return p
 
 
@@ -129,7 +132,7 @@ def parse_options(argv=None):
     parser.set_defaults(**_component_defaults(parser, components))
     parser.set_defaults(**_checked_config(parser, config, first.config))
     options = parser.parse_args(argv)
-    options.test_list = evaluation.split_list(options.test_list)   # always a list of paths
+    options.test_list = split_list(options.test_list)   # always a list of paths
     validate(options, parser)
     return options
 
@@ -161,53 +164,6 @@ def _component_defaults(parser, components):
                             where, key)
             chosen[key], source[key] = value, where
     return chosen
-
-
-class _ConfigLoader(yaml.SafeLoader):
-    """yaml.SafeLoader for --config files (see _load_yaml: duplicate keys are reported)."""
-
-
-def _load_yaml(handle, path):
-    """yaml.safe_load, warning about top-level keys set twice (the last value is used)."""
-    loader = _ConfigLoader(handle)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        data = loader.construct_document(node)
-        lines = {}                        # top-level key -> lines where it is set
-        if isinstance(node, yaml.MappingNode) and isinstance(data, dict):
-            for key_node, _ in node.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                    key = loader.construct_object(key_node)
-                    lines.setdefault(key, []).append(key_node.start_mark.line + 1)
-    finally:
-        loader.dispose()
-    for key, found in lines.items():
-        if len(found) > 1:
-            log.warning("%s:%d: '%s' is also set on line%s %s; the value on line %d (%r) is used",
-                        path, found[-1], key, "s" if len(found) > 2 else "",
-                        " and ".join(map(str, found[:-1])), found[-1], data.get(key))
-    return data
-
-
-def load_config(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = _load_yaml(handle, path)
-    except FileNotFoundError:
-        raise OptionError(f"--config {path}: file not found") from None
-    except OSError as err:              # a directory, no permission, an I/O error, ...
-        raise OptionError(f"--config {path}: {err.strerror or err} (give a YAML file)") from None
-    except UnicodeDecodeError:
-        raise OptionError(f"--config {path}: not UTF-8 text (give a YAML file)") from None
-    except yaml.YAMLError as err:
-        raise OptionError(f"--config {path}: not valid YAML ({err})") from None
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise OptionError(f"--config {path}: expected 'key: value' lines, got a {type(config).__name__}")
-    return config
 
 
 def _explicit_values(parser, argv):
@@ -243,9 +199,9 @@ def _checked_config(parser, config, path):
 
 def _convert(path, key, action, value):
     """A YAML value converted to the option's type (each element for list options)."""
-    if isinstance(action, evaluation.ListOption):
-        return evaluation.split_list(value)
-    if action.type is evaluation.probability_list and isinstance(value, (list, float, int)):
+    if isinstance(action, ListOption):
+        return split_list(value)
+    if action.type is probability_list and isinstance(value, (list, float, int)):
         return action.type(value if isinstance(value, list) else [value])
     many = action.nargs not in (None, "?")
     expected = f"a list of {action.nargs} {action.type.__name__}" if many else action.type.__name__
@@ -355,7 +311,4 @@ def validate(options, parser=None):
 def save_options(options, path):
     """Write the resolved options as YAML (atomically), usable again as --config."""
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(options).items() if k != "config"}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(values, sort_keys=True))
-    tmp.replace(path)
+    write_text(path, yaml.safe_dump(values, sort_keys=True))

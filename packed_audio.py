@@ -31,39 +31,44 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-import torch
 from tqdm import tqdm
 
 from errors import UserError
 
+from speakernet.atomic import atomic_file
+from speakernet.audio import INT16_SCALE as SCALE, SAMPLE_RATE, to_float  # noqa: F401 (re-exported)
+
 log = logging.getLogger("packed_audio")
 VERSION = 1
-SAMPLE_RATE = 16000
-SCALE = np.float32(1 / 32768)        # what libsndfile uses for PCM_16 -> float
+
+
+def add_arguments(parser):
+    g = parser.add_argument_group("packed audio (packed_audio.py)")
+    g.add_argument("--packs", type=str, default="auto",
+                   help="read training, MUSAN and RIR crops from int16 packs: 'auto' uses those "
+                        "packed_audio.py writes by default (train_list.pack beside the list, "
+                        "DIR.pack beside --musan_path/--rir_path), 'none' reads the audio files, "
+                        "or comma-separated pack prefixes")
 
 
 def pack(names, root, prefix, desc="packing"):
     """Write the files `names` (relative to `root`) into PREFIX.pcm and PREFIX.index.npz."""
     prefix = str(prefix)
     offsets, lengths, position = [], [], 0
-    tmp = prefix + ".pcm.tmp"
-    with open(tmp, "wb") as out:
+    with atomic_file(prefix + ".pcm") as out:
         for name in tqdm(names, desc=desc, unit="file"):
             path = os.path.join(root, name)
             audio, rate = soundfile.read(path, dtype="int16", always_2d=True)
             if rate != SAMPLE_RATE or audio.shape[1] != 1:
-                os.remove(tmp)
                 raise ValueError("%s: %d Hz, %d channels; packs hold 16 kHz mono audio (resample it, e.g. "
                                  "ffmpeg -i in -ar 16000 -ac 1 out.wav)" % (path, rate, audio.shape[1]))
             out.write(audio[:, 0].astype("<i2").tobytes())
             offsets.append(position)
             lengths.append(len(audio))
             position += len(audio)
-    os.replace(tmp, prefix + ".pcm")
-    tmp_index = prefix + ".index.tmp.npz"
-    np.savez(tmp_index, names=np.array(names, dtype=str), offsets=np.array(offsets, dtype=np.int64),
-             lengths=np.array(lengths, dtype=np.int64), version=VERSION, sample_rate=SAMPLE_RATE)
-    os.replace(tmp_index, prefix + ".index.npz")
+    with atomic_file(prefix + ".index.npz") as handle:
+        np.savez(handle, names=np.array(names, dtype=str), offsets=np.array(offsets, dtype=np.int64),
+                 lengths=np.array(lengths, dtype=np.int64), version=VERSION, sample_rate=SAMPLE_RATE)
     return position
 
 
@@ -168,17 +173,6 @@ class PackReader:
             if i is not None:
                 return p.crop_int16(i, start, length)
         return None
-
-
-def to_float(audio):
-    """Waveform tensor as float32: int16 samples (packed crops sent as they are stored, half the
-    bytes of float32 between processes and to the device) are scaled by 2^-15 exactly as
-    libsndfile does, so the result equals a float read of the file."""
-    if audio.dtype == torch.int16:
-        # Convert, then scale in place: an int16 x float product (type promotion) is several
-        # times slower on the CPU than the two passes.
-        return audio.float().mul_(float(SCALE))
-    return audio.float()
 
 
 def reader(packs, fallback):

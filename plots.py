@@ -8,7 +8,6 @@ long training run. Files are written atomically: a crash never leaves half a PNG
 "AS-norm": s_norm}) over the same trials; every system is drawn on the same axes (DET) or
 in its own panel (histogram). Trials labelled -1 (unlabelled) never enter a DET curve.
 """
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ from matplotlib.figure import Figure
 from scipy.stats import norm
 
 from tuneThreshold import tuneThresholdfromScore
+
+from speakernet.atomic import atomic_file
 
 # Error rates that get a tick on DET axes (fractions); labels are printed in percent.
 DET_TICKS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4,
@@ -35,10 +36,9 @@ def _systems(scores):
 def _save(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     FigureCanvasAgg(fig)
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png", dpi=100)
     return path
 
 

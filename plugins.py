@@ -9,7 +9,7 @@ import pkgutil
 import re
 from pathlib import Path
 
-from errors import UserError
+from errors import UnknownComponentError
 
 FACTORIES = {
     "models": "MainModel",
@@ -20,10 +20,6 @@ FACTORIES = {
 OPTION_FOR_KIND = {"models": "--model", "loss": "--trainfunc", "optimizer": "--optimizer",
                    "scheduler": "--scheduler"}
 ROOT = Path(__file__).resolve().parent
-
-
-class UnknownComponentError(UserError):
-    """A component name that matches no file of its kind."""
 
 
 def available(kind):

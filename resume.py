@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import checkpoint
-from errors import UserError
+from errors import ResumeConflict
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,6 @@ RESUMABLE = frozenset({
     "eval_frames", "num_eval", "dcf_p_target", "dcf_c_miss", "dcf_c_fa", "far_targets", "frr_targets",
     "asnorm_top_n", "cohort_utts", "cohort_speakers", "eval", "extract", "extract_list", "extract_crops",
 })
-
-
-class ResumeConflict(UserError):
-    """The new start's options would change the training it resumes."""
 
 
 @dataclass

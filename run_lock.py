@@ -14,15 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from checkpoint import pid_alive
-from errors import UserError
+from errors import LockedError
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
-
-
-class LockedError(UserError):
-    """save_path is in use by another run."""
 
 
 def _holder(path):

@@ -15,13 +15,14 @@ Keys the curves know (anything else is kept in the file but not drawn):
 """
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from speakernet.atomic import atomic_file, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +37,9 @@ PANELS = (
 )
 
 
-def _plain(value):
-    """JSON-safe value: numpy scalars and 0-d tensors as Python numbers, NaN/inf as null."""
-    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def append_metrics(path, record):
     """Append `record` (a flat dict) to the JSON-lines file `path` as one line."""
-    line = json.dumps(_plain(dict(record)), allow_nan=False)
+    line = json.dumps(json_safe(dict(record)), allow_nan=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as handle:
@@ -124,8 +110,7 @@ def plot_training_curves(jsonl_path, png_path):
     fig.tight_layout()
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp")
     FigureCanvasAgg(fig)
-    fig.savefig(tmp, format="png", dpi=90)
-    os.replace(tmp, png_path)
+    with atomic_file(png_path) as handle:
+        fig.savefig(handle, format="png", dpi=90)
     return png_path

@@ -4,6 +4,7 @@ A plan is a list of batches of CropRequest (files, view lengths, crop positions,
 and speed per group); the loader workers only read what it names, so any number of workers,
 ranks or a resumed run sees the same epoch.
 """
+import argparse
 import logging
 from dataclasses import dataclass
 
@@ -12,6 +13,17 @@ import numpy as np
 from errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+def add_arguments(parser):
+    g = parser.add_argument_group("speed perturbation (--speed_perturb), in the loader")
+    g.add_argument("--speed_perturb", action=argparse.BooleanOptionalAction, default=False,
+                   help="play each group of views at one of --speed_factors (pitch and duration "
+                        "change together); each speed is a new speaker, so classifier objectives "
+                        "need --nClasses = factors x speakers")
+    g.add_argument("--speed_factors", type=float, nargs="+", default=[1.0, 0.9, 1.1],
+                   help="speeds drawn with equal probability; the i-th (from 0) maps speaker s "
+                        "to label s + i x speakers (wespeaker's and 3D-Speaker's recipes)")
 
 
 @dataclass
@@ -41,14 +53,16 @@ class SpeakerBalancedSampler:
     def __init__(self, labels, groups_per_batch, views, max_seg_per_spk, seed=10,
                  group_by_utterance=False, view_frames=None, rank=0, world_size=1,
                  augment_planner=None, augment_fraction=None, utterance_subset=None,
-                 speeds=(1.0,), num_speakers=0):
+                 speeds=(1.0,), num_speakers=0, max_frames=200):
         self.labels = np.asarray(labels)
         self.groups_per_batch = groups_per_batch
         self.views = views
         self.max_seg_per_spk = max_seg_per_spk
         self.seed = seed
         self.group_by_utterance = group_by_utterance
-        self.view_frames = view_frames or (lambda epoch, rng: (200,) * views)
+        # view_frames(epoch, rng) -> frames per view, or None for max_frames (--max_frames) each.
+        self.view_frames = view_frames or (lambda epoch, rng: None)
+        self.max_frames = max_frames
         self.rank = rank
         self.world_size = world_size
         self.augment_planner = augment_planner
@@ -107,11 +121,13 @@ class SpeakerBalancedSampler:
             raise UserError(f"epoch {epoch} has no complete batch of {self.groups_per_batch} groups "
                             f"(x {self.world_size} ranks); lower --batch_size")
         planner = self.augment_planner
-        if planner is not None and self.augment_fraction is not None:
-            planner.fraction = float(self.augment_fraction(epoch))
+        fraction = self.augment_fraction(epoch) if self.augment_fraction is not None else None
+        if planner is not None and fraction is not None:
+            planner.fraction = float(fraction)
         requests = []
         for batch in batches:
-            frames = tuple(int(f) for f in self.view_frames(epoch, rng))
+            frames = self.view_frames(epoch, rng)
+            frames = (self.max_frames,) * self.views if frames is None else tuple(int(f) for f in frames)
             if len(frames) != self.views:
                 raise ValueError(f"objective asked for {len(frames)} view lengths, sampler draws {self.views}")
             # Drawn only when perturbing, so plans without it stay as they were.

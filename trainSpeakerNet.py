@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 import checkpoint
+import curriculum_data
 import evaluation
 import plugins
 import resume
@@ -34,7 +35,7 @@ from errors import UserError, message_of
 from options import OptionError, parse_options, save_options
 from packed_audio import packs_from_options
 from sampler import SpeakerBalancedSampler
-from SpeakerNet import SpeakerNet, Trainer, objective_attr
+from SpeakerNet import SpeakerNet, Trainer
 
 log = logging.getLogger("trainSpeakerNet")
 RUN_LOG_HANDLER = "speakernet-run-log"
@@ -52,6 +53,7 @@ def resolve_device(name, local_rank=0):
 
 
 def seed_everything(seed):
+    seed %= 2 ** 32               # numpy's legacy seeding takes 32 bits (seed x 100003 + epoch)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -64,9 +66,9 @@ def build_model(options):
     return SpeakerNet(encoder, objective)
 
 
-def views_per_group(options, objective):
-    views = objective_attr(objective, "num_views", options.nPerSpeaker)
-    needed = objective_attr(objective, "min_views", 1)
+def views_per_group(options, contract):
+    views = contract.needs.views or options.nPerSpeaker
+    needed = contract.needs.min_views
     if views < needed:
         raise OptionError(f"--trainfunc {options.trainfunc} needs at least {needed} utterances per "
                           f"speaker; set --nPerSpeaker {needed}")
@@ -136,7 +138,7 @@ def newest_checkpoint(save_path):
 
 
 def load_initial_weights(model, source):
-    checkpoint.load_weights(model, checkpoint.model_state(checkpoint.load_file(source), model), source)
+    checkpoint.load_weights(model, checkpoint.model_state(checkpoint.load_file(source), model, source), source)
 
 
 def make_extractor(trainer, options):
@@ -155,7 +157,7 @@ def extract_only(options, model, device, rank=0):
     source = options.initial_model or newest_checkpoint(options.save_path)
     load_initial_weights(model, source)
     trainer = Trainer(model, None, None, None, device, options.mixedprec, is_main=rank == 0)
-    normalize = objective_attr(model.objective, "test_normalize", True)
+    normalize = model.contract.test_normalize
     if rank != 0:      # embeds its share for rank 0, which writes the file
         evaluation.embed_files(make_extractor(trainer, options), file_set.files, file_set.lengths,
                                file_set.root, normalize=normalize, keep_crops=options.extract_crops)
@@ -175,7 +177,7 @@ def evaluate_only(options, model, device, rank=0):
         log.info("evaluating %s on %s", source, ", ".join(map(str, evaluator.trial_set.paths)))
     trainer = Trainer(model, None, None, None, device, options.mixedprec, is_main=rank == 0)
     return evaluator.run(make_extractor(trainer, options), tag="eval", score=rank == 0,
-                         normalize=objective_attr(model.objective, "test_normalize", True))
+                         normalize=model.contract.test_normalize)
 
 
 @dataclass
@@ -191,9 +193,9 @@ class TrainingData:
 def build_data(options, model, device, rank, world_size):
     """The training list, sampler and loader, and the evaluation lists: every file is checked
     here, before any file is written or any step is taken."""
-    objective = model.objective
-    views = views_per_group(options, objective)
-    uses_labels = objective_attr(objective, "uses_labels", True)
+    contract = model.contract
+    views = views_per_group(options, contract)
+    uses_labels = contract.needs.labels
     train_list = read_train_list(options.train_list, options.train_path, need_labels=uses_labels,
                                  allow_outside=options.allow_outside_paths)
     if uses_labels and len(train_list.speakers) > options.nClasses:
@@ -201,18 +203,20 @@ def build_data(options, model, device, rank, world_size):
                           f"speakers in {options.train_list}; set --nClasses {len(train_list.speakers)}")
     speeds = speed_factors(options)
     if uses_labels:
-        check_speed_classes(options.nClasses, len(train_list.speakers), speeds, options.train_list, objective)
+        check_speed_classes(options.nClasses, len(train_list.speakers), speeds, options.train_list,
+                            contract.needs.classifier)
     evaluator = evaluation.Evaluation.from_options(options, train_list=train_list)
-    max_frames = options.max_frames
-    view_frames = getattr(objective, "view_frames", None) or (lambda epoch, rng: (max_frames,) * views)
+    request = contract.data_request()
+    if request is not None:        # data an objective needs computed from the training set
+        contract.receive_data(curriculum_data.answer(request, train_list, options))
     planner = planner_from_options(options)
     packs = packs_from_options(options, train_list, planner.bank if planner else None)
     sampler = SpeakerBalancedSampler(
         train_list.labels, options.batch_size, views, options.max_seg_per_spk, seed=options.seed,
-        group_by_utterance=not uses_labels, view_frames=view_frames, rank=rank, world_size=world_size,
-        augment_planner=planner, augment_fraction=getattr(objective, "augment_fraction", None),
-        utterance_subset=getattr(objective, "utterance_subset", None),
-        speeds=speeds, num_speakers=len(train_list.speakers))
+        group_by_utterance=not uses_labels, view_frames=contract.view_frames, rank=rank,
+        world_size=world_size, augment_planner=planner, augment_fraction=contract.augment_fraction,
+        utterance_subset=contract.utterance_subset, speeds=speeds, num_speakers=len(train_list.speakers),
+        max_frames=options.max_frames)
     # On a CPU with loader workers the workers mix the noise in (CollateAndMix); elsewhere the
     # training device does, batched.
     mix_in_workers = planner is not None and device.type == "cpu" and options.nDataLoaderThread > 0
@@ -378,7 +382,7 @@ class Validation:
         return done
 
     def evaluate(self, epoch, stats=None):
-        normalize = objective_attr(self.model.objective, "test_normalize", True)
+        normalize = self.model.contract.test_normalize
         report = self.evaluator.run(self.extract, normalize=normalize, tag=f"epoch{epoch:04d}",
                                     score=self.is_main)
         if not self.is_main:

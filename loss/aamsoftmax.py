@@ -17,10 +17,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from loss._objective import Needs, Objective
 from loss.accuracy import top1_accuracy
 from loss.curriculum import held_then_ramped
 from loss.labelled_views import flatten_labelled
-from options import OptionError
+from errors import OptionError
 
 
 def add_arguments(parser):
@@ -35,7 +36,8 @@ def add_arguments(parser):
                              "linearly to it over N epochs")
 
 
-class LossFunction(nn.Module):
+class LossFunction(Objective):
+    needs = Needs(classifier=True)
     test_normalize = True
 
     def __init__(self, nOut, nClasses, margin=0.2, scale=30.0, aam_initial_margin=None,

@@ -18,12 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from loss._objective import Needs, Objective
 from loss.accuracy import top1_accuracy
 from loss.labelled_views import flatten_labelled
-from options import OptionError
+from errors import OptionError
 
 
-class LossFunction(nn.Module):
+class LossFunction(Objective):
+    needs = Needs(classifier=True)
     test_normalize = True
 
     def __init__(self, nOut, nClasses, **kwargs):

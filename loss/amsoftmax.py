@@ -8,11 +8,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from loss._objective import Needs, Objective
 from loss.accuracy import top1_accuracy
 from loss.labelled_views import flatten_labelled
 
 
-class LossFunction(nn.Module):
+class LossFunction(Objective):
+    needs = Needs(classifier=True)
     test_normalize = True
 
     def __init__(self, nOut, nClasses, margin=0.2, scale=30.0, **kwargs):

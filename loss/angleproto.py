@@ -8,12 +8,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from loss._objective import Needs, Objective
 from loss.accuracy import top1_accuracy
 
 
-class LossFunction(nn.Module):
+class LossFunction(Objective):
+    needs = Needs(min_views=2)
     test_normalize = True
-    min_views = 2           # the trainer checks nPerSpeaker against this
 
     def __init__(self, init_w=10.0, init_b=-5.0, **kwargs):
         super().__init__()

@@ -30,15 +30,15 @@ The progress-bar metric is the top-1 accuracy of the similarity term, in percent
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from loss import acont, angleproto
+from loss._objective import Needs, Objective
 from loss.labelled_views import require_views
 from loss.ssl_common import full_precision
 from loss.ssl_curricula import Curricula, CurriculumHooks
 from loss.ssl_curricula import add_arguments as add_curriculum_arguments
-from options import OptionError
+from errors import OptionError
 
 SIMILARITIES = ("ap", "acont")
 
@@ -66,11 +66,9 @@ def uniformity_loss(z, t):
     return torch.logsumexp(-t * sq[off_diagonal], dim=0) - math.log(k * (k - 1))
 
 
-class LossFunction(CurriculumHooks, nn.Module):
+class LossFunction(CurriculumHooks, Objective):
+    needs = Needs(views=2, min_views=2, labels=False)
     test_normalize = True
-    uses_labels = False          # the trainer passes label=None; groups are utterances
-    num_views = 2                # two crops per utterance, whatever --nPerSpeaker says
-    min_views = 2
 
     def __init__(self, cel_similarity="ap", cel_lambda=1.0, cel_t=2.0, init_w=10.0, init_b=-5.0,
                  **kwargs):

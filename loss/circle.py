@@ -37,10 +37,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from loss._objective import Needs, Objective
 from loss.accuracy import top1_accuracy
 from loss.curriculum import check_stage_starts, parse_intervals, parse_list, stage_of
 from loss.labelled_views import flatten_labelled
-from options import OptionError
+from errors import OptionError
 
 # Defaults of generic options when the user sets them neither in YAML nor on the command line
 # (options.parse_options): Xiao et al. 2021, sec. 4 ("As to circle loss, s is set to 60") and
@@ -69,10 +70,11 @@ def add_arguments(parser):
                                            "differentiates through them (Xiao et al. eq. 7)")
 
 
-class LossFunction(nn.Module):
+class LossFunction(Objective):
+    needs = Needs(classifier=True)
     test_normalize = True
 
-    def __init__(self, nOut, nClasses, margin=0.4, scale=60.0, max_frames=200, nPerSpeaker=1,
+    def __init__(self, nOut, nClasses, margin=0.4, scale=60.0, nPerSpeaker=1,
                  circle_stage_epochs=(), circle_stage_margins=(), circle_chunk_intervals=(),
                  circle_chunk_lambda=0.0, circle_detach_weights=True, **kwargs):
         super().__init__()
@@ -92,7 +94,6 @@ class LossFunction(nn.Module):
         self.chunk_lambda = circle_chunk_lambda
         self.detach_weights = circle_detach_weights
         self.scale = scale
-        self.max_frames = max_frames
         self.views = nPerSpeaker
         self.weight = nn.Parameter(torch.empty(nClasses, nOut))
         nn.init.xavier_normal_(self.weight, gain=1)
@@ -117,7 +118,7 @@ class LossFunction(nn.Module):
     def view_frames(self, epoch, rng):
         """One crop length L for all views of a batch, drawn from the stage's interval."""
         if not self.intervals:
-            return (self.max_frames,) * self.views
+            return None                      # --max_frames for every view
         low, high = self.intervals[self.stage_at(epoch)]
         return (int(rng.integers(low, high + 1)),) * self.views
 

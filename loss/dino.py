@@ -53,10 +53,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+from loss._objective import Needs, Objective
 from loss.ssl_common import MomentumCopy, StudentLink, all_reduce_mean, full_precision, views_at
 from loss.ssl_curricula import Curricula, CurriculumHooks
 from loss.ssl_curricula import add_arguments as add_curriculum_arguments
-from options import OptionError
+from errors import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,8 @@ def dino_loss(student, teacher, center, student_temp, teacher_temp):
     return total / terms
 
 
-class LossFunction(CurriculumHooks, nn.Module):
+class LossFunction(CurriculumHooks, Objective):
     test_normalize = True
-    uses_labels = False
     takes_views = True           # the teacher embeds the global crops itself
 
     def __init__(self, nOut=192, max_epoch=80, dino_global_frames=300, dino_local_frames=200,
@@ -172,7 +172,7 @@ class LossFunction(CurriculumHooks, nn.Module):
         self.global_views, self.local_views = dino_global_views, dino_local_views
         self.global_frames, self.local_frames = dino_global_frames, dino_local_frames
         self.num_views = dino_global_views + dino_local_views
-        self.min_views = self.num_views
+        self.needs = Needs(views=self.num_views, min_views=self.num_views, labels=False)
         self.student_temp, self.teacher_temp = dino_student_temp, dino_teacher_temp
         self.center_momentum = dino_center_momentum
         self.base_momentum = dino_teacher_momentum

@@ -34,12 +34,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from loss._objective import Needs, Objective
 from loss.accuracy import top1_accuracy
 from loss.labelled_views import require_views
 from loss.ssl_common import MomentumCopy, StudentLink, all_gather_rows, full_precision, views_at
 from loss.ssl_curricula import Curricula, CurriculumHooks
 from loss.ssl_curricula import add_arguments as add_curriculum_arguments
-from options import OptionError
+from errors import OptionError
 
 PRETEXTS = ("insdis", "ap", "p")
 
@@ -60,11 +61,9 @@ def add_arguments(parser):
     add_curriculum_arguments(parser)
 
 
-class LossFunction(CurriculumHooks, nn.Module):
+class LossFunction(CurriculumHooks, Objective):
+    needs = Needs(views=2, min_views=2, labels=False)
     test_normalize = True
-    uses_labels = False
-    num_views = 2
-    min_views = 2
     takes_views = True           # the key encoder embeds the (augmented) waveforms itself
 
     def __init__(self, nOut=512, moco_queue_size=65536, moco_momentum=0.999, moco_temperature=0.07,

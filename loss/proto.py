@@ -9,16 +9,16 @@ Embeddings are not normalised, so evaluation scores them without normalisation
 (test_normalize False, as voxceleb_trainer's proto).
 """
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from loss._objective import Needs, Objective
 from loss.accuracy import top1_accuracy
 from loss.labelled_views import require_views
 
 
-class LossFunction(nn.Module):
+class LossFunction(Objective):
+    needs = Needs(min_views=2)
     test_normalize = False
-    min_views = 2
 
     def __init__(self, **kwargs):
         super().__init__()

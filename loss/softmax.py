@@ -2,10 +2,12 @@
 import torch.nn as nn
 import torch.nn.functional as F
 
+from loss._objective import Needs, Objective
 from loss.accuracy import top1_accuracy
 
 
-class LossFunction(nn.Module):
+class LossFunction(Objective):
+    needs = Needs(classifier=True)
     test_normalize = True   # score with cosine similarity
 
     def __init__(self, nOut, nClasses, **kwargs):

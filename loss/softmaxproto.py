@@ -5,16 +5,16 @@ angular prototypical loss (eq. 13 with eq. 8) on the same N x M batch.
 Submodules are named 'softmax' and 'angleproto' so the state dict ('softmax.fc.*',
 'angleproto.w', 'angleproto.b') matches voxceleb_trainer's checkpoints.
 """
-import torch.nn as nn
 
+from loss._objective import Needs, Objective
 from loss.angleproto import LossFunction as AngularPrototypical
 from loss.labelled_views import require_views
 from loss.softmax import LossFunction as Softmax
 
 
-class LossFunction(nn.Module):
+class LossFunction(Objective):
+    needs = Needs(min_views=2, classifier=True)
     test_normalize = True
-    min_views = 2
 
     def __init__(self, nOut, nClasses, **kwargs):
         super().__init__()

@@ -38,16 +38,12 @@ Augmentation curriculum (CL_A, sec. 4.2): epoch e augments a share f(e) of the c
   share of utterances in a mini-batch; the expected share is the same.
 """
 import logging
-from pathlib import Path
-
 import numpy as np
 
-from options import OptionError
+from errors import OptionError
 
 log = logging.getLogger(__name__)
 
-KMEANS_FEATURE_MELS = 40
-KMEANS_CACHE = "cl_kmeans_features.npz"
 
 
 def add_arguments(parser):
@@ -107,9 +103,7 @@ def value_at(schedule, epoch, default):
 
 class Curricula:
     def __init__(self, cl_data=(), cl_aug=(), cl_kmeans=0, cl_kmeans_embeddings="",
-                 cl_kmeans_frames=300, aug_fraction=1.0, augment=False, seed=10,
-                 train_list=None, train_path=None, save_path=None, nDataLoaderThread=0,
-                 allow_outside_paths=False, **kwargs):
+                 cl_kmeans_frames=300, aug_fraction=1.0, augment=False, seed=10, **kwargs):
         self.data = parse_schedule(cl_data, "cl_data", 0.0, 1.0, low_open=True)
         self.aug = parse_schedule(cl_aug, "cl_aug", 0.0, 1.0)
         if cl_kmeans < 0:
@@ -125,9 +119,6 @@ class Curricula:
         self.kmeans_embeddings = cl_kmeans_embeddings
         self.kmeans_frames = cl_kmeans_frames
         self.seed = seed
-        self.train_list, self.train_path, self.save_path = train_list, train_path, save_path
-        self.workers = nDataLoaderThread
-        self.allow_outside = allow_outside_paths
         self._order = {}              # count -> permutation of utterances
         self._clusters = None         # cluster index per utterance, clusters in growth order
 
@@ -160,122 +151,33 @@ class Curricula:
             self._order[count] = np.random.default_rng([self.seed, 8117]).permutation(count)
         return self._order[count][:max(1, int(round(portion * count)))]
 
+    def data_request(self):
+        """The k-means clustering this curriculum needs, computed by the data side."""
+        if not self.kmeans:
+            return None
+        return {"kind": "kmeans_clusters", "clusters": self.kmeans, "embeddings": self.kmeans_embeddings,
+                "frames": self.kmeans_frames, "seed": self.seed}
+
+    def receive_data(self, labels):
+        """Cluster index per training utterance -> cluster rank (0 = the first to be used)."""
+        labels = np.asarray(labels, dtype=np.int64)
+        rank = np.empty(self.kmeans, dtype=np.int64)
+        rank[np.random.default_rng([self.seed, 6271]).permutation(self.kmeans)] = np.arange(self.kmeans)
+        self._clusters = rank[labels]
+        sizes = np.bincount(self._clusters, minlength=self.kmeans)
+        log.info("k-means curriculum: %d clusters of %d-%d utterances (median %d)",
+                 self.kmeans, sizes.min(), sizes.max(), int(np.median(sizes)))
+
     def cluster_order(self, count):
-        """Cluster rank per utterance (0 = first cluster to be used), computed once."""
+        """Cluster rank per utterance, as received from the data side."""
         if self._clusters is None or len(self._clusters) != count:
-            features = self._features(count)
-            if len(features) != count:
-                raise OptionError(f"k-means curriculum: {len(features)} feature rows for a training "
-                                  f"list of {count} utterances")
-            if self.kmeans > count:
-                raise OptionError(f"--cl_kmeans {self.kmeans} is more than the {count} utterances")
-            labels = kmeans_labels(features, self.kmeans, self.seed)
-            rank = np.empty(self.kmeans, dtype=np.int64)
-            rank[np.random.default_rng([self.seed, 6271]).permutation(self.kmeans)] = np.arange(self.kmeans)
-            self._clusters = rank[labels]
-            sizes = np.bincount(self._clusters, minlength=self.kmeans)
-            log.info("k-means curriculum: %d clusters of %d-%d utterances (median %d)",
-                     self.kmeans, sizes.min(), sizes.max(), int(np.median(sizes)))
+            raise RuntimeError(f"k-means curriculum: no clusters for {count} utterances; the trainer "
+                               f"answers data_request() before training")
         return self._clusters
-
-    def _features(self, count):
-        from DatasetLoader import read_train_list          # the trainer's parser: same order
-        train = read_train_list(self.train_list, self.train_path, need_labels=False,
-                                allow_outside=self.allow_outside)
-        if self.kmeans_embeddings:
-            return load_embeddings(self.kmeans_embeddings, train)
-        cache = Path(self.save_path) / KMEANS_CACHE if self.save_path else None
-        if cache is not None and cache.is_file():
-            with np.load(cache) as saved:
-                if (list(saved["files"]) == list(train.files) and
-                        int(saved["frames"]) == self.kmeans_frames):
-                    return saved["features"]
-            log.info("%s is for another list or crop length; recomputing", cache)
-        features = logmel_statistics(train.files, train.lengths, self.kmeans_frames, self.workers)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.tmp.npz")
-            np.savez(tmp, files=np.array(train.files), frames=self.kmeans_frames, features=features)
-            tmp.replace(cache)
-        return features
-
-
-def load_embeddings(path, train):
-    """Rows of an .npz in training-list order: 'embeddings' (files x D) and, when present,
-    'names' (trainSpeakerNet.py --extract writes them) or 'files' to check the order against.
-    Any 'speakers' array in the file is never read: the curriculum stays label-free."""
-    try:
-        with np.load(path) as saved:
-            embeddings = np.asarray(saved["embeddings"], dtype=np.float32)
-            key = next((k for k in ("names", "files") if k in saved.files), None)
-            names = [str(n) for n in saved[key]] if key else None
-    except (OSError, KeyError, ValueError) as err:
-        raise OptionError(f"--cl_kmeans_embeddings {path}: not an .npz with an 'embeddings' "
-                          f"array ({err})") from None
-    if embeddings.ndim != 2 or len(embeddings) != len(train.files):
-        raise OptionError(f"--cl_kmeans_embeddings {path}: {embeddings.shape[0]} rows for a training "
-                          f"list of {len(train.files)} files; export them with --extract_list "
-                          f"set to the training list")
-    if names is not None and not all(str(t).endswith(n) for n, t in zip(names, train.files)):
-        raise OptionError(f"--cl_kmeans_embeddings {path}: its '{key}' are not the training list's "
-                          f"files in list order")
-    return embeddings
-
-
-def kmeans_labels(features, k, seed):
-    """Cluster index per row: k-means on standardised features (mini-batch k-means when large)."""
-    from sklearn.cluster import KMeans, MiniBatchKMeans
-    x = np.asarray(features, dtype=np.float64)
-    x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-8)
-    if len(x) > 50000:
-        model = MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=4096, n_init=3)
-    else:
-        model = KMeans(n_clusters=k, random_state=seed, n_init=3)
-    return model.fit_predict(x).astype(np.int64)
-
-
-class CentralCrops:
-    """Dataset of the central `length` samples of each file (k-means features)."""
-
-    def __init__(self, files, lengths, length):
-        self.files, self.lengths, self.length = files, lengths, length
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, i):
-        import torch
-        from DatasetLoader import read_crop
-        total = int(self.lengths[i])
-        start = max(total - self.length, 0) // 2
-        return torch.from_numpy(read_crop(self.files[i], total, start, self.length))
-
-
-def logmel_statistics(files, lengths, frames, workers=0, batch=64):
-    """Per file: mean and std over time of 40 log-mels of its central `frames` frames."""
-    import torch
-    import torchaudio
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from DatasetLoader import crop_samples
-
-    melspec = torchaudio.transforms.MelSpectrogram(
-        sample_rate=16000, n_fft=512, win_length=400, hop_length=160,
-        window_fn=torch.hamming_window, n_mels=KMEANS_FEATURE_MELS)
-    out = []
-    loader = DataLoader(CentralCrops(files, lengths, crop_samples(frames)), batch_size=batch,
-                        num_workers=workers)
-    with torch.no_grad():
-        for wav in tqdm(loader, desc="k-means features", unit="batch", leave=False):
-            logmel = (melspec(wav.float()) + 1e-6).log()
-            out.append(torch.cat([logmel.mean(-1), logmel.std(-1)], dim=1).numpy())
-    log.info("k-means curriculum: log-mel statistics of %d files", len(files))
-    return np.concatenate(out)
 
 
 class CurriculumHooks:
-    """Mixin for SSL objectives: the protocol's curriculum hooks, forwarded to `self.curricula`
+    """Mixin for SSL objectives: the contract's curriculum hooks, forwarded to `self.curricula`
     (a Curricula built from the options), and a log line when an epoch starts."""
 
     def utterance_subset(self, epoch, count):
@@ -283,6 +185,12 @@ class CurriculumHooks:
 
     def augment_fraction(self, epoch):
         return self.curricula.augment_fraction(epoch)
+
+    def data_request(self):
+        return self.curricula.data_request()
+
+    def receive_data(self, answer):
+        self.curricula.receive_data(answer)
 
     def log_curricula(self, epoch):
         text = self.curricula.describe(epoch)

@@ -16,11 +16,11 @@ paper's margins (0.1 to 0.4) assume distances on the unit sphere.
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from loss._objective import Needs, Objective
 from loss.labelled_views import require_views
-from options import OptionError
+from errors import OptionError
 
 MINING_MODES = ("hard", "semihard", "random", "chnm")
 
@@ -35,9 +35,9 @@ def add_arguments(parser):
                         help="chnm: after the switch, negatives come from this hardest fraction")
 
 
-class LossFunction(nn.Module):
+class LossFunction(Objective):
+    needs = Needs(min_views=2)
     test_normalize = True
-    min_views = 2
 
     def __init__(self, margin=0.1, hard_rank=10, hard_prob=0.5, triplet_mining="hard",
                  triplet_chnm_after=100, triplet_chnm_fraction=0.01, nPerSpeaker=2, **kwargs):

@@ -40,16 +40,12 @@ from torch.utils.flop_counter import FlopCounterMode
 import checkpoint
 import plugins
 from errors import UserError
+from speakernet.atomic import temporary_path
+from speakernet.audio import crop_samples
 
 log = logging.getLogger("models")
 
-SAMPLE_RATE = 16000
-HOP = 160
-WINDOW_EXTRA = 240            # frames * 160 + 240 samples: the trainer's crop length
-
-
-def samples_for(frames):
-    return frames * HOP + WINDOW_EXTRA
+samples_for = crop_samples        # frames -> samples, as the trainer crops
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -132,7 +128,7 @@ def load_encoder_weights(encoder, path):
     """Load this project's or voxceleb_trainer's checkpoint into a bare encoder, through the
     same checks and renames as the trainer (objective tensors are ignored)."""
     holder = nn.ModuleDict({"encoder": encoder})      # gives the state the trainer's names
-    state = checkpoint.model_state(checkpoint.load_file(path), holder)
+    state = checkpoint.model_state(checkpoint.load_file(path), holder, path)
     checkpoint.load_weights(holder, state, path)
 
 
@@ -220,8 +216,7 @@ def open_output(output, overwrite):
         raise UserError(f"--output {output} is a folder (give a file path)")
     if os.path.lexists(output) and not overwrite:
         raise UserError(f"--output {output} exists; choose another path or pass --overwrite")
-    folder, name = os.path.split(os.path.abspath(output))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")   # open(), not mkstemp: usual mode
+    tmp = str(temporary_path(os.path.abspath(output)))   # open(), not mkstemp: the usual mode
     try:
         open(tmp, "wb").close()
     except OSError as err:
@@ -231,7 +226,7 @@ def open_output(output, overwrite):
 
 
 def read_config(path):
-    from options import load_config
+    from speakernet.config_file import load_config
     try:                                # a folder or a binary file: load_config may let these by
         return load_config(path)
     except (OSError, UnicodeDecodeError) as err:

@@ -6,17 +6,36 @@ scaled by 2^-15 exactly as a float read of the file would give them.
 Every front end ends with an optional SpecAugment (`spec_augment`, None unless --specaugment):
 time and frequency masks drawn per sample, applied only in training mode.
 """
+import argparse
+
 import torch
 import torch.nn as nn
 import torchaudio
 
 from errors import UserError
-from packed_audio import to_float
+from speakernet.audio import HOP, SAMPLE_RATE, to_float
 
-SAMPLE_RATE = 16000
 WINDOW = 400      # 25 ms at 16 kHz
-HOP = 160         # 10 ms
 N_FFT = 512
+
+
+def add_arguments(parser):
+    """SpecAugment's options (every encoder's front end applies it)."""
+    # The papers train without SpecAugment; these defaults are wespeaker's recipe values
+    # (spec_aug_args of its VoxCeleb configs: one mask of each kind, up to 10 frames and 8 bins,
+    # on 60% of the samples); Park et al. 2019 (LibriSpeech basic policy) use 1 mask of up to
+    # 27 of 80 mel bins and 1 of up to 100 frames on every sample.
+    g = parser.add_argument_group("SpecAugment (--specaugment), in the encoder's front end")
+    g.add_argument("--specaugment", action=argparse.BooleanOptionalAction, default=False,
+                   help="mask random time spans and frequency bands of each training sample's "
+                        "features (never at evaluation)")
+    g.add_argument("--specaug_time_masks", type=int, default=1, help="time masks per sample")
+    g.add_argument("--specaug_freq_masks", type=int, default=1, help="frequency masks per sample")
+    g.add_argument("--specaug_max_time", type=int, default=10,
+                   help="widest time mask, in 10 ms frames (width drawn from 1..this)")
+    g.add_argument("--specaug_max_freq", type=int, default=8,
+                   help="widest frequency mask, in feature bins (mel bands, spectrogram bins or MFCCs)")
+    g.add_argument("--specaug_prob", type=float, default=0.6, help="share of samples that get masks")
 
 
 class PreEmphasis(nn.Module):

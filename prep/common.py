@@ -9,9 +9,11 @@ import wave
 
 import numpy as np
 
+from speakernet.atomic import atomic_file, write_text
+from speakernet.audio import SAMPLE_RATE as SR
+
 log = logging.getLogger("data_prep")
 
-SR = 16000
 F32 = np.float32                  # single precision: plenty for 16-bit output, and twice as fast
 SHOW = 5                          # names shown per problem kind
 
@@ -21,14 +23,12 @@ class PrepError(Exception):
 
 
 def write_atomic(path, lines):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def write_wav(path, samples):
-    """16-bit mono PCM at SR; the stdlib writer is faster here than soundfile."""
+    """16-bit mono PCM at SR (a path or a binary file); the stdlib writer is faster here than
+    soundfile."""
     with wave.open(path, "wb") as f:
         f.setparams((1, 2, SR, len(samples), "NONE", "not compressed"))
         f.writeframes(samples.astype("<i2").tobytes())
@@ -36,8 +36,8 @@ def write_wav(path, samples):
 
 def write_wav_atomic(path, samples):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_wav(path + ".tmp", samples)
-    os.replace(path + ".tmp", path)
+    with atomic_file(path) as handle:
+        write_wav(handle, samples)
 
 
 def run_jobs(fn, jobs, workers, chunksize=1):

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from options import OptionError
+from errors import OptionError
 
 
 def add_arguments(parser):

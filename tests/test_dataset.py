@@ -232,7 +232,7 @@ def test_eval_crop_starts(total, length, num):
 
 def _item(rng, lengths, label):
     views = [rng.standard_normal(n).astype(np.float32) for n in lengths]
-    return (views, label, None)
+    return (views, label, None, tuple((n - 240) // 160 for n in lengths))
 
 
 @pytest.mark.parametrize("lengths, runs", [
@@ -247,6 +247,7 @@ def test_collate_views(lengths, runs):
     out = DL.collate_views(batch)
     tensors, labels = out[0], out[1]
     assert labels.dtype == torch.long and labels.tolist() == [4, 1, 7]
+    assert out[3] == batch[0][3]                               # the planned frames travel along
     assert len(tensors) == len(runs)
     for tensor, (begin, end) in zip(tensors, runs):
         assert tuple(tensor.shape) == (3, end - begin, lengths[begin])

@@ -198,8 +198,9 @@ def test_front_ends_read_int16_as_the_float_samples(model):
 def test_collation_equals_stacking():
     rng = np.random.default_rng(3)
     lengths = (400, 400, 240, 240, 240)            # two runs of equal-length views (global, local)
-    batch = [([rng.standard_normal(k).astype(np.float32) for k in lengths], g, None) for g in range(4)]
-    views, labels, extras = collate_views(batch)
+    batch = [([rng.standard_normal(k).astype(np.float32) for k in lengths], g, None, (0,) * len(lengths))
+             for g in range(4)]
+    views, labels, extras, _ = collate_views(batch)
     assert [tuple(v.shape) for v in views] == [(4, 2, 400), (4, 3, 240)] and extras == [None, None]
     for run, (begin, end) in zip(views, ((0, 2), (2, 5))):
         assert np.array_equal(run.numpy(), np.stack([np.stack(item[0][begin:end]) for item in batch]))
@@ -229,7 +230,7 @@ def test_mixing_in_workers_equals_mixing_in_the_trainer(data):
     in_workers = DataLoader(dataset, batch_sampler=batches, num_workers=2, collate_fn=CollateAndMix())
     in_trainer = DataLoader(dataset, batch_sampler=batches, num_workers=0, collate_fn=collate_views)
     mixed_rows = 0
-    for (views_w, labels_w, extras_w), (views_t, labels_t, extras_t) in zip(in_workers, in_trainer):
+    for (views_w, labels_w, extras_w, _), (views_t, labels_t, extras_t, _) in zip(in_workers, in_trainer):
         assert all(e is None for e in extras_w)
         expected = augment.Augmenter()(views_t, extras_t)
         assert torch.equal(labels_w, labels_t)

@@ -421,8 +421,12 @@ def test_circle_list_options_accept_comma_strings():
 
 
 def test_circle_without_intervals_uses_max_frames():
-    loss_fn = build("circle", max_frames=250, nPerSpeaker=1)
-    assert loss_fn.view_frames(1, np.random.default_rng(0)) == (250,)
+    from sampler import SpeakerBalancedSampler
+    loss_fn = build("circle", nPerSpeaker=1)
+    assert loss_fn.view_frames(1, np.random.default_rng(0)) is None      # the sampler's --max_frames
+    sampler = SpeakerBalancedSampler(np.repeat(np.arange(4), 2), 2, 1, 500, view_frames=loss_fn.view_frames,
+                                     max_frames=250)
+    assert {r.frames for batch in sampler.plan(1) for r in batch} == {(250,)}
 
 
 def test_curriculum_state_depends_only_on_the_epoch():
@@ -452,7 +456,7 @@ def test_circle_rejects_inconsistent_options(kwargs):
 @pytest.mark.parametrize("name", METRIC_OBJECTIVES)
 def test_metric_objectives_need_two_views(name):
     loss_fn = build(name, nPerSpeaker=1)
-    assert loss_fn.min_views == 2
+    assert loss_fn.needs.min_views == 2
     settings = argparse.Namespace(nPerSpeaker=1, trainfunc=name)
     with pytest.raises(options.OptionError, match="--nPerSpeaker 2"):
         trainSpeakerNet.views_per_group(settings, loss_fn)
@@ -522,6 +526,6 @@ def test_config_parses_and_builds_its_objective(path):
     parsed = parse_config(path)
     objective = plugins.factory("loss", parsed.trainfunc)(**vars(parsed))
     views = trainSpeakerNet.views_per_group(parsed, objective)
-    frames = getattr(objective, "view_frames", None)
-    if frames:
-        assert len(frames(1, np.random.default_rng(0))) == views
+    frames = objective.view_frames(1, np.random.default_rng(0))
+    if frames is not None:
+        assert len(frames) == views

@@ -173,7 +173,7 @@ def test_outside_paths_are_allowed_by_option(tmp_path, monkeypatch):
     read = []
 
     def reading_only(self, loader, epoch, **kwargs):
-        read.extend(views[0].shape for views, _, _ in loader)      # the outside file is read
+        read.extend(views[0].shape for views, _, _, _ in loader)      # the outside file is read
         return {"loss": 0.0, "metric": 0.0, "utt_per_s": 0.0, "data_wait": 0.0, "lr": 0.0, "steps": 0}
 
     monkeypatch.setattr(trainSpeakerNet.Trainer, "train_epoch", reading_only)

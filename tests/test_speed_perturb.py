@@ -134,7 +134,7 @@ def test_self_supervised_groups_share_one_speed_and_stay_unlabelled(tmp_path):
     batches = sampler.plan(1)
     assert {r.label for b in batches for r in b} == {-1}
     assert len({r.speed for b in batches for r in b}) > 1
-    views, labels, _ = collate_views([dataset[r] for r in batches[0]])
+    views, labels, _, _ = collate_views([dataset[r] for r in batches[0]])
     assert views[0].shape == (4, 2, crop_samples(20)) and (labels == -1).all()
 
 
@@ -172,8 +172,8 @@ def test_classifier_without_enough_classes_stops_with_the_fix(corpus, tmp_path, 
 def test_metric_objectives_do_not_need_more_classes(corpus, tmp_path, caplog):
     from loss.angleproto import LossFunction as AngleProto
     from loss.aamsoftmax import LossFunction as AAM
-    assert not augment.uses_classes(AngleProto(nOut=8))
-    assert augment.uses_classes(AAM(nOut=8, nClasses=18))
+    assert not AngleProto(nOut=8).needs.classifier
+    assert AAM(nOut=8, nClasses=18).needs.classifier
     argv = train_argv(corpus, tmp_path / "exp", flags=("speed_perturb",), nClasses=6, max_epoch=1)
     code, errors = run(argv, caplog)                 # angleproto, 6 speakers, nClasses 6
     assert code == 0 and not errors

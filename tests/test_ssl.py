@@ -4,6 +4,7 @@
 Formulas are checked against loops written here from the papers; training steps go through
 the real Trainer with a tiny encoder, so everything runs in seconds on a shared CPU.
 """
+import argparse
 import logging
 import math
 import os
@@ -16,11 +17,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import checkpoint
+import curriculum_data
 import options
 import plugins
 import trainSpeakerNet
 from conftest import make_corpus, train_argv
-from DatasetLoader import SpeakerBalancedSampler, crop_samples
+from DatasetLoader import SpeakerBalancedSampler, crop_samples, read_train_list
 from loss.cel import uniformity_loss
 from loss.dino import dino_loss
 from loss.ssl_curricula import parse_schedule
@@ -47,7 +49,7 @@ class TinyEncoder(nn.Module):
         return self.fc(torch.cat([h.mean(-1), h.std(-1)], dim=1))
 
 
-def build(name, **kwargs):
+def build_objective(name, **kwargs):
     settings = dict(nOut=8, max_epoch=10, seed=10, moco_queue_size=12, dino_out_dim=16,
                     dino_hidden_dim=12, dino_bottleneck_dim=6, dino_global_frames=20,
                     dino_local_frames=10)
@@ -57,7 +59,7 @@ def build(name, **kwargs):
 
 def make_views(objective, n, seed):
     """Runs of equal-length views, as collate_views builds them: a list of N x V_run x samples."""
-    frames = objective.view_frames(1, None) if hasattr(objective, "view_frames") else (20,) * objective.num_views
+    frames = objective.view_frames(1, None) or (20,) * objective.needs.views
     gen = torch.Generator().manual_seed(seed)
     runs, begin = [], 0
     for end in range(1, len(frames) + 1):
@@ -77,14 +79,15 @@ def batches(objective, labels_per_batch, seed=0):
     out = []
     for i, labels in enumerate(labels_per_batch):
         views = make_views(objective, len(labels), seed + i)
-        out.append((views, torch.as_tensor(labels), [None] * len(views)))
+        frames = objective.view_frames(1, None) or (20,) * objective.needs.views
+        out.append((views, torch.as_tensor(labels), [None] * len(views), frames))
     return out
 
 
 def tiny_model(name, seed=0, **kwargs):
     torch.manual_seed(seed)
     encoder = TinyEncoder(kwargs.get("nOut", 8))
-    return SpeakerNet(encoder, build(name, **kwargs))
+    return SpeakerNet(encoder, build_objective(name, **kwargs))
 
 
 # ------------------------------------------------------------------ no labels
@@ -113,17 +116,17 @@ def test_labels_never_reach_the_objective_and_change_nothing(name):
 
 def test_ssl_objectives_declare_unlabelled_multi_view_training():
     for name in SSL:
-        objective = build(name)
-        assert objective.uses_labels is False
+        objective = build_objective(name)
+        assert objective.needs.labels is False
         assert trainSpeakerNet.views_per_group(options.parse_options(
-            ["--model", "ResNetSE34L", "--trainfunc", name]), objective) == objective.num_views
-    assert build("dino").view_frames(3, None) == (20, 20, 10, 10, 10, 10, 10)
+            ["--model", "ResNetSE34L", "--trainfunc", name]), objective) == objective.needs.views
+    assert build_objective("dino").view_frames(3, None) == (20, 20, 10, 10, 10, 10, 10)
 
 
 def test_sampler_groups_views_of_one_utterance_for_unlabelled_lists():
     labels = np.full(10, -1)                                      # a list of bare paths
-    objective = build("dino")
-    sampler = SpeakerBalancedSampler(labels, 3, objective.num_views, 500, group_by_utterance=True,
+    objective = build_objective("dino")
+    sampler = SpeakerBalancedSampler(labels, 3, objective.needs.views, 500, group_by_utterance=True,
                                      view_frames=objective.view_frames)
     plan = sampler.plan(1)
     assert len(plan) == 3
@@ -152,7 +155,7 @@ def test_cel_uniformity_equals_a_loop_over_pairs():
 
 @pytest.mark.parametrize("similarity", ["ap", "acont"])
 def test_cel_total_is_lambda_uniformity_plus_eq4_or_eq6(similarity):
-    objective = build("cel", cel_similarity=similarity, cel_lambda=0.7, cel_t=2.0).double()
+    objective = build_objective("cel", cel_similarity=similarity, cel_lambda=0.7, cel_t=2.0).double()
     rng = np.random.default_rng(2)
     x = rng.normal(size=(5, 2, 4))
     z = x / np.linalg.norm(x, axis=-1, keepdims=True)
@@ -175,17 +178,17 @@ def test_cel_total_is_lambda_uniformity_plus_eq4_or_eq6(similarity):
 
 def test_cel_rejects_other_view_counts_and_bad_options():
     with pytest.raises(ValueError, match="cel needs 2"):
-        build("cel")(torch.randn(4, 3, 8))
+        build_objective("cel")(torch.randn(4, 3, 8))
     with pytest.raises(OptionError):
-        build("cel", cel_t=0)
+        build_objective("cel", cel_t=0)
     with pytest.raises(OptionError):
-        build("cel", cel_similarity="triplet")
+        build_objective("cel", cel_similarity="triplet")
 
 
 # ------------------------------------------------------------------ MoCo
 
 def test_moco_queue_is_fifo_with_the_configured_size():
-    objective = build("moco", moco_queue_size=5, nOut=3)
+    objective = build_objective("moco", moco_queue_size=5, nOut=3)
     assert objective.queue.shape == (5, 3)
     assert len(objective.negatives()) == 0                    # empty until keys arrive
     keys = torch.arange(20 * 3, dtype=torch.float32).view(20, 3)
@@ -232,7 +235,7 @@ def test_moco_step_uses_infonce_enqueues_its_keys_and_moves_the_key_encoder():
 
 @pytest.mark.parametrize("pretext", ["ap", "p"])
 def test_moco_pretext_logits(pretext):
-    objective = build("moco", moco_pretext=pretext, nOut=4)
+    objective = build_objective("moco", moco_pretext=pretext, nOut=4)
     q, k, queue = torch.randn(3, 4), torch.randn(3, 4), torch.randn(5, 4)
     logits = objective.logits(q, objective.store(k), objective.store(queue))
     if pretext == "ap":
@@ -349,7 +352,7 @@ def test_dino_metric_compares_the_student_with_the_centred_teacher_target():
     """A component shared by every teacher output (what the centre removes) must not count as
     agreement: the progress-bar metric compares the student with the targets' argmax, t - c."""
     n, k = 6, 10
-    objective = build("dino", dino_out_dim=k, dino_local_views=1)          # 2 global + 1 local
+    objective = build_objective("dino", dino_out_dim=k, dino_local_views=1)          # 2 global + 1 local
     own = F.one_hot((torch.arange(n) + 1) % k, k).float()                   # N x K, never prototype 0
     shared = 5.0 * F.one_hot(torch.tensor(0), k).float()                    # prototype 0 for all
     teacher = (shared + own).unsqueeze(1).repeat(1, 2, 1)                   # N x G x K
@@ -367,7 +370,7 @@ def test_dino_head_bn_option_spreads_nearly_collinear_embeddings():
     """Random encoders give nearly collinear embeddings (cosine ~0.98 for Fast ResNet-34 on the
     demo corpus); without batch norm the head keeps them so and the centred teacher targets are
     almost uniform. --dino_head_bn 1 (wespeaker's use_bn) normalises the hidden layers."""
-    plain, with_bn = build("dino").student_head, build("dino", dino_head_bn=1).student_head
+    plain, with_bn = build_objective("dino").student_head, build_objective("dino", dino_head_bn=1).student_head
     assert not any(isinstance(m, nn.BatchNorm1d) for m in plain.modules())      # DINO's default
     assert sum(isinstance(m, nn.BatchNorm1d) for m in with_bn.modules()) == 2
     torch.manual_seed(0)
@@ -400,43 +403,50 @@ def test_curriculum_configs_follow_their_schedules():
     for table, method in ((portions, "portion"), (fractions, "augment_fraction")):
         for name, expected in table.items():
             parsed = parse_config(name)
-            curricula = build("dino", **{k: v for k, v in vars(parsed).items()
+            curricula = build_objective("dino", **{k: v for k, v in vars(parsed).items()
                                          if k.startswith("cl_") or k in ("aug_fraction", "augment")}).curricula
             got = {epoch: getattr(curricula, method)(epoch) for epoch in expected}
             assert got == pytest.approx(expected), name
 
 
 def test_data_curriculum_subsets_are_seeded_nested_and_sized():
-    objective = build("cel", cl_data=["1:0.5", "17:0.75", "33:1"], seed=3)
+    objective = build_objective("cel", cl_data=["1:0.5", "17:0.75", "33:1"], seed=3)
     first, second = objective.utterance_subset(1, 1000), objective.utterance_subset(17, 1000)
     assert len(first) == 500 and len(second) == 750 and objective.utterance_subset(33, 1000) is None
     assert set(first) <= set(second) and len(set(second)) == 750
-    assert np.array_equal(build("cel", cl_data=["1:0.5", "17:0.75", "33:1"], seed=3).utterance_subset(5, 1000), first)
-    assert not np.array_equal(build("cel", cl_data=["1:0.5"], seed=4).utterance_subset(1, 1000), first)
+    assert np.array_equal(build_objective("cel", cl_data=["1:0.5", "17:0.75", "33:1"], seed=3).utterance_subset(5, 1000), first)
+    assert not np.array_equal(build_objective("cel", cl_data=["1:0.5"], seed=4).utterance_subset(1, 1000), first)
     # The sampler plans only from the subset.
     sampler = SpeakerBalancedSampler(np.full(40, -1), 4, 2, 500, group_by_utterance=True,
-                                     utterance_subset=build("moco", cl_data=["1:0.5", "2:1"]).utterance_subset)
+                                     utterance_subset=build_objective("moco", cl_data=["1:0.5", "2:1"]).utterance_subset)
     used = {r.files[0] for batch in sampler.plan(1) for r in batch}
-    assert len(used) == 20 and used == set(build("moco", cl_data=["1:0.5"]).utterance_subset(1, 40).tolist())
+    assert len(used) == 20 and used == set(build_objective("moco", cl_data=["1:0.5"]).utterance_subset(1, 40).tolist())
     assert len({r.files[0] for batch in sampler.plan(2) for r in batch}) == 40
 
 
 def test_augmentation_fraction_defaults_and_schedule_validation():
-    assert build("dino", aug_fraction=0.6).augment_fraction(9) == 0.6
-    assert build("dino", cl_aug="1:0.2,5:0.9").augment_fraction(5) == 0.9
+    assert build_objective("dino", aug_fraction=0.6).augment_fraction(9) == 0.6
+    assert build_objective("dino", cl_aug="1:0.2,5:0.9").augment_fraction(5) == 0.9
     for bad in (["2:0.5"], ["1:0.5", "1:0.7"], ["1:1.5"], ["1-0.5"], ["1:0"]):
         with pytest.raises(OptionError):
             parse_schedule(bad, "cl_data", 0.0, 1.0, low_open=True)
     with pytest.raises(OptionError, match="quote each pair"):
         parse_schedule(["60.5"], "cl_data", 0.0, 1.0)          # what YAML makes of 1:0.5 unquoted
     with pytest.raises(OptionError, match="--cl_kmeans needs"):
-        build("dino", cl_kmeans=4)
+        build_objective("dino", cl_kmeans=4)
 
 
 def test_kmeans_curriculum_grows_by_whole_clusters(tmp_path):
     corpus = make_corpus(tmp_path / "corpus", train_speakers=6, train_utts=4)
-    common = dict(cl_data=["1:0.34", "2:0.67", "3:1"], cl_kmeans=3, train_list=str(corpus.train_list),
-                  train_path=str(corpus.root), save_path=str(tmp_path / "run"), cl_kmeans_frames=50)
+    common = dict(cl_data=["1:0.34", "2:0.67", "3:1"], cl_kmeans=3, cl_kmeans_frames=50)
+    train = read_train_list(corpus.train_list, corpus.root, need_labels=False)
+    settings = argparse.Namespace(save_path=str(tmp_path / "run"), nDataLoaderThread=0)
+
+    def build(name, **kwargs):                 # as the trainer does: the data side answers
+        objective = build_objective(name, **kwargs)
+        objective.receive_data(curriculum_data.answer(objective.data_request(), train, settings))
+        return objective
+
     objective = build("dino", **common)
     subsets = [objective.utterance_subset(e, 24) for e in (1, 2)]
     assert objective.utterance_subset(3, 24) is None
@@ -471,7 +481,7 @@ def test_fine_tune_from_an_ssl_checkpoint_loads_the_encoder_only(name, caplog):
         model_name = "ResNetSE34L"
     make_encoder = plugins.factory("models", model_name)
     torch.manual_seed(1)
-    ssl = SpeakerNet(make_encoder(**model_kwargs), build(name, nOut=16, moco_pretext="ap"))
+    ssl = SpeakerNet(make_encoder(**model_kwargs), build_objective(name, nOut=16, moco_pretext="ap"))
     ssl.objective.on_epoch_start(1)
     with torch.no_grad():
         for p in ssl.parameters():

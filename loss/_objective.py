@@ -1,0 +1,104 @@
+"""The objective contract: what the trainer and the sampler may ask of an objective.
+
+voxceleb_trainer's convention is its core, so its loss files port unchanged:
+
+    forward(x, label=None) -> (loss, metric)   x: N x V x D (V views per group), or N x D when V == 1
+
+Everything else has a default here, documented once. An objective subclasses `Objective` and
+overrides what it needs; a plain voxceleb_trainer-style `LossFunction(nn.Module)` is seen
+through `as_contract` with the same defaults. A hook name that is not one of the contract's
+(a misspelt `on_epoch_begin`) is an error when the class is defined, not a silent no-op.
+Objectives see tensors only: data work (k-means over the training set) is done by the data
+side on request (`data_request`) and handed back (`receive_data`).
+"""
+import difflib
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the sampler must draw for an objective, declared in one value."""
+    views: int = None          # views per group; None: --nPerSpeaker
+    min_views: int = 1         # the fewest views per group forward accepts
+    labels: bool = True        # False (self-supervised): groups are utterances, forward gets label=None
+    classifier: bool = False   # has an output layer over --nClasses training speakers
+
+
+class ContractDefaults:
+    """The defaults and no-op hooks of the contract."""
+    needs = Needs()
+    test_normalize = True      # score with cosine similarity (False: plain distance of crop means)
+    takes_views = False        # True: forward(x, label, views=...) also gets the augmented waveforms
+
+    def view_frames(self, epoch, rng):
+        """Frames per view for the next batch, or None for --max_frames every view."""
+        return None
+
+    def utterance_subset(self, epoch, count):
+        """Indices of the training utterances epoch `epoch` may use (data curricula); None: all."""
+        return None
+
+    def augment_fraction(self, epoch):
+        """Share of crops augmented in `epoch` (augmentation curricula); None: --aug_fraction."""
+        return None
+
+    def data_request(self):
+        """A dict the data side computes an answer to before training (receive_data), or None."""
+        return None
+
+    def receive_data(self, answer):
+        """The data side's answer to data_request."""
+
+    def attach_encoder(self, encoder):
+        """Given the encoder once, when SpeakerNet is built (momentum copies, teachers)."""
+
+    def on_epoch_start(self, epoch):
+        """Before each epoch: curricula of margins, mining or crop lengths."""
+
+    def on_batch_start(self, frames):
+        """The frames of every view of the coming batch (length-aware margins)."""
+
+    def on_step_end(self, step):
+        """After each optimizer step: EMA teachers, queues."""
+
+
+HOOKS = tuple(name for name in vars(ContractDefaults) if not name.startswith("_"))
+# The attribute protocol this contract replaced, and where each value went.
+OLD_ATTRIBUTES = {"uses_labels": "Needs.labels", "num_views": "Needs.views", "min_views": "Needs.min_views"}
+
+
+class Objective(ContractDefaults, nn.Module):
+    """Base class of every objective in loss/: subclass it, declare `needs`, override hooks."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in vars(cls):
+            if name in OLD_ATTRIBUTES:
+                raise TypeError(f"{cls.__module__}.{cls.__name__}.{name}: declare "
+                                f"needs = Needs(...) instead ({OLD_ATTRIBUTES[name]})")
+            if name in HOOKS or name.startswith("_") or hasattr(nn.Module, name):
+                continue
+            close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.8)
+            if name.startswith("on_") or close:
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise TypeError(f"{cls.__module__}.{cls.__name__}.{name} is not a hook of the "
+                                f"objective contract{hint} (hooks: {', '.join(HOOKS)})")
+
+
+class PlainObjective(ContractDefaults):
+    """A voxceleb_trainer-style LossFunction (an nn.Module with forward(x, label) and a
+    test_normalize attribute) seen through the contract's defaults."""
+
+    def __init__(self, module):
+        self.module = module
+        self.test_normalize = bool(getattr(module, "test_normalize", True))
+
+    def __call__(self, x, label=None):
+        return self.module(x, label)
+
+
+def as_contract(objective):
+    """The objective itself when it is an Objective, else its PlainObjective view."""
+    return objective if isinstance(objective, Objective) else PlainObjective(objective)

@@ -1,0 +1,73 @@
+"""Option types shared by the entry points and the modules that declare options: lists of
+numbers or files given comma-separated, repeated, or as YAML lists."""
+import argparse
+
+from errors import UserError
+
+
+class OptionValueError(argparse.ArgumentTypeError, UserError):
+    """A bad option value. argparse shows the message on the command line; options.py's YAML
+    check catches it as a ValueError (UserError is one)."""
+
+
+def parse_float_list(value):
+    """'0.05,0.01' (or a number, or a list of numbers) -> (0.05, 0.01); '' -> ()."""
+    if value is None:
+        return ()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value),)
+    if isinstance(value, (list, tuple)):
+        return tuple(x for item in value for x in parse_float_list(item))
+    numbers = []
+    for item in str(value).split(","):
+        if item.strip():
+            try:
+                numbers.append(float(item))
+            except ValueError:
+                raise OptionValueError(f"'{item.strip()}' in '{value}' is not a number "
+                                       f"(expected comma-separated numbers, e.g. 0.05,0.01)") from None
+    return tuple(numbers)
+
+
+def probability_list(value):
+    """parse_float_list, each value strictly between 0 and 1 (priors, error-rate targets)."""
+    numbers = parse_float_list(value)
+    for number in numbers:
+        if not 0 < number < 1:
+            raise OptionValueError(f"{number:g} in '{value}' is not a fraction in (0, 1), e.g. "
+                                   f"0.01 for 1%")
+    return numbers
+
+
+def count(value):
+    """An int of 0 or more (argparse/YAML type of the cohort options)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise OptionValueError(f"'{value}' is not a whole number") from None
+    if number < 0 or number != float(value):
+        raise OptionValueError(f"'{value}' is not a whole number of 0 or more")
+    return number
+
+
+def split_list(value):
+    """'a.txt,b.txt' or ['a.txt', 'b.txt,c.txt'] -> ['a.txt', 'b.txt', 'c.txt']."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [item for part in value for item in split_list(part)]
+    return [item.strip() for item in str(value).split(",") if item.strip()]
+
+
+class ListOption(argparse.Action):
+    """Comma-separated and repeatable: `--test_list a,b --test_list c` -> ['a', 'b', 'c'].
+
+    The first use on the command line replaces the default (or the YAML value) instead of
+    extending it; read the result through split_list, which also accepts the default's
+    plain string and a YAML list.
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        kept = [] if current is None or current is self.default else split_list(current)
+        setattr(namespace, self.dest, kept + split_list(values))
