@@ -201,7 +201,8 @@ def test_config_unreadable(config, monkeypatch, error, strerror):
 
     def refuse(*args, **kwargs):
         raise error
-    monkeypatch.setattr(options, "open", refuse, raising=False)   # root can read anything
+    from speakernet import config_file
+    monkeypatch.setattr(config_file, "open", refuse, raising=False)   # root can read anything
     assert parse_error(REQUIRED + ["--config", path]) == f"--config {path}: {strerror} (give a YAML file)"
 
 

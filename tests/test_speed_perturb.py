@@ -9,6 +9,7 @@ import torch
 from scipy import signal
 
 import augment
+import sampler
 import trainSpeakerNet
 from conftest import SR, train_argv, write_wav
 from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, TrainList, collate_views, crop_samples,
@@ -140,7 +141,7 @@ def test_self_supervised_groups_share_one_speed_and_stay_unlabelled(tmp_path):
 
 def test_options_and_class_check():
     parser = argparse.ArgumentParser()
-    augment.add_arguments(parser)
+    sampler.add_arguments(parser)           # speed perturbation is the sampler's option
     options = parser.parse_args([])
     assert not options.speed_perturb and augment.speed_factors(options) == (1.0,)
     options = parser.parse_args(["--speed_perturb"])
