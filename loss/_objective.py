@@ -80,7 +80,8 @@ class Objective(ContractDefaults, nn.Module):
                                 f"needs = Needs(...) instead ({OLD_ATTRIBUTES[name]})")
             if name in HOOKS or name.startswith("_") or hasattr(nn.Module, name):
                 continue
-            close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.8)
+            # Any on_* name is meant as a hook; other names only when they are nearly one.
+            close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.6 if name.startswith("on_") else 0.8)
             if name.startswith("on_") or close:
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise TypeError(f"{cls.__module__}.{cls.__name__}.{name} is not a hook of the "
