@@ -17,37 +17,30 @@ unit crop embeddings (`file_embeddings`). Rates in results (EER, FAR, FRR) are i
 thresholds follow tuneThreshold's rule: a trial is accepted when score >= threshold.
 """
 import argparse
-import json
 import logging
-import math
-import os
-import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 
 import score_norm
-from DatasetLoader import (ListError, NonFiniteAudio, TrialList, locate_bad_audio, read_train_list,
-                           read_trial_list)
+from DatasetLoader import read_train_list
 from errors import UserError
 from scoring import score_trials
-from speakernet.atomic import atomic_file, json_safe, write_text
+from speakernet.embeddings import (EXTRACT_CHUNK, FileSet, check_writable, cohort_embeddings,  # noqa: F401
+                                   embed_files, export_embeddings, extract_to_npz, file_embeddings,
+                                   files_to_export, shared_extract)
 from speakernet.option_types import (ListOption, OptionValueError, count, parse_float_list,  # noqa: F401
                                      probability_list, split_list)
-# tuneThreshold's one-sort table of operating points, shared so that the figures here are
-# computed exactly as compute_eer and compute_min_dcf compute them.
-from tuneThreshold import _operating_points as operating_points
+from speakernet.result_files import _write_new_text, unique_path, write_json, write_scores  # noqa: F401
+from speakernet.trial_sets import Cohort, TrialSet, list_names, load_trial_lists, select_cohort  # noqa: F401
+# The metrics core: every figure evaluation reports comes from tuneThreshold.
+from tuneThreshold import compute_metrics  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-# Files embedded per call of `extract`: bounds memory (4096 x 10 crops x 512 floats = 84 MB)
-# on VoxCeleb1-E/H, whose 145k files would otherwise need 3 GB of crop embeddings at once.
-EXTRACT_CHUNK = 4096
 # Trials scored per step: the two gathered 1024 x 512 operands stay in the CPU cache, which
 # made this 3x faster than one big gather (and bounds memory on million-trial lists).
 SCORE_CHUNK = 1024
@@ -119,129 +112,6 @@ class EvalSettings:
                    cohort_speakers=options.cohort_speakers, seed=options.seed)
 
 
-# ---------------------------------------------------------------------------- trial lists
-
-@dataclass
-class TrialSet:
-    """Several trial lists over one set of unique files, so shared files are embedded once."""
-    paths: list                 # the trial list files
-    names: list                 # short unique names (from the file names) for logs and outputs
-    lists: list                 # one TrialList per path; pairs index `files`
-    files: list                 # unique files of all lists, as written in the lists
-    lengths: np.ndarray         # samples per file
-    origins: list = None        # 'list:line' where each file first appears, for messages
-
-
-def list_names(paths):
-    """File-name-safe short names: the stems, made unique with the folder or a number."""
-    def safe(text):
-        return re.sub(r"[^\w.-]", "_", text)
-
-    stems = [safe(Path(p).stem) for p in paths]
-    names = [s if stems.count(s) == 1 else f"{safe(Path(p).parent.name)}_{s}"
-             for s, p in zip(stems, paths)]
-    repeated = {name for name in names if names.count(name) > 1}
-    seen = {}
-    for i, name in enumerate(names):
-        if name in repeated:
-            seen[name] = seen.get(name, 0) + 1
-            names[i] = f"{name}_{seen[name]}"
-    return names
-
-
-def load_trial_lists(list_paths, test_path):
-    """Read and validate every list (str, comma-separated str or list of paths) -> TrialSet.
-
-    Every file of every list is checked before this returns; problems in all lists are
-    reported together as one ListError naming each list and line.
-    """
-    paths = list(dict.fromkeys(split_list(list_paths)))     # a list named twice is read once
-    if not paths:
-        raise ListError("no trial list given (--test_list)")
-    loaded, problems = [], []
-    for path in paths:
-        try:
-            loaded.append(read_trial_list(path, test_path))
-        except ListError as err:
-            problems.append(str(err))
-    if problems:
-        if len(problems) == 1:
-            raise ListError(problems[0])
-        raise ListError(f"{len(problems)} trial lists cannot be used:\n  " + "\n  ".join(problems))
-    index, files, lengths, remaps, origins = {}, [], [], [], []
-    for trials in loaded:
-        remap = np.empty(len(trials.files), dtype=np.int64)
-        for i, (name, length, origin) in enumerate(zip(trials.files, trials.lengths, trials.origins)):
-            if name not in index:
-                index[name] = len(files)
-                files.append(name)
-                lengths.append(int(length))
-                origins.append(origin)
-            remap[i] = index[name]
-        remaps.append(remap)
-    lengths = np.array(lengths, dtype=np.int64)
-    lists = [TrialList(labels=t.labels, pairs=remap[t.pairs], files=files, lengths=lengths)
-             for t, remap in zip(loaded, remaps)]
-    return TrialSet(paths=paths, names=list_names(paths), lists=lists, files=files, lengths=lengths,
-                    origins=origins)
-
-
-# ---------------------------------------------------------------------------- embeddings
-
-def file_embeddings(crops, normalize=True):
-    """files x crops x D -> files x D: the mean of the unit crop embeddings (normalize=True,
-    so that a dot product of two rows is the mean crop-pair cosine of score_trials), or the
-    plain crop mean."""
-    crops = torch.as_tensor(crops).float()
-    return (F.normalize(crops, dim=-1) if normalize else crops).mean(dim=1)
-
-
-def embed_files(extract, files, lengths, root, normalize=True, keep_crops=False,
-                chunk=EXTRACT_CHUNK, origins=None):
-    """Call extract(files, lengths, root) a chunk of files at a time -> (files x D file
-    embeddings, files x crops x D crops or None). Crops are only kept when asked for. A file
-    with NaN/Inf samples stops it, named with its list line from `origins` when given."""
-    embeddings, kept = [], []
-    for start in range(0, len(files), chunk):
-        try:
-            crops = extract(files[start:start + chunk], lengths[start:start + chunk], root)
-        except NonFiniteAudio as err:
-            raise locate_bad_audio(err, root, files, origins) from None
-        embeddings.append(file_embeddings(crops, normalize))
-        if keep_crops:
-            kept.append(torch.as_tensor(crops).float())
-    return torch.cat(embeddings), torch.cat(kept) if keep_crops else None
-
-
-def shared_extract(extract):
-    """`extract` split across the ranks of an initialised torch.distributed group: each rank
-    embeds a disjoint share of the files (files[rank::world]) and every rank receives all of
-    them, in order. Every rank must call it with the same files. Without a process group (or
-    with one rank) it is `extract` itself."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return extract
-
-    def run(files, lengths, root):
-        rank, world = dist.get_rank(), dist.get_world_size()
-        share = (len(files) - rank + world - 1) // world
-        # A rank without files still needs the crop tensor's shape for the collective:
-        # it embeds the first file and sends zeros.
-        mine = torch.as_tensor(extract(files[rank::world] if share else files[:1],
-                                       lengths[rank::world] if share else lengths[:1], root)).float()
-        rows = -(-len(files) // world)
-        padded = mine.new_zeros((rows, *mine.shape[1:]))
-        padded[:share] = mine[:share]
-        # NCCL gathers CUDA tensors only (init_distributed sets each rank's device).
-        device = (torch.device("cuda", torch.cuda.current_device())
-                  if dist.get_backend() == "nccl" else torch.device("cpu"))
-        parts = [torch.empty_like(padded, device=device) for _ in range(world)]
-        dist.all_gather(parts, padded.to(device))
-        # Row j of rank r is file j * world + r: interleave, and the padding falls at the end.
-        return torch.stack(parts, dim=1).flatten(0, 1)[:len(files)].cpu()
-
-    return run
-
-
 def _pair_scores(embeddings, pairs, normalize):
     """Scores of `pairs` from file embeddings (files x D, cosine scoring) or from crops
     (files x crops x D, needed by distance scoring)."""
@@ -259,134 +129,7 @@ def _pair_scores(embeddings, pairs, normalize):
     return scores
 
 
-# ---------------------------------------------------------------------------- cohort
-
-@dataclass
-class Cohort:
-    """The utterances whose embeddings make up the AS-norm cohort, one mean per speaker."""
-    files: list                 # paths as stored in the TrainList (already joined with its root)
-    lengths: np.ndarray
-    speaker: np.ndarray         # cohort speaker index of each file
-    speakers: list              # speaker names
-
-
-def select_cohort(train_list, utts_per_speaker=5, max_speakers=0, seed=10):
-    """Pick at most utts_per_speaker random utterances of (at most max_speakers random)
-    speakers of a TrainList. Chosen once, so every evaluation of a run uses the same cohort.
-    A list without speaker labels counts each utterance as its own speaker."""
-    labels = np.asarray(train_list.labels)
-    rng = np.random.default_rng([seed, 2])
-    if (labels < 0).all():
-        labels = np.arange(len(labels))
-        names = list(train_list.files)
-    else:
-        names = list(train_list.speakers)
-    speakers = np.unique(labels)
-    if max_speakers and max_speakers < len(speakers):
-        speakers = np.sort(rng.choice(speakers, size=max_speakers, replace=False))
-    # Random order within each speaker (sort by speaker, then by a random key); keep the
-    # first utts_per_speaker of each: vectorised, so a million-utterance list is quick.
-    candidates = np.flatnonzero(np.isin(labels, speakers))
-    order = candidates[np.lexsort((rng.random(len(candidates)), labels[candidates]))]
-    grouped = labels[order]
-    first = np.searchsorted(grouped, grouped, side="left")
-    chosen = np.sort(order[np.arange(len(order)) - first < utts_per_speaker])
-    if len(speakers) > 20000:
-        log.warning("the AS-norm cohort has %d speakers; --cohort_speakers limits the extra "
-                    "extraction time", len(speakers))
-    position = {int(s): i for i, s in enumerate(speakers)}
-    return Cohort(files=[train_list.files[i] for i in chosen],
-                  lengths=np.asarray(train_list.lengths)[chosen],
-                  speaker=np.array([position[int(labels[i])] for i in chosen], dtype=np.int64),
-                  speakers=[names[int(s)] for s in speakers])
-
-
-def cohort_embeddings(extract, cohort, chunk=EXTRACT_CHUNK):
-    """Speaker means of the cohort's file embeddings -> speakers x D tensor."""
-    # Cohort paths already include the training root, so the root passed on is empty.
-    emb, _ = embed_files(extract, cohort.files, cohort.lengths, "", normalize=True, chunk=chunk)
-    speaker = torch.as_tensor(cohort.speaker)
-    sums = torch.zeros(len(cohort.speakers), emb.shape[1]).index_add_(0, speaker, emb)
-    counts = torch.bincount(speaker, minlength=len(cohort.speakers)).clamp_min(1)
-    return sums / counts.unsqueeze(1)
-
-
 # ---------------------------------------------------------------------------- metrics
-
-def _key(value):
-    return f"{value:g}"
-
-
-def compute_metrics(scores, labels, p_targets=(0.05, 0.01), c_miss=1.0, c_fa=1.0,
-                    far_targets=(0.01,), frr_targets=(0.01,)):
-    """EER, minDCF per prior and error rates at target operating points -> dict.
-
-    Trials labelled -1 are left out. Keys: trials, targets, nontargets, unlabelled (counts);
-    eer (%), eer_threshold; min_dcf {p: {value, threshold}}; frr_at_far {far target:
-    {frr, far, threshold}} is the lowest FRR whose FAR does not exceed the target (far is
-    the rate actually reached); far_at_frr likewise. Rates in %, targets keyed as '%g'.
-    Values are None when the labelled trials lack targets or non-targets.
-
-    EER and minDCF are exactly tuneThreshold.compute_eer / compute_min_dcf (same operating
-    points, same tie rules), but every figure comes from one sort of the scores: a
-    million trials with two priors take about as long as compute_eer plus one minDCF.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels)
-    if scores.shape != labels.shape or scores.ndim != 1:
-        raise ValueError(f"scores and labels must be 1-D of equal length, got {scores.shape} and "
-                         f"{labels.shape}")
-    labelled = labels >= 0
-    if not labelled.all():
-        scores, labels = scores[labelled], labels[labelled]
-    is_target = labels == 1
-    n_tar = int(np.count_nonzero(is_target))
-    n_non = len(labels) - n_tar
-    result = {"trials": len(labels), "targets": n_tar, "nontargets": n_non,
-              "unlabelled": int(np.count_nonzero(~labelled)), "eer": None, "eer_threshold": None,
-              "min_dcf": {_key(p): {"value": None, "threshold": None} for p in p_targets},
-              "frr_at_far": {_key(t): {"frr": None, "far": None, "threshold": None} for t in far_targets},
-              "far_at_frr": {_key(t): {"far": None, "frr": None, "threshold": None} for t in frr_targets}}
-    if n_tar == 0 or n_non == 0:
-        return result
-    if not np.isfinite(scores).all():
-        raise ValueError(f"{int(np.count_nonzero(~np.isfinite(scores)))} scores are NaN or "
-                         f"infinite; the embeddings have diverged")
-    # Ascending thresholds (each distinct score, then +inf), with miss and false-alarm counts.
-    thresholds, miss, fa, _, _ = operating_points(scores, is_target)
-    frr, far = miss / n_tar, fa / n_non
-    # EER: closest FRR and FAR; of equal gaps the highest threshold. FRR is written as
-    # compute_eer writes it (1 - TPR) so that both round alike and pick the same point.
-    fnr = 1 - (n_tar - miss) / n_tar
-    gap = np.abs(fnr - far)
-    i = len(gap) - 1 - int(np.argmin(gap[::-1]))
-    result["eer"], result["eer_threshold"] = float(max(fnr[i], far[i]) * 100), float(thresholds[i])
-    for p in p_targets:
-        # Normalised by the cost of the better trivial system; of equal costs the lowest
-        # threshold (as compute_min_dcf).
-        cost = (c_miss * p / n_tar) * miss + (c_fa * (1 - p) / n_non) * fa
-        i = int(np.argmin(cost))
-        result["min_dcf"][_key(p)] = {"value": float(cost[i] / min(c_miss * p, c_fa * (1 - p))),
-                                      "threshold": float(thresholds[i])}
-    for t in far_targets:
-        # FAR falls as the threshold rises: the first point within the target is the lowest
-        # threshold, hence the lowest FRR. The last point (+inf) has FAR 0, so one exists.
-        i = int(np.argmax(fa <= _allowed(t, n_non)))
-        result["frr_at_far"][_key(t)] = {"frr": 100 * float(frr[i]), "far": 100 * float(far[i]),
-                                         "threshold": float(thresholds[i])}
-    for t in frr_targets:
-        # FRR rises with the threshold: the last point within the target has the lowest FAR.
-        i = int(np.searchsorted(miss, _allowed(t, n_tar), side="right")) - 1
-        result["far_at_frr"][_key(t)] = {"far": 100 * float(far[i]), "frr": 100 * float(frr[i]),
-                                         "threshold": float(thresholds[i])}
-    return result
-
-
-def _allowed(rate, count):
-    """Errors allowed by a target rate; the tolerance keeps 0.29 * 100 =
-    28.999999999999996 from allowing only 28."""
-    return int(math.floor(rate * count + 1e-9))
-
 
 def format_metrics(metrics):
     """One log fragment: 'EER 2.31%  minDCF(0.05) 0.1600  ...  FRR@FAR=1% 8.10%'."""
@@ -552,116 +295,3 @@ class Evaluation:
         return report
 
 
-# ---------------------------------------------------------------------------- output files
-
-def unique_path(path):
-    """`path`, or with a numbered suffix (name.1.txt, ...) if it exists: never overwrite."""
-    path = Path(path)
-    candidate, counter = path, 1
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}.{counter}{path.suffix}")
-        counter += 1
-    return candidate
-
-
-def _write_new_text(path, text):
-    """Write `text` to `path` (or a numbered sibling when it exists), atomically."""
-    path = unique_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text(path, text)
-
-
-def write_scores(path, scores, trials):
-    """'score label file1 file2' per trial (label '-' when unlabelled) -> the path written."""
-    files = trials.files
-    lines = [f"{score:.6f} {label if label >= 0 else '-'} {files[a]} {files[b]}\n"
-             for score, label, (a, b) in zip(np.asarray(scores).tolist(), trials.labels.tolist(),
-                                             trials.pairs.tolist())]
-    return _write_new_text(path, "".join(lines))
-
-
-def write_json(path, report):
-    """The report as JSON (scores arrays left out; infinite thresholds as "inf")."""
-    return _write_new_text(path, json.dumps(json_safe(report, skip_keys=("scores",)), indent=1, allow_nan=False) + "\n")
-
-
-# ---------------------------------------------------------------------------- export
-
-@dataclass
-class FileSet:
-    """Files to embed for --extract, validated before any extraction."""
-    files: list
-    lengths: np.ndarray
-    root: str
-    names: list                         # as written in the list
-    speakers: list = field(default=None)   # one per file, when the list names speakers
-    origins: list = field(default=None)    # 'list:line' of each file, for messages
-
-
-def files_to_export(options):
-    """--extract_list (training-list format under --train_path) or every file of the
-    --test_list lists -> FileSet. Raises ListError for bad files and UserError when --extract
-    names an existing file (checked before any extraction)."""
-    if Path(options.extract).exists():
-        raise UserError(f"--extract {options.extract} exists; choose another file name")
-    check_writable(Path(options.extract).parent, f"--extract {options.extract}")
-    if not options.extract_list:
-        trial_set = load_trial_lists(options.test_list, options.test_path)
-        return FileSet(trial_set.files, trial_set.lengths, options.test_path, list(trial_set.files),
-                       origins=trial_set.origins)
-    train = read_train_list(options.extract_list, options.train_path, need_labels=False)
-    root = str(Path(options.train_path))
-    names = [f[len(root) + 1:] if f.startswith(root + os.sep) else f for f in train.files]
-    speakers = [train.speakers[i] for i in train.labels] if train.speakers else None
-    return FileSet(train.files, train.lengths, "", names, speakers,
-                   origins=[train.origin(i) for i in range(len(train.files))])
-
-
-def check_writable(folder, what):
-    """Create `folder` if needed and prove a file can be written there, before any long job."""
-    folder = Path(folder)
-    probe = folder / f".write-test-{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"0")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"cannot write {what}: {err.strerror or err} in {folder} "
-                        f"(choose a writable folder)") from None
-
-
-def export_embeddings(path, names, crops, speakers=None, keep_crops=False, normalize=True):
-    """Write one .npz: 'names' (files), 'embeddings' (files x D, file_embeddings of the crops),
-    'crops' (files x crops x D) when keep_crops, 'speakers' when given -> the path written.
-    Written atomically; an existing file is never overwritten (a numeric suffix is added)."""
-    crops = torch.as_tensor(crops).float()
-    return _write_npz(path, names, file_embeddings(crops, normalize), crops if keep_crops else None,
-                      speakers)
-
-
-def extract_to_npz(path, extract, file_set, keep_crops=False, normalize=True):
-    """Embed a FileSet a chunk at a time and write it like export_embeddings -> the path."""
-    embeddings, crops = embed_files(extract, file_set.files, file_set.lengths, file_set.root,
-                                    normalize=normalize, keep_crops=keep_crops, origins=file_set.origins)
-    path = _write_npz(path, file_set.names, embeddings, crops, file_set.speakers)
-    log.info("wrote %d embeddings (%d dimensions) to %s", len(file_set.names), embeddings.shape[1], path)
-    return path
-
-
-def _write_npz(path, names, embeddings, crops, speakers):
-    if len(names) != len(embeddings):
-        raise ValueError(f"{len(names)} names for {len(embeddings)} embeddings")
-    arrays = {"names": np.array([str(n) for n in names]), "embeddings": embeddings.numpy()}
-    if crops is not None:
-        arrays["crops"] = crops.numpy()
-    if speakers is not None:
-        arrays["speakers"] = np.array([str(s) for s in speakers])
-    path = unique_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path) as handle:        # a file object: numpy adds no second .npz suffix
-            np.savez(handle, **arrays)
-    except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror or err} (free space or choose another "
-                        f"place; nothing was written)") from None
-    return path

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
-from tuneThreshold import tuneThresholdfromScore
+from tuneThreshold import det_curve
 
 from speakernet.atomic import atomic_file
 
@@ -40,15 +40,6 @@ def _save(fig, path):
     with atomic_file(path) as handle:
         fig.savefig(handle, format="png", dpi=100)
     return path
-
-
-def det_points(scores, labels):
-    """(far, frr) over every threshold, as fractions, from accept-all to reject-all."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels)
-    labelled = labels >= 0
-    _, _, far, frr = tuneThresholdfromScore(scores[labelled], labels[labelled], [])
-    return np.asarray(far)[::-1], np.asarray(frr)[::-1]
 
 
 def _thin(x, y, step):
@@ -77,9 +68,7 @@ def plot_det(scores, labels, path, title=""):
     floor = max(DET_TICKS[0], 0.5 / min(n_tar, n_non))
     curves, worst_eer = {}, 0.0
     for name, values in _systems(scores).items():
-        far, frr = det_points(values, labels)
-        eer_at = int(np.argmin(np.abs(far - frr)))
-        eer = max(far[eer_at], frr[eer_at])
+        far, frr, eer = det_curve(values, labels)
         worst_eer = max(worst_eer, eer)
         curves[name] = (far, frr, eer)
     ceiling = 0.5 if worst_eer < 0.3 else 0.99

@@ -1,0 +1,122 @@
+"""Trial lists and the AS-norm cohort, validated before any extraction: several lists share
+one set of unique files, so a file named by two lists is embedded once."""
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from DatasetLoader import ListError, TrialList, read_trial_list
+from speakernet.option_types import split_list
+
+log = logging.getLogger("evaluation")
+
+
+# ---------------------------------------------------------------------------- trial lists
+
+@dataclass
+class TrialSet:
+    """Several trial lists over one set of unique files, so shared files are embedded once."""
+    paths: list                 # the trial list files
+    names: list                 # short unique names (from the file names) for logs and outputs
+    lists: list                 # one TrialList per path; pairs index `files`
+    files: list                 # unique files of all lists, as written in the lists
+    lengths: np.ndarray         # samples per file
+    origins: list = None        # 'list:line' where each file first appears, for messages
+
+
+def list_names(paths):
+    """File-name-safe short names: the stems, made unique with the folder or a number."""
+    def safe(text):
+        return re.sub(r"[^\w.-]", "_", text)
+
+    stems = [safe(Path(p).stem) for p in paths]
+    names = [s if stems.count(s) == 1 else f"{safe(Path(p).parent.name)}_{s}"
+             for s, p in zip(stems, paths)]
+    repeated = {name for name in names if names.count(name) > 1}
+    seen = {}
+    for i, name in enumerate(names):
+        if name in repeated:
+            seen[name] = seen.get(name, 0) + 1
+            names[i] = f"{name}_{seen[name]}"
+    return names
+
+
+def load_trial_lists(list_paths, test_path):
+    """Read and validate every list (str, comma-separated str or list of paths) -> TrialSet.
+
+    Every file of every list is checked before this returns; problems in all lists are
+    reported together as one ListError naming each list and line.
+    """
+    paths = list(dict.fromkeys(split_list(list_paths)))     # a list named twice is read once
+    if not paths:
+        raise ListError("no trial list given (--test_list)")
+    loaded, problems = [], []
+    for path in paths:
+        try:
+            loaded.append(read_trial_list(path, test_path))
+        except ListError as err:
+            problems.append(str(err))
+    if problems:
+        if len(problems) == 1:
+            raise ListError(problems[0])
+        raise ListError(f"{len(problems)} trial lists cannot be used:\n  " + "\n  ".join(problems))
+    index, files, lengths, remaps, origins = {}, [], [], [], []
+    for trials in loaded:
+        remap = np.empty(len(trials.files), dtype=np.int64)
+        for i, (name, length, origin) in enumerate(zip(trials.files, trials.lengths, trials.origins)):
+            if name not in index:
+                index[name] = len(files)
+                files.append(name)
+                lengths.append(int(length))
+                origins.append(origin)
+            remap[i] = index[name]
+        remaps.append(remap)
+    lengths = np.array(lengths, dtype=np.int64)
+    lists = [TrialList(labels=t.labels, pairs=remap[t.pairs], files=files, lengths=lengths)
+             for t, remap in zip(loaded, remaps)]
+    return TrialSet(paths=paths, names=list_names(paths), lists=lists, files=files, lengths=lengths,
+                    origins=origins)
+
+
+# ---------------------------------------------------------------------------- cohort
+
+@dataclass
+class Cohort:
+    """The utterances whose embeddings make up the AS-norm cohort, one mean per speaker."""
+    files: list                 # paths as stored in the TrainList (already joined with its root)
+    lengths: np.ndarray
+    speaker: np.ndarray         # cohort speaker index of each file
+    speakers: list              # speaker names
+
+
+def select_cohort(train_list, utts_per_speaker=5, max_speakers=0, seed=10):
+    """Pick at most utts_per_speaker random utterances of (at most max_speakers random)
+    speakers of a TrainList. Chosen once, so every evaluation of a run uses the same cohort.
+    A list without speaker labels counts each utterance as its own speaker."""
+    labels = np.asarray(train_list.labels)
+    rng = np.random.default_rng([seed, 2])
+    if (labels < 0).all():
+        labels = np.arange(len(labels))
+        names = list(train_list.files)
+    else:
+        names = list(train_list.speakers)
+    speakers = np.unique(labels)
+    if max_speakers and max_speakers < len(speakers):
+        speakers = np.sort(rng.choice(speakers, size=max_speakers, replace=False))
+    # Random order within each speaker (sort by speaker, then by a random key); keep the
+    # first utts_per_speaker of each: vectorised, so a million-utterance list is quick.
+    candidates = np.flatnonzero(np.isin(labels, speakers))
+    order = candidates[np.lexsort((rng.random(len(candidates)), labels[candidates]))]
+    grouped = labels[order]
+    first = np.searchsorted(grouped, grouped, side="left")
+    chosen = np.sort(order[np.arange(len(order)) - first < utts_per_speaker])
+    if len(speakers) > 20000:
+        log.warning("the AS-norm cohort has %d speakers; --cohort_speakers limits the extra "
+                    "extraction time", len(speakers))
+    position = {int(s): i for i, s in enumerate(speakers)}
+    return Cohort(files=[train_list.files[i] for i in chosen],
+                  lengths=np.asarray(train_list.lengths)[chosen],
+                  speaker=np.array([position[int(labels[i])] for i in chosen], dtype=np.int64),
+                  speakers=[names[int(s)] for s in speakers])
