@@ -1,6 +1,6 @@
 """Data the objectives' curricula ask for, computed on the data side (an objective sees tensors
 only): the k-means clustering of the training list for the SSL data curriculum (Heo et al.
-2023, sec. 6.3; see loss/ssl_curricula.py for what is clustered and why).
+2023, sec. 6.3; see loss._ssl_curricula.py for what is clustered and why).
 
 The trainer hands an objective's `data_request()` to `answer(request, train_list, options)` and
 the result back through `receive_data`. Features are computed once and cached in

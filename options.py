@@ -19,7 +19,7 @@ import evaluation
 import packed_audio
 import plugins
 import sampler
-from models import frontend
+from models import _frontend as frontend
 from errors import OptionError  # noqa: F401 (re-exported)
 from speakernet.atomic import write_text
 from speakernet.config_file import load_config  # noqa: F401 (re-exported)

@@ -18,9 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from loss._objective import Needs, Objective
-from loss.accuracy import top1_accuracy
-from loss.curriculum import held_then_ramped
-from loss.labelled_views import flatten_labelled
+from loss._accuracy import top1_accuracy
+from loss._curriculum import held_then_ramped
+from loss._labelled_views import flatten_labelled
 from errors import OptionError
 
 

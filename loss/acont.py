@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from loss._objective import Needs, Objective
-from loss.accuracy import top1_accuracy
-from loss.labelled_views import require_views
+from loss._accuracy import top1_accuracy
+from loss._labelled_views import require_views
 from errors import OptionError
 
 

@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from loss._objective import Needs, Objective
-from loss.accuracy import top1_accuracy
-from loss.labelled_views import flatten_labelled
+from loss._accuracy import top1_accuracy
+from loss._labelled_views import flatten_labelled
 
 
 class LossFunction(Objective):

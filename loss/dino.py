@@ -1,6 +1,6 @@
 """DINO self-distillation for speaker verification (Heo et al. 2023, "Curriculum learning for
 self-supervised speaker verification", sec. 3; Caron et al. 2021, "Emerging properties in
-self-supervised vision transformers"), with the paper's curricula (loss/ssl_curricula.py).
+self-supervised vision transformers"), with the paper's curricula (loss._ssl_curricula.py).
 
 Views: each utterance gives --dino_global_views long crops (paper: 2) and --dino_local_views
 short crops (paper: 5), all augmented independently; `view_frames` asks the sampler for
@@ -54,9 +54,9 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 from loss._objective import Needs, Objective
-from loss.ssl_common import MomentumCopy, StudentLink, all_reduce_mean, full_precision, views_at
-from loss.ssl_curricula import Curricula, CurriculumHooks
-from loss.ssl_curricula import add_arguments as add_curriculum_arguments
+from loss._ssl_common import MomentumCopy, StudentLink, all_reduce_mean, full_precision, views_at
+from loss._ssl_curricula import Curricula, CurriculumHooks
+from loss._ssl_curricula import add_arguments as add_curriculum_arguments
 from errors import OptionError
 
 log = logging.getLogger(__name__)

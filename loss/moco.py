@@ -35,11 +35,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from loss._objective import Needs, Objective
-from loss.accuracy import top1_accuracy
-from loss.labelled_views import require_views
-from loss.ssl_common import MomentumCopy, StudentLink, all_gather_rows, full_precision, views_at
-from loss.ssl_curricula import Curricula, CurriculumHooks
-from loss.ssl_curricula import add_arguments as add_curriculum_arguments
+from loss._accuracy import top1_accuracy
+from loss._labelled_views import require_views
+from loss._ssl_common import MomentumCopy, StudentLink, all_gather_rows, full_precision, views_at
+from loss._ssl_curricula import Curricula, CurriculumHooks
+from loss._ssl_curricula import add_arguments as add_curriculum_arguments
 from errors import OptionError
 
 PRETEXTS = ("insdis", "ap", "p")

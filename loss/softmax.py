@@ -3,7 +3,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from loss._objective import Needs, Objective
-from loss.accuracy import top1_accuracy
+from loss._accuracy import top1_accuracy
 
 
 class LossFunction(Objective):

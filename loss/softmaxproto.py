@@ -8,7 +8,7 @@ Submodules are named 'softmax' and 'angleproto' so the state dict ('softmax.fc.*
 
 from loss._objective import Needs, Objective
 from loss.angleproto import LossFunction as AngularPrototypical
-from loss.labelled_views import require_views
+from loss._labelled_views import require_views
 from loss.softmax import LossFunction as Softmax
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from loss._objective import Needs, Objective
-from loss.labelled_views import require_views
+from loss._labelled_views import require_views
 from errors import OptionError
 
 MINING_MODES = ("hard", "semihard", "random", "chnm")

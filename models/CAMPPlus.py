@@ -38,11 +38,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.frontend import with_spec_augment
-from models.pooling import check_encoder_type
+from models._frontend import with_spec_augment
+from models._pooling import check_encoder_type
 from models.ResNet import (BasicBlock, TemporalStatsPooling, make_stage,
                            mean_normalised_log_mels, strided_size)
-from models.resnet_blocks import as_image, use_channels_last
+from models._resnet_blocks import as_image, use_channels_last
 
 # The paper's defaults when the user sets neither YAML nor command line (3D-Speaker VoxCeleb).
 OPTION_DEFAULTS = {"nOut": 512, "n_mels": 80, "log_input": True, "encoder_type": "TSTP"}

@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 
 from errors import UserError
-from models.ecapa_blocks import Conv1dReluBn, SERes2NetBlock
-from models.frontend import LogMelFrontend, MFCCFrontend, with_spec_augment
-from models.pooling import ChannelAttentiveStatsPooling, check_encoder_type
+from models._ecapa_blocks import Conv1dReluBn, SERes2NetBlock
+from models._frontend import LogMelFrontend, MFCCFrontend, with_spec_augment
+from models._pooling import ChannelAttentiveStatsPooling, check_encoder_type
 
 DILATIONS = (2, 3, 4)
 RES2NET_SCALE = 8

@@ -16,9 +16,9 @@ and 0.19 G in stages 1-4, since 257 bins keep the maps large. Fast ResNet-34
 """
 import torch.nn as nn
 
-from models.frontend import LogSpectrogramFrontend, with_spec_augment
-from models.pooling import build_pooling
-from models.resnet_blocks import add_stages, as_image, init_resnet_weights, use_channels_last
+from models._frontend import LogSpectrogramFrontend, with_spec_augment
+from models._pooling import build_pooling
+from models._resnet_blocks import add_stages, as_image, init_resnet_weights, use_channels_last
 
 CHANNELS = (16, 32, 64, 128)      # a quarter of ResNet-34's 64/128/256/512
 BLOCKS = (3, 4, 6, 3)             # ResNet-34

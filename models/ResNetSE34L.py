@@ -5,9 +5,9 @@ Quarter-width SE-ResNet-34 on 40 log-mels with early strides; SAP or ASP pooling
 """
 import torch.nn as nn
 
-from models.frontend import LogMelFrontend, with_spec_augment
-from models.pooling import build_pooling
-from models.resnet_blocks import add_stages, as_image, init_resnet_weights, use_channels_last
+from models._frontend import LogMelFrontend, with_spec_augment
+from models._pooling import build_pooling
+from models._resnet_blocks import add_stages, as_image, init_resnet_weights, use_channels_last
 
 CHANNELS = (16, 32, 64, 128)
 BLOCKS = (3, 4, 6, 3)

@@ -14,9 +14,9 @@ checkpoints load (renames below): 8,028,492 parameters with nOut 512, ASP and 64
 """
 import torch.nn as nn
 
-from models.frontend import LogMelFrontend, with_spec_augment
-from models.pooling import ChannelAttentiveStatsPooling, check_encoder_type
-from models.resnet_blocks import add_stages, as_image, init_resnet_weights, use_channels_last
+from models._frontend import LogMelFrontend, with_spec_augment
+from models._pooling import ChannelAttentiveStatsPooling, check_encoder_type
+from models._resnet_blocks import add_stages, as_image, init_resnet_weights, use_channels_last
 
 CHANNELS = (32, 64, 128, 256)     # half of ResNet-34's 64/128/256/512
 BLOCKS = (3, 4, 6, 3)

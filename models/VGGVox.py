@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from errors import UserError
-from models.frontend import LogMelFrontend, with_spec_augment
-from models.pooling import build_pooling
+from models._frontend import LogMelFrontend, with_spec_augment
+from models._pooling import build_pooling
 
 N_MELS = 40
 EMBED_CHANNELS = 512

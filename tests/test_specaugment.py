@@ -6,7 +6,7 @@ import torch
 
 import plugins
 from errors import UserError
-from models.frontend import (LogMelFrontend, LogSpectrogramFrontend, MFCCFrontend, SpecAugment,
+from models._frontend import (LogMelFrontend, LogSpectrogramFrontend, MFCCFrontend, SpecAugment,
                              spec_augment_from_options)
 from options import parse_options
 

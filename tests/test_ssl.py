@@ -1,5 +1,5 @@
 """Self-supervised objectives (loss/cel.py, loss/moco.py, loss/dino.py), their curricula
-(loss/ssl_curricula.py), scheduler/sgdr.py and the SSL / fine-tuning configs.
+(loss._ssl_curricula.py), scheduler/sgdr.py and the SSL / fine-tuning configs.
 
 Formulas are checked against loops written here from the papers; training steps go through
 the real Trainer with a tiny encoder, so everything runs in seconds on a shared CPU.
@@ -25,7 +25,7 @@ from conftest import make_corpus, train_argv
 from DatasetLoader import SpeakerBalancedSampler, crop_samples, read_train_list
 from loss.cel import uniformity_loss
 from loss.dino import dino_loss
-from loss.ssl_curricula import parse_schedule
+from loss._ssl_curricula import parse_schedule
 from options import OptionError
 from scheduler import sgdr, steplr
 from SpeakerNet import SpeakerNet, Trainer
