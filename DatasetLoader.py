@@ -15,15 +15,15 @@ import soundfile
 import torch
 from torch.utils.data import Dataset
 
-from errors import message_of
+from speakernet.errors import message_of
 from speakernet.audio import INT16_SCALE as PACK_SCALE, crop_samples
 
-from packed_audio import PackReader
-from audio_manifest import ListError, NonFiniteAudio, check_audio_files, check_finite, resolve
-from augment import (KINDS, NONE, REVERB, Augmenter, collate_augmentation, read_augmentation, speed_change,
+from speakernet.packed_audio import PackReader
+from speakernet.audio_manifest import ListError, NonFiniteAudio, check_audio_files, check_finite, resolve
+from speakernet.augment import (KINDS, NONE, REVERB, Augmenter, collate_augmentation, read_augmentation, speed_change,
                      speed_read_length)
 
-from sampler import CropRequest, SpeakerBalancedSampler  # noqa: F401  (re-exported)
+from speakernet.sampler import CropRequest, SpeakerBalancedSampler  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from checkpoint import restore_rng
+from speakernet.checkpoint import restore_rng
 from DatasetLoader import TestDataset
 from loss._objective import as_contract
 

@@ -20,13 +20,13 @@ import logging
 import os
 import sys
 
-from prep.baseline import baseline_eer, mean_log_mel, mel_filterbank
-from prep.common import PrepError
-from prep.convert import convert, prepare_augment
-from prep.fetch import concatenate, download, extract
-from prep.lists import check, make_list
-from prep.synth_corpus import draw_speaker, generate_synthetic, make_trials
-from prep.synth_noise import BABBLE_PER_SPEAKER, STATIONARY_NOISES, TRANSIENT_NOISES, generate_noise_sets
+from speakernet.prep.baseline import baseline_eer, mean_log_mel, mel_filterbank
+from speakernet.prep.common import PrepError
+from speakernet.prep.convert import convert, prepare_augment
+from speakernet.prep.fetch import concatenate, download, extract
+from speakernet.prep.lists import check, make_list
+from speakernet.prep.synth_corpus import draw_speaker, generate_synthetic, make_trials
+from speakernet.prep.synth_noise import BABBLE_PER_SPEAKER, STATIONARY_NOISES, TRANSIENT_NOISES, generate_noise_sets
 
 # Re-exported: other code (benchmarks, scripts) reaches these through data_prep.
 __all__ = ["main", "baseline_eer", "mean_log_mel", "mel_filterbank", "draw_speaker", "make_trials",

@@ -22,19 +22,19 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-import checkpoint
-import curriculum_data
-import evaluation
-import plugins
-import resume
-import run_lock
-import run_log
-from augment import Augmenter, check_speed_classes, planner_from_options, speed_factors
+from speakernet import checkpoint
+from speakernet import curriculum_data
+from speakernet import evaluation
+from speakernet import plugins
+from speakernet import resume
+from speakernet import run_lock
+from speakernet import run_log
+from speakernet.augment import Augmenter, check_speed_classes, planner_from_options, speed_factors
 from DatasetLoader import CollateAndMix, TrainDataset, collate_views, read_train_list
-from errors import UserError, message_of
-from options import OptionError, parse_options, save_options
-from packed_audio import packs_from_options
-from sampler import SpeakerBalancedSampler
+from speakernet.errors import UserError, message_of
+from speakernet.options import OptionError, parse_options, save_options
+from speakernet.packed_audio import packs_from_options
+from speakernet.sampler import SpeakerBalancedSampler
 from SpeakerNet import SpeakerNet, Trainer
 
 log = logging.getLogger("trainSpeakerNet")

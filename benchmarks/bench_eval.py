@@ -33,11 +33,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import evaluation as ev  # noqa: E402
-import score_norm  # noqa: E402
+from speakernet import evaluation as ev  # noqa: E402
+from speakernet import score_norm  # noqa: E402
 from DatasetLoader import TrialList  # noqa: E402
 from models.ResNetSE34L import MainModel  # noqa: E402
-from scoring import score_trials  # noqa: E402
+from speakernet.scoring import score_trials  # noqa: E402
 from SpeakerNet import SpeakerNet, Trainer  # noqa: E402
 from tuneThreshold import compute_eer, compute_min_dcf  # noqa: E402
 

@@ -41,9 +41,9 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import augment  # noqa: E402
+from speakernet import augment  # noqa: E402
 import data_prep  # noqa: E402
-import packed_audio  # noqa: E402
+from speakernet import packed_audio  # noqa: E402
 from DatasetLoader import (CollateAndMix, SpeakerBalancedSampler, TrainDataset, collate_views,  # noqa: E402
                            crop_samples, read_train_list)
 

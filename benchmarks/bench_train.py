@@ -112,7 +112,7 @@ def step_rates(marks, segments, warmup):
 
 
 def trainer_options(model, objective, args, extra=()):
-    import options
+    from speakernet import options
     argv = ["--model", model, "--trainfunc", objective, "--nClasses", "200",
             "--nPerSpeaker", str(args.views), "--batch_size", str(args.batch),
             "--max_frames", str(args.frames), "--device", args.device, "--log_input",
@@ -124,7 +124,7 @@ def trainer_options(model, objective, args, extra=()):
 
 
 def build_trainer(opts, device, fused=False, compile_encoder=False):
-    import plugins
+    from speakernet import plugins
     from SpeakerNet import Trainer
     from trainSpeakerNet import build_model
     torch.manual_seed(0)
@@ -162,11 +162,11 @@ def measure_configuration(model_name, objective, args):
     """Compute and end-to-end rates and peak memory of one (encoder, objective) -> dict."""
     from torch.utils.data import DataLoader
 
-    from augment import Augmenter, planner_from_options
+    from speakernet.augment import Augmenter, planner_from_options
     from DatasetLoader import (CollateAndMix, SpeakerBalancedSampler, TrainDataset, collate_views,
                                read_train_list)
     from models.__main__ import count_macs
-    from packed_audio import packs_from_options
+    from speakernet.packed_audio import packs_from_options
     from trainSpeakerNet import views_per_group
     device = torch.device(args.device)
     resident_before = current_rss_mb()

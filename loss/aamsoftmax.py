@@ -21,7 +21,7 @@ from loss._objective import Needs, Objective
 from loss._accuracy import top1_accuracy
 from loss._curriculum import held_then_ramped
 from loss._labelled_views import flatten_labelled
-from errors import OptionError
+from speakernet.errors import OptionError
 
 
 def add_arguments(parser):

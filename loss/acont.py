@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from loss._objective import Needs, Objective
 from loss._accuracy import top1_accuracy
 from loss._labelled_views import require_views
-from errors import OptionError
+from speakernet.errors import OptionError
 
 
 class LossFunction(Objective):

@@ -38,7 +38,7 @@ from loss._labelled_views import require_views
 from loss._ssl_common import full_precision
 from loss._ssl_curricula import Curricula, CurriculumHooks
 from loss._ssl_curricula import add_arguments as add_curriculum_arguments
-from errors import OptionError
+from speakernet.errors import OptionError
 
 SIMILARITIES = ("ap", "acont")
 

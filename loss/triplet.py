@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from loss._objective import Needs, Objective
 from loss._labelled_views import require_views
-from errors import OptionError
+from speakernet.errors import OptionError
 
 MINING_MODES = ("hard", "semihard", "random", "chnm")
 

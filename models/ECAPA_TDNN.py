@@ -19,7 +19,7 @@ results table: 6.2 M and 14.7 M). Input: 80 log-mels (default) or 80 MFCCs as in
 import torch
 import torch.nn as nn
 
-from errors import UserError
+from speakernet.errors import UserError
 from models._ecapa_blocks import Conv1dReluBn, SERes2NetBlock
 from models._frontend import LogMelFrontend, MFCCFrontend, with_spec_augment
 from models._pooling import ChannelAttentiveStatsPooling, check_encoder_type

@@ -13,7 +13,7 @@ window is also stored in the checkpoint).
 import torch
 import torch.nn as nn
 
-from errors import UserError
+from speakernet.errors import UserError
 from models._frontend import LogMelFrontend, with_spec_augment
 from models._pooling import build_pooling
 

@@ -37,9 +37,9 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import checkpoint
-import plugins
-from errors import UserError
+from speakernet import checkpoint
+from speakernet import plugins
+from speakernet.errors import UserError
 from speakernet.atomic import temporary_path
 from speakernet.audio import crop_samples
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torchaudio
 
-from errors import UserError
+from speakernet.errors import UserError
 from speakernet.audio import HOP, SAMPLE_RATE, to_float
 
 WINDOW = 400      # 25 ms at 16 kHz

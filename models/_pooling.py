@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from errors import UserError
+from speakernet.errors import UserError
 
 
 class SelfAttentivePooling(nn.Module):

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from errors import OptionError
+from speakernet.errors import OptionError
 
 
 def add_arguments(parser):

@@ -3,7 +3,7 @@ import logging
 
 import yaml
 
-from errors import OptionError
+from speakernet.errors import OptionError
 
 log = logging.getLogger("options")
 

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from DatasetLoader import NonFiniteAudio, locate_bad_audio, read_train_list
-from errors import UserError
+from speakernet.errors import UserError
 from speakernet.atomic import atomic_file
 from speakernet.result_files import unique_path
 from speakernet.trial_sets import load_trial_lists

@@ -2,7 +2,7 @@
 numbers or files given comma-separated, repeated, or as YAML lists."""
 import argparse
 
-from errors import UserError
+from speakernet.errors import UserError
 
 
 class OptionValueError(argparse.ArgumentTypeError, UserError):

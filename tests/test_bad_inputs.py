@@ -8,8 +8,8 @@ import pytest
 import soundfile
 import torch
 
-import audio_manifest
-import checkpoint
+from speakernet import audio_manifest
+from speakernet import checkpoint
 import SpeakerNet
 import trainSpeakerNet
 from conftest import SR, snapshot, tone, train_argv, write_wav

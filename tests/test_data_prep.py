@@ -13,9 +13,9 @@ import soundfile
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import data_prep  # noqa: E402
-from prep.baseline import baseline_eer, mean_log_mel, mel_filterbank  # noqa: E402
-from prep.synth_corpus import draw_speaker, make_trials  # noqa: E402
-from prep.synth_noise import STATIONARY_NOISES, TRANSIENT_NOISES  # noqa: E402
+from speakernet.prep.baseline import baseline_eer, mean_log_mel, mel_filterbank  # noqa: E402
+from speakernet.prep.synth_corpus import draw_speaker, make_trials  # noqa: E402
+from speakernet.prep.synth_noise import STATIONARY_NOISES, TRANSIENT_NOISES  # noqa: E402
 
 # Tiny but not trivial: several sessions per speaker, short utterances, all in about a second.
 TINY = ["--num_train_speakers", "4", "--utts_per_speaker", "4", "--num_test_speakers", "6",
@@ -199,7 +199,7 @@ def test_noise_sets_layout_format_and_counts(corpus):
 
 
 def test_noise_sets_load_in_the_augmentation_bank(corpus):
-    import augment
+    from speakernet import augment
     bank = augment.AugmentBank(corpus / "musan", corpus / "rirs")
     assert {k: len(v) for k, v in bank.files.items()} == {"music": 3, "speech": 6, "noise": 8, "reverb": 6}
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import plugins
+from speakernet import plugins
 from models.__main__ import (count_macs, count_parameters, export_torchscript,
                              load_encoder_weights, main, max_abs_difference, samples_for)
 

@@ -11,15 +11,15 @@ import pytest
 import torch
 from sklearn.metrics import roc_curve
 
-import evaluation as ev
-import plots
+from speakernet import evaluation as ev
+from speakernet import plots
 import tuneThreshold
-import run_log
-import score_norm
+from speakernet import run_log
+from speakernet import score_norm
 from conftest import make_corpus
 from DatasetLoader import ListError, TrainList, read_train_list
-from errors import UserError
-from scoring import score_trials
+from speakernet.errors import UserError
+from speakernet.scoring import score_trials
 from tuneThreshold import compute_eer, compute_min_dcf
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

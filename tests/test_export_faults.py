@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
-import plugins
-
+from speakernet import checkpoint
+from speakernet import plugins
 export_cli = importlib.import_module("models.__main__")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import audio_manifest
-import checkpoint
-import resume
-import run_lock
+from speakernet import audio_manifest
+from speakernet import checkpoint
+from speakernet import resume
+from speakernet import run_lock
 import trainSpeakerNet
 from conftest import REPO, SR, make_corpus, snapshot, tone, to_argv, tiny_options, train_argv, write_wav
 from DatasetLoader import read_train_list, read_trial_list
@@ -382,7 +382,8 @@ def test_signal_stops_training_with_one_line(corpus, tmp_path, name, code):
 DIE_AFTER_PARTIAL = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
-import resume, trainSpeakerNet
+import trainSpeakerNet
+from speakernet import resume
 save = resume.MidEpochCheckpoints.save
 def save_then_die(self, state):
     save(self, state)

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import augment
-import packed_audio
-import plugins
+from speakernet import augment
+from speakernet import packed_audio
+from speakernet import plugins
 import trainSpeakerNet
 from conftest import SR, train_argv, write_wav
 from DatasetLoader import SpeakerBalancedSampler, TrainDataset, collate_views, read_train_list
-from errors import UserError
+from speakernet.errors import UserError
 
 
 @pytest.fixture
@@ -242,8 +242,7 @@ def test_mixing_in_workers_equals_mixing_in_the_trainer(data):
 def test_augmented_training_is_the_same_with_and_without_workers(corpus, data, tmp_path):
     """The same augmented epoch trained with the mixing in the training process (0 workers) and
     in two loader workers (CollateAndMix) ends with identical weights."""
-    import checkpoint
-
+    from speakernet import checkpoint
     weights = []
     for workers in (0, 2):
         save_path = tmp_path / f"workers{workers}"

@@ -18,8 +18,8 @@ import torch.nn as nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import options  # noqa: E402
-import plugins  # noqa: E402
+from speakernet import options  # noqa: E402
+from speakernet import plugins  # noqa: E402
 import trainSpeakerNet  # noqa: E402
 from scheduler.plateau import Scheduler as PlateauScheduler  # noqa: E402
 
@@ -421,7 +421,7 @@ def test_circle_list_options_accept_comma_strings():
 
 
 def test_circle_without_intervals_uses_max_frames():
-    from sampler import SpeakerBalancedSampler
+    from speakernet.sampler import SpeakerBalancedSampler
     loss_fn = build("circle", nPerSpeaker=1)
     assert loss_fn.view_frames(1, np.random.default_rng(0)) is None      # the sampler's --max_frames
     sampler = SpeakerBalancedSampler(np.repeat(np.arange(4), 2), 2, 1, 500, view_frames=loss_fn.view_frames,

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-import checkpoint
-import plugins
+from speakernet import checkpoint
+from speakernet import plugins
 import trainSpeakerNet
 from conftest import REPO, train_argv
 from loss._objective import HOOKS, Needs, Objective, PlainObjective, as_contract

@@ -7,13 +7,13 @@ import logging
 
 import pytest
 
-import augment
-import options
-import plugins
+from speakernet import augment
+from speakernet import options
+from speakernet import plugins
 import trainSpeakerNet
 from conftest import snapshot, train_argv
-from errors import UserError
-from options import OptionError, parse_options
+from speakernet.errors import UserError
+from speakernet.options import OptionError, parse_options
 
 REQUIRED = ["--model", "ResNetSE34L", "--trainfunc", "angleproto"]
 

@@ -3,9 +3,9 @@ import importlib
 
 import pytest
 
-import options
-import plugins
-from options import OptionError, parse_options
+from speakernet import options
+from speakernet import plugins
+from speakernet.options import OptionError, parse_options
 
 REQUIRED = ["--model", "ResNetSE34L", "--trainfunc", "angleproto"]
 

@@ -6,7 +6,7 @@ import soundfile
 
 import data_prep
 from conftest import SR, tone, write_wav
-from prep import lists
+from speakernet.prep import lists
 
 FIX = "(re-export the file; NaN/Inf samples poison training)"
 

@@ -11,8 +11,8 @@ and short inputs to stay within about a minute on two busy cores.
 import pytest
 import torch
 
-import options
-import plugins
+from speakernet import options
+from speakernet import plugins
 from loss.softmax import LossFunction
 from models.__main__ import (add_component_options, build_parser, count_macs, count_parameters,
                              export_torchscript, max_abs_difference, samples_for)

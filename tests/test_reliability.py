@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-import checkpoint
+from speakernet import checkpoint
 import trainSpeakerNet
 from conftest import REPO, make_corpus, snapshot, to_argv, tiny_options
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-import plugins
-from errors import UserError
+from speakernet import plugins
+from speakernet.errors import UserError
 from models._frontend import (LogMelFrontend, LogSpectrogramFrontend, MFCCFrontend, SpecAugment,
                              spec_augment_from_options)
-from options import parse_options
+from speakernet.options import parse_options
 
 # Options each encoder needs beyond the defaults (ECAPA-TDNN only has attentive statistics).
 ENCODER_OPTIONS = {"ECAPA_TDNN": dict(encoder_type="ASP"), "ResNetSE34V2": dict(encoder_type="ASP")}

@@ -8,13 +8,13 @@ import pytest
 import torch
 from scipy import signal
 
-import augment
-import sampler
+from speakernet import augment
+from speakernet import sampler
 import trainSpeakerNet
 from conftest import SR, train_argv, write_wav
 from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, TrainList, collate_views, crop_samples,
                            read_crop)
-from errors import UserError
+from speakernet.errors import UserError
 
 SPEEDS = (1.0, 0.9, 1.1)
 

@@ -16,17 +16,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import checkpoint
-import curriculum_data
-import options
-import plugins
+from speakernet import checkpoint
+from speakernet import curriculum_data
+from speakernet import options
+from speakernet import plugins
 import trainSpeakerNet
 from conftest import make_corpus, train_argv
 from DatasetLoader import SpeakerBalancedSampler, crop_samples, read_train_list
 from loss.cel import uniformity_loss
 from loss.dino import dino_loss
 from loss._ssl_curricula import parse_schedule
-from options import OptionError
+from speakernet.options import OptionError
 from scheduler import sgdr, steplr
 from SpeakerNet import SpeakerNet, Trainer
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+from speakernet import checkpoint
 import SpeakerNet
 import trainSpeakerNet
 from conftest import make_corpus, read_all, snapshot, train_argv
-from options import parse_options
+from speakernet.options import parse_options
 
 EVAL_FRAMES, NUM_EVAL = 30, 2
 

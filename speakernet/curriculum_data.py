@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import OptionError
+from speakernet.errors import OptionError
 from speakernet.atomic import atomic_file
 from speakernet.audio import SAMPLE_RATE
 

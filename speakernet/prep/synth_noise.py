@@ -9,8 +9,8 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 from tqdm import tqdm
 
-from prep.common import SR, generated_config, log, refuse_other_outputs, run_jobs, write_atomic, write_wav_atomic
-from prep.synth_corpus import draw_channel, draw_speaker, synth_utterance
+from speakernet.prep.common import SR, generated_config, log, refuse_other_outputs, run_jobs, write_atomic, write_wav_atomic
+from speakernet.prep.synth_corpus import draw_channel, draw_speaker, synth_utterance
 
 NOISE_CONFIG = "synthetic_noise.json"
 NOISE_VERSION = 1                 # bump when any generator below changes

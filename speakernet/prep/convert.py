@@ -11,9 +11,9 @@ import subprocess
 import soundfile
 from tqdm import tqdm
 
-from audio_manifest import _read_header       # one place decides what a usable audio file is
-from prep.common import SHOW, SR, PrepError, log, write_wav
-from prep.fetch import checksums, extract_archive, verify
+from speakernet.audio_manifest import _read_header       # one place decides what a usable audio file is
+from speakernet.prep.common import SHOW, SR, PrepError, log, write_wav
+from speakernet.prep.fetch import checksums, extract_archive, verify
 
 RIR_ROOMS = ("RIRS_NOISES/simulated_rirs/mediumroom/", "RIRS_NOISES/simulated_rirs/smallroom/")
 

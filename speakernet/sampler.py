@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from errors import UserError
+from speakernet.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import soundfile
 from numpy.lib.stride_tricks import sliding_window_view
 from tqdm import tqdm
 
-from prep.common import F32, SR
+from speakernet.prep.common import F32, SR
 
 
 def mel_filterbank(n_mels=40, n_fft=512, sr=SR):

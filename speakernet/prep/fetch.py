@@ -16,7 +16,7 @@ import zlib
 
 from tqdm import tqdm
 
-from prep.common import PrepError, log, write_atomic
+from speakernet.prep.common import PrepError, log, write_atomic
 
 # Published checksums (VoxCeleb's and OpenSLR's lists) of the archives voxceleb_trainer uses;
 # a --md5_list or the download list's own MD5 column takes precedence.

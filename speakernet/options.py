@@ -14,13 +14,13 @@ import sys
 
 import yaml
 
-import augment
-import evaluation
-import packed_audio
-import plugins
-import sampler
+from speakernet import augment
+from speakernet import evaluation
+from speakernet import packed_audio
+from speakernet import plugins
+from speakernet import sampler
 from models import _frontend as frontend
-from errors import OptionError  # noqa: F401 (re-exported)
+from speakernet.errors import OptionError  # noqa: F401 (re-exported)
 from speakernet.atomic import write_text
 from speakernet.config_file import load_config  # noqa: F401 (re-exported)
 from speakernet.option_types import ListOption, probability_list, split_list

@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import checkpoint
-from errors import ResumeConflict
+from speakernet import checkpoint
+from speakernet.errors import ResumeConflict
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from checkpoint import pid_alive
-from errors import LockedError
+from speakernet.checkpoint import pid_alive
+from speakernet.errors import LockedError
 
 log = logging.getLogger(__name__)
 

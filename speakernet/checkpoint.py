@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from errors import CheckpointError
+from speakernet.errors import CheckpointError
 from speakernet.atomic import atomic_file
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-from errors import UnknownComponentError
+from speakernet.errors import UnknownComponentError
 
 FACTORIES = {
     "models": "MainModel",
@@ -18,7 +18,7 @@ FACTORIES = {
 }
 OPTION_FOR_KIND = {"models": "--model", "loss": "--trainfunc", "optimizer": "--optimizer",
                    "scheduler": "--scheduler"}
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]      # the repository: models/, loss/, ...
 
 
 def available(kind):

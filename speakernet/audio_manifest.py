@@ -15,7 +15,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from errors import ListError, NonFiniteAudio  # noqa: F401 (re-exported)
+from speakernet.errors import ListError, NonFiniteAudio  # noqa: F401 (re-exported)
 from speakernet.atomic import atomic_file
 from speakernet.audio import SAMPLE_RATE
 

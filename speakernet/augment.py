@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-from audio_manifest import ListError, check_audio_files
-from errors import UserError
-from packed_audio import to_float
+from speakernet.audio_manifest import ListError, check_audio_files
+from speakernet.errors import UserError
+from speakernet.packed_audio import to_float
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import score_norm
+from speakernet import score_norm
 from DatasetLoader import read_train_list
-from errors import UserError
-from scoring import score_trials
+from speakernet.errors import UserError
+from speakernet.scoring import score_trials
 from speakernet.embeddings import (EXTRACT_CHUNK, FileSet, check_writable, cohort_embeddings,  # noqa: F401
                                    embed_files, export_embeddings, extract_to_npz, file_embeddings,
                                    files_to_export, shared_extract)
@@ -200,7 +200,7 @@ def _output_name(kind, tag, name="", suffix="", ext=".txt"):
 
 
 def _write_list_outputs(out_dir, tag, name, trials, scores, metrics, system_names, plots):
-    import plots as plotting      # matplotlib is only loaded when figures are wanted
+    from speakernet import plots as plotting      # matplotlib is only loaded when figures are wanted
 
     out_dir = Path(out_dir)
     outputs = {}

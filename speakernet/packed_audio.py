@@ -6,9 +6,9 @@ A training crop from a WAV costs an open(), a header parse, a seek and a libsndf
 conversion (about 0.04 ms), and the operating system's page cache does the rest. Samples are
 bit-identical to soundfile.read(..., dtype="float32") of the source files.
 
-    python3 packed_audio.py --list data/train_list.txt --root data/voxceleb2   # -> data/train_list.pack
-    python3 packed_audio.py --dir data/musan_split                             # -> data/musan_split.pack
-    python3 packed_audio.py --dir data/RIRS_NOISES/simulated_rirs
+    python3 -m speakernet.packed_audio --list data/train_list.txt --root data/voxceleb2   # -> data/train_list.pack
+    python3 -m speakernet.packed_audio --dir data/musan_split                             # -> data/musan_split.pack
+    python3 -m speakernet.packed_audio --dir data/RIRS_NOISES/simulated_rirs
 
 Without --out the pack goes where the trainer looks for it (`default_prefix`): beside the list
 (its name without the extension, plus .pack) or beside the folder (its name plus .pack). With
@@ -33,7 +33,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from errors import UserError
+from speakernet.errors import UserError
 
 from speakernet.atomic import atomic_file
 from speakernet.audio import INT16_SCALE as SCALE, SAMPLE_RATE, to_float  # noqa: F401 (re-exported)
@@ -233,7 +233,7 @@ def loader_packs(spec, train_list_path, train_path, train_files, train_lengths, 
         for prefix in (p.strip() for p in spec.split(",") if p.strip()):
             if not exists(prefix):
                 raise UserError(f"--packs {prefix}: no {prefix}.pcm and {prefix}.index.npz; "
-                                        f"write it with packed_audio.py")
+                                        f"write it with python3 -m speakernet.packed_audio")
             # A named pack may hold either kind of file: try each root it could be relative to.
             for root, paths, lengths, what in ((train_path, train_files, train_lengths, "training list"),
                                                (musan_path, bank_paths, bank_lengths, "musan"),

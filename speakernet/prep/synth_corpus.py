@@ -13,7 +13,7 @@ from scipy.ndimage import uniform_filter1d
 from scipy.signal import fftconvolve
 from tqdm import tqdm
 
-from prep.common import F32, SR, generated_config, log, refuse_other_outputs, run_jobs, write_atomic, write_wav
+from speakernet.prep.common import F32, SR, generated_config, log, refuse_other_outputs, run_jobs, write_atomic, write_wav
 
 N_FFT, HOP = 512, 256             # synthesis STFT: 32 ms frames, 16 ms control rate
 FREQS = np.fft.rfftfreq(N_FFT, 1.0 / SR)
