@@ -8,6 +8,7 @@ tensors; the DataLoader calls `TrainDataset.__getitems__`, which reads a whole b
 into those tensors with the same result.
 """
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,9 +18,11 @@ from torch.utils.data import Dataset
 
 from speakernet.errors import message_of
 from speakernet.audio import INT16_SCALE as PACK_SCALE, crop_samples
+from speakernet.path_table import PathTable
 
 from speakernet.packed_audio import PackReader
-from speakernet.audio_manifest import ListError, NonFiniteAudio, check_audio_files, check_finite, resolve
+from speakernet.audio_manifest import (ListError, NonFiniteAudio, check_audio_files, check_finite, is_plain,
+                                       resolve)
 from speakernet.augment import (KINDS, NONE, REVERB, Augmenter, collate_augmentation, read_augmentation, speed_change,
                      speed_read_length)
 
@@ -48,7 +51,7 @@ class TrainList:
         return f"{self.source}:{self.line_numbers[index]}" if self.line_numbers is not None else self.source
 
 
-def read_train_list(list_path, train_path, need_labels=True, allow_outside=False):
+def read_train_list(list_path, train_path, need_labels=True, allow_outside=False, recheck=False):
     """Parse `speaker path` lines (or bare `path` lines when labels are not needed)."""
     names, files, lines = [], [], []
     for number, columns in _list_lines(list_path):
@@ -65,18 +68,18 @@ def read_train_list(list_path, train_path, need_labels=True, allow_outside=False
         lines.append(number)
     if not files:
         raise ListError(f"{list_path}: the training list is empty")
-    _warn_duplicates(list_path, list(zip(names, files)), lines, "line")
-    lengths = check_audio_files(list_path, train_path, files, lines, allow_outside)
+    _warn_duplicates(list_path, files, lines, "line")
+    lengths = check_audio_files(list_path, train_path, files, lines, allow_outside, recheck)
     if None in names:
         labels = np.full(len(files), -1, dtype=np.int64)
         speakers = []
     else:
-        speakers = sorted(set(names))
-        index = {name: i for i, name in enumerate(speakers)}
-        labels = np.array([index[name] for name in names], dtype=np.int64)
-    return TrainList(files=[_join(train_path, f) for f in files], lengths=lengths,
-                     labels=labels, speakers=speakers, source=str(list_path),
-                     line_numbers=np.array(lines, dtype=np.int64))
+        speakers, labels = np.unique(np.array(names), return_inverse=True)
+        speakers, labels = speakers.tolist(), labels.astype(np.int64)
+    prefix = os.path.join(str(train_path), "")
+    return TrainList(files=PathTable(prefix + f if is_plain(f) else _join(train_path, f) for f in files),
+                     lengths=lengths, labels=labels, speakers=speakers, source=str(list_path),
+                     line_numbers=np.array(lines, dtype=np.int32))
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from speakernet import checkpoint
+from speakernet import audio_manifest, checkpoint
 from speakernet import curriculum_data
 from speakernet import evaluation
 from speakernet import plugins
@@ -408,6 +408,7 @@ class Validation:
 
 
 def run(options):
+    audio_manifest.RECHECK_ALL["on"] = options.recheck_audio
     rank, world_size, local_rank = init_distributed(options)
     finished = False
     try:

@@ -91,6 +91,9 @@ def build_parser():
     g.add_argument("--test_path", type=str, default="data/voxceleb1", help="root of test_list paths")
     g.add_argument("--musan_path", type=str, default="data/musan_split", help="MUSAN noise root")
     g.add_argument("--rir_path", type=str, default="data/RIRS_NOISES/simulated_rirs", help="RIR root")
+    g.add_argument("--recheck_audio", help="check every listed file's size and time again, rereading "
+                   "changed headers (a later start otherwise trusts the manifest while the list and "
+                   "the folders are unchanged)", **flag)
     g.add_argument("--allow_outside_paths", help="let list entries be absolute or use '..' "
                    "(by default they must stay under --train_path/--test_path)", **flag)
     g = p.add_argument_group("model")

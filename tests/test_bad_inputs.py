@@ -239,50 +239,83 @@ def header_reads(monkeypatch):
 def test_manifest_is_reused(corpus, header_reads):
     first = read_train_list(str(corpus.train_list), str(corpus.root))
     assert len(header_reads) == len(corpus.train_lines)
-    assert os.path.exists(f"{corpus.train_list}.manifest.json")
+    assert os.path.exists(f"{corpus.train_list}.manifest.npz")
     header_reads.clear()
     second = read_train_list(str(corpus.train_list), str(corpus.root))
     assert header_reads == []
     assert np.array_equal(first.lengths, second.lengths)
-    assert first.files == second.files
+    assert list(first.files) == list(second.files)
 
 
-def test_touching_one_file_rereads_only_it(corpus, header_reads):
+def test_later_start_makes_no_stat_call_per_file(corpus, monkeypatch):
+    read_train_list(str(corpus.train_list), str(corpus.root))
+    stats = []
+    original = os.stat
+    monkeypatch.setattr(audio_manifest.os, "stat", lambda path, *a, **k: stats.append(str(path)) or original(path, *a, **k))
+    read_train_list(str(corpus.train_list), str(corpus.root))
+    assert not any(path.endswith(".wav") for path in stats)          # folders and the list only
+    assert len(stats) <= 2 + len({os.path.dirname(p) for _, p in corpus.train_lines})   # the list, the root
+
+
+def test_touched_file_is_reread_only_with_recheck(corpus, header_reads):
     read_train_list(str(corpus.train_list), str(corpus.root))
     target = corpus.root / corpus.train_lines[5][1]
     stat = target.stat()
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
     header_reads.clear()
-    read_train_list(str(corpus.train_list), str(corpus.root))
+    read_train_list(str(corpus.train_list), str(corpus.root))         # its folder did not change
+    assert header_reads == []
+    read_train_list(str(corpus.train_list), str(corpus.root), recheck=True)
     assert header_reads == [str(target)]
     header_reads.clear()
-    read_train_list(str(corpus.train_list), str(corpus.root))      # and it is cached again
+    read_train_list(str(corpus.train_list), str(corpus.root), recheck=True)   # cached again
     assert header_reads == []
 
 
-def test_modified_file_gets_its_new_length(corpus, header_reads):
+def test_replaced_file_gets_its_new_length(corpus, header_reads):
+    """Replacing a file (written beside it, renamed over it) changes its folder: no recheck needed."""
     read_train_list(str(corpus.train_list), str(corpus.root))
     target = corpus.root / corpus.train_lines[2][1]
-    write_wav(target, tone(np.random.default_rng(9), 12345, 300))
+    stat = target.parent.stat()
+    write_wav(target.with_name("new.wav"), tone(np.random.default_rng(9), 12345, 300))
+    os.replace(target.with_name("new.wav"), target)
+    os.utime(target.parent, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))  # coarse clocks
     header_reads.clear()
     train = read_train_list(str(corpus.train_list), str(corpus.root))
-    assert header_reads == [str(target)]
+    assert str(target) in header_reads
     assert train.lengths[2] == 12345 == soundfile.info(str(target)).frames
 
 
-def test_file_broken_after_caching_is_caught(corpus, header_reads):
+def test_file_broken_in_place_is_caught_by_recheck(corpus, header_reads):
     read_train_list(str(corpus.train_list), str(corpus.root))
     target = corpus.root / corpus.train_lines[4][1]
     write_wav(target, tone(np.random.default_rng(9), 8000, 300), sr=8000)
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 2_000_000_000))
     with pytest.raises(audio_manifest.ListError, match=f"{corpus.train_list}:5"):
-        read_train_list(str(corpus.train_list), str(corpus.root))
+        read_train_list(str(corpus.train_list), str(corpus.root), recheck=True)
 
 
 def test_corrupt_manifest_is_ignored(corpus, header_reads):
     read_train_list(str(corpus.train_list), str(corpus.root))
-    with open(f"{corpus.train_list}.manifest.json", "w") as handle:
-        handle.write("{not json")
+    with open(f"{corpus.train_list}.manifest.npz", "wb") as handle:
+        handle.write(b"not a numpy file")
     header_reads.clear()
     train = read_train_list(str(corpus.train_list), str(corpus.root))
     assert len(header_reads) == len(corpus.train_lines)
     assert [soundfile.info(str(f)).frames for f in train.files] == train.lengths.tolist()
+
+
+def test_wav_header_parser_agrees_with_libsndfile(tmp_path):
+    cases = [("PCM_16", 12345, 1, 16000), ("FLOAT", 777, 1, 16000), ("PCM_24", 1000, 2, 8000),
+             ("PCM_32", 5, 1, 16000), ("DOUBLE", 100, 1, 44100)]
+    for subtype, frames, channels, rate in cases:
+        path = tmp_path / f"{subtype}.wav"
+        soundfile.write(str(path), np.zeros((frames, channels)), rate, subtype=subtype)
+        info = soundfile.info(str(path))
+        assert audio_manifest._wav_header(path) == (info.samplerate, info.channels, info.frames), subtype
+    flac = tmp_path / "a.flac"
+    soundfile.write(str(flac), np.zeros(100), 16000)
+    assert audio_manifest._wav_header(flac) is None                   # libsndfile reads it
+    truncated = tmp_path / "truncated.wav"
+    truncated.write_bytes((tmp_path / "PCM_16.wav").read_bytes()[:1044])
+    assert audio_manifest._wav_header(truncated) == (16000, 1, 500)    # what the file holds

@@ -168,8 +168,8 @@ def test_extract_to_an_unwritable_place(corpus, tmp_path, caplog):
 def test_whole_file_scoring_of_a_file_shorter_than_a_window(corpus, tmp_path, caplog):
     save = tmp_path / "exp"
     assert trainSpeakerNet.main([str(a) for a in train_argv(corpus, save, max_epoch=1)]) == 0
-    write_wav(corpus.root / corpus.test_files[1], tone(np.random.default_rng(2), 250, 300))
-    code, errors = run_main(train_argv(corpus, save, eval_frames=0, flags=("eval",)), caplog)
+    write_wav(corpus.root / corpus.test_files[1], tone(np.random.default_rng(2), 250, 300))   # in place:
+    code, errors = run_main(train_argv(corpus, save, eval_frames=0, flags=("eval", "recheck_audio")), caplog)
     assert code == 0, errors
     assert any("shorter than 400 samples" in m for m in warnings_of(caplog))
 
