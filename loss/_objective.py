@@ -14,6 +14,7 @@ side on request (`data_request`) and handed back (`receive_data`).
 import difflib
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 
@@ -103,3 +104,33 @@ class PlainObjective(ContractDefaults):
 def as_contract(objective):
     """The objective itself when it is an Objective, else its PlainObjective view."""
     return objective if isinstance(objective, Objective) else PlainObjective(objective)
+
+
+# ---------------------------------------------------------------------------- helpers of objectives
+# Batch shapes of the contract: x is N x V x D (V views per group), or N x D.
+
+def flatten_labelled(x, label):
+    """Classifier objectives: every view is one more labelled example.
+
+    N x V x D with N labels -> N*V x D with N*V labels (row n*V + v is view v of group n);
+    N x D passes through.
+    """
+    if x.dim() == 3:
+        label = label.repeat_interleave(x.size(1))
+        x = x.reshape(-1, x.size(-1))
+    return x, label
+
+
+def require_views(x, name, minimum=2, exactly=None):
+    """Metric objectives need N x V x D with enough views; fail with the fix in the message."""
+    views = x.size(1) if x.dim() == 3 else 1
+    if views < minimum or (exactly is not None and views != exactly):
+        wanted = exactly if exactly is not None else f"at least {minimum}"
+        raise ValueError(f"{name} needs {wanted} utterances per speaker, got {views}: "
+                         f"set --nPerSpeaker {exactly or minimum}")
+
+
+@torch.no_grad()
+def top1_accuracy(logits, target):
+    """Top-1 accuracy in percent, the progress-bar metric of the classification-like objectives."""
+    return (logits.argmax(dim=-1) == target).float().mean() * 100.0

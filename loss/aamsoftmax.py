@@ -17,10 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._objective import Needs, Objective
-from loss._accuracy import top1_accuracy
+from loss._objective import Needs, Objective, flatten_labelled, top1_accuracy
 from loss._curriculum import held_then_ramped
-from loss._labelled_views import flatten_labelled
 from speakernet.errors import OptionError
 
 

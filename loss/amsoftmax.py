@@ -8,9 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._objective import Needs, Objective
-from loss._accuracy import top1_accuracy
-from loss._labelled_views import flatten_labelled
+from loss._objective import Needs, Objective, flatten_labelled, top1_accuracy
 
 
 class LossFunction(Objective):

@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from loss import acont, angleproto
-from loss._objective import Needs, Objective
-from loss._labelled_views import require_views
+from loss._objective import Needs, Objective, require_views
 from loss._ssl_common import full_precision
 from loss._ssl_curricula import Curricula, CurriculumHooks
 from loss._ssl_curricula import add_arguments as add_curriculum_arguments

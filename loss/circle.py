@@ -37,10 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._objective import Needs, Objective
-from loss._accuracy import top1_accuracy
+from loss._objective import Needs, Objective, flatten_labelled, top1_accuracy
 from loss._curriculum import check_stage_starts, parse_intervals, parse_list, stage_of
-from loss._labelled_views import flatten_labelled
 from speakernet.errors import OptionError
 
 # Defaults of generic options when the user sets them neither in YAML nor on the command line

@@ -11,9 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._objective import Needs, Objective
-from loss._accuracy import top1_accuracy
-from loss._labelled_views import require_views
+from loss._objective import Needs, Objective, require_views, top1_accuracy
 
 
 class LossFunction(Objective):

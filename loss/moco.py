@@ -34,9 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._objective import Needs, Objective
-from loss._accuracy import top1_accuracy
-from loss._labelled_views import require_views
+from loss._objective import Needs, Objective, require_views, top1_accuracy
 from loss._ssl_common import MomentumCopy, StudentLink, all_gather_rows, full_precision, views_at
 from loss._ssl_curricula import Curricula, CurriculumHooks
 from loss._ssl_curricula import add_arguments as add_curriculum_arguments

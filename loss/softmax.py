@@ -2,8 +2,7 @@
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._objective import Needs, Objective
-from loss._accuracy import top1_accuracy
+from loss._objective import Needs, Objective, top1_accuracy
 
 
 class LossFunction(Objective):

@@ -6,9 +6,8 @@ Submodules are named 'softmax' and 'angleproto' so the state dict ('softmax.fc.*
 'angleproto.w', 'angleproto.b') matches voxceleb_trainer's checkpoints.
 """
 
-from loss._objective import Needs, Objective
+from loss._objective import Needs, Objective, require_views
 from loss.angleproto import LossFunction as AngularPrototypical
-from loss._labelled_views import require_views
 from loss.softmax import LossFunction as Softmax
 
 

@@ -18,8 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from loss._objective import Needs, Objective
-from loss._labelled_views import require_views
+from loss._objective import Needs, Objective, require_views
 from speakernet.errors import OptionError
 
 MINING_MODES = ("hard", "semihard", "random", "chnm")
