@@ -21,8 +21,7 @@ from speakernet.audio import INT16_SCALE as PACK_SCALE, crop_samples
 from speakernet.path_table import PathTable
 
 from speakernet.packed_audio import PackReader
-from speakernet.audio_manifest import (ListError, NonFiniteAudio, check_audio_files, check_finite, is_plain,
-                                       resolve)
+from speakernet.audio_manifest import ListError, NonFiniteAudio, check_audio_files, check_finite, resolve
 from speakernet.augment import (KINDS, NONE, REVERB, Augmenter, collate_augmentation, read_augmentation, speed_change,
                      speed_read_length)
 
@@ -76,9 +75,7 @@ def read_train_list(list_path, train_path, need_labels=True, allow_outside=False
     else:
         speakers, labels = np.unique(np.array(names), return_inverse=True)
         speakers, labels = speakers.tolist(), labels.astype(np.int64)
-    prefix = os.path.join(str(train_path), "")
-    return TrainList(files=PathTable(prefix + f if is_plain(f) else _join(train_path, f) for f in files),
-                     lengths=lengths, labels=labels, speakers=speakers, source=str(list_path),
+    return TrainList(files=PathTable(files, prefix=os.path.join(str(train_path), "")), lengths=lengths, labels=labels, speakers=speakers, source=str(list_path),
                      line_numbers=np.array(lines, dtype=np.int32))
 
 
@@ -148,6 +145,8 @@ def _space_hint(columns, expected):
 
 def _warn_duplicates(list_path, entries, lines, what):
     """Warn once about entries (lines or trials) that repeat an earlier one."""
+    if len(set(entries)) == len(entries):          # the usual case, in one pass
+        return
     first, repeats = {}, []
     for entry, line in zip(entries, lines):
         if entry in first:

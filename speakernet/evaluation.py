@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speakernet import calibration as calibrating
 from speakernet import score_norm
 from DatasetLoader import read_train_list
 from speakernet.errors import UserError
@@ -76,7 +77,45 @@ def add_arguments(parser):
                         "(default: every file of the --test_list lists)")
     g.add_argument("--extract_crops", action=argparse.BooleanOptionalAction, default=False,
                    help="for --extract: also store every crop's embedding (files x crops x D)")
+    g.add_argument("--calibrate", type=str, default="",
+                   help="fit a score calibration (score -> LLR) on this labelled trial list, "
+                        "scored with the same model; writes <checkpoint stem>.calibrated.model "
+                        "beside --initial_model (never replacing a file) and reports actDCF, Cllr "
+                        "and min Cllr of the --test_list lists")
+    g.add_argument("--calibration_prior", type=prior_or_zero, default=0.0,
+                   help="effective target prior of the calibration fit, and of --verify's "
+                        "decision (0 = the first --dcf_p_target for the fit, the calibration's "
+                        "own prior for --verify)")
+    g.add_argument("--verify", nargs=2, metavar=("WAV1", "WAV2"), default="", action=VerifyAction,
+                   help="score two audio files with --initial_model and log score, LLR and the "
+                        "decision (the model and its options come from the checkpoint)")
     return g
+
+
+def prior_or_zero(value):
+    """A prior in (0, 1), or 0 for the default (--calibration_prior)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise OptionValueError(f"'{value}' is not a number (a prior in (0, 1), or 0)") from None
+    if not (number == 0 or 0 < number < 1):
+        raise OptionValueError(f"{value} is not a prior in (0, 1) (or 0 for the default)")
+    return number
+
+
+class VerifyAction(argparse.Action):
+    """--verify A B. The encoder and its options come from the checkpoint, so --model and
+    --trainfunc, which the option check requires of every other mode, may be left out: when
+    they are empty they are set to a marker that only the --verify branch sees (it never
+    builds a model from them)."""
+
+    MARKER = "(from --initial_model)"
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, list(values))
+        for name in ("model", "trainfunc"):
+            if not getattr(namespace, name, ""):
+                setattr(namespace, name, self.MARKER)
 
 
 @dataclass(frozen=True)
@@ -91,6 +130,7 @@ class EvalSettings:
     cohort_utts: int = 5
     cohort_speakers: int = 0
     seed: int = 10
+    calibration_prior: float = 0.0      # 0: the first of p_targets (calibration.py)
 
     def __post_init__(self):
         for name in ("p_targets", "far_targets", "frr_targets"):
@@ -109,7 +149,15 @@ class EvalSettings:
                    c_fa=options.dcf_c_fa, far_targets=probability_list(options.far_targets),
                    frr_targets=probability_list(options.frr_targets),
                    asnorm_top_n=options.asnorm_top_n, cohort_utts=options.cohort_utts,
-                   cohort_speakers=options.cohort_speakers, seed=options.seed)
+                   cohort_speakers=options.cohort_speakers, seed=options.seed,
+                   calibration_prior=getattr(options, "calibration_prior", 0.0) or 0.0)
+
+    @property
+    def fit_prior(self):
+        """The effective prior calibrations are fitted at."""
+        if self.calibration_prior:
+            return self.calibration_prior
+        return self.p_targets[0] if self.p_targets else 0.5
 
 
 def _pair_scores(embeddings, pairs, normalize):
@@ -139,13 +187,17 @@ def format_metrics(metrics):
     parts += [f"minDCF({p}) {v['value']:.4f}" for p, v in metrics["min_dcf"].items()]
     parts += [f"FRR@FAR={100 * float(t):g}% {v['frr']:.2f}%" for t, v in metrics["frr_at_far"].items()]
     parts += [f"FAR@FRR={100 * float(t):g}% {v['far']:.2f}%" for t, v in metrics["far_at_frr"].items()]
+    calibrated = metrics.get("calibrated")
+    if calibrated and calibrated["cllr"] is not None:
+        parts += [f"actDCF({p}) {v:.4f}" for p, v in calibrated["act_dcf"].items()]
+        parts += [f"Cllr {calibrated['cllr']:.4f}", f"minCllr {calibrated['min_cllr']:.4f}"]
     return "  ".join(parts)
 
 
 # ---------------------------------------------------------------------------- evaluation
 
 def evaluate_lists(embeddings, trial_set, settings, normalize=True, cohort=None, out_dir=None,
-                   tag="", plots=True):
+                   tag="", plots=True, calibration=None):
     """Score every list of a TrialSet, optionally AS-normalised, and write the outputs.
 
     embeddings: files x crops x D crops of trial_set.files (or files x D file_embeddings
@@ -156,6 +208,10 @@ def evaluate_lists(embeddings, trial_set, settings, normalize=True, cohort=None,
     results_T.json with every figure. Existing files are never overwritten (a numeric
     suffix is added). Returns the report written to the JSON, where each list's entry also
     holds its scores as numpy arrays under 'scores' (left out of the JSON).
+
+    calibration: a calibration.Calibration of the raw scores, or None; with one, each list's
+    raw metrics also hold 'calibrated' (calibration.calibrated_metrics: Cllr, min Cllr and
+    actDCF at each p_target) and the report holds the map under 'calibration'.
     """
     started = time.perf_counter()
     embeddings = torch.as_tensor(embeddings).float()
@@ -171,6 +227,8 @@ def evaluate_lists(embeddings, trial_set, settings, normalize=True, cohort=None,
     system_names = {"raw": "cosine" if normalize else "-distance", "asnorm": "AS-norm"}
     report = {"tag": tag, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "settings": asdict(settings),
               "files": len(trial_set.files), "lists": {}}
+    if calibration is not None:
+        report["calibration"] = calibration.to_dict()
     for name, path, trials in zip(trial_set.names, trial_set.paths, trial_set.lists):
         scores = {"raw": _pair_scores(embeddings, trials.pairs, normalize)}
         if stats is not None:
@@ -178,6 +236,10 @@ def evaluate_lists(embeddings, trial_set, settings, normalize=True, cohort=None,
         metrics = {system: compute_metrics(values, trials.labels, settings.p_targets, settings.c_miss,
                                            settings.c_fa, settings.far_targets, settings.frr_targets)
                    for system, values in scores.items()}
+        if calibration is not None:
+            metrics["raw"]["calibrated"] = calibrating.calibrated_metrics(
+                scores["raw"], trials.labels, calibration, settings.p_targets, settings.c_miss,
+                settings.c_fa)
         entry = {"list": str(path), "trials": len(trials.labels), "metrics": metrics, "outputs": {},
                  "scores": scores}
         if out_dir is not None:
@@ -234,6 +296,12 @@ def summary_record(report):
             record[f"val_eer{suffix}/{name}"] = metrics["eer"]
             for p, value in metrics["min_dcf"].items():
                 record[f"val_min_dcf{suffix}@{p}/{name}"] = value["value"]
+            calibrated = metrics.get("calibrated")
+            if calibrated:
+                record[f"val_cllr/{name}"] = calibrated["cllr"]
+                record[f"val_min_cllr/{name}"] = calibrated["min_cllr"]
+                for p, value in calibrated["act_dcf"].items():
+                    record[f"val_act_dcf@{p}/{name}"] = value
     return record
 
 
@@ -242,14 +310,25 @@ class Evaluation:
 
     Build it before training starts, so a missing file stops the run before any epoch;
     call run() at every validation and for --eval.
+
+    calibration: a calibration.Calibration applied to the raw scores of every list (actDCF,
+    Cllr, min Cllr are then reported). dev_list: a labelled trial list (--calibrate) whose
+    files are embedded with the lists' (shared files once); run() fits the calibration on its
+    raw scores at settings.fit_prior and reports the lists with it.
     """
 
-    def __init__(self, list_paths, test_path, settings, out_dir=None, cohort_list=None, plots=True):
+    def __init__(self, list_paths, test_path, settings, out_dir=None, cohort_list=None, plots=True,
+                 calibration=None, dev_list=None):
         self.test_path = test_path
         self.settings = settings
         self.out_dir = out_dir
         self.plots = plots
-        self.trial_set = load_trial_lists(list_paths, test_path)
+        self.calibration = calibration
+        self.dev_list, self.dev_trials = dev_list or None, None
+        if self.dev_list:
+            self.trial_set, self.dev_trials = _with_dev_list(list_paths, self.dev_list, test_path)
+        else:
+            self.trial_set = load_trial_lists(list_paths, test_path)
         self.cohort = None
         if settings.asnorm_top_n:
             if cohort_list is None:
@@ -264,14 +343,26 @@ class Evaluation:
         settings = EvalSettings.from_options(options)
         if settings.asnorm_top_n and train_list is None:
             train_list = read_train_list(options.train_list, options.train_path, need_labels=False)
+        dev_list = getattr(options, "calibrate", "") or None
+        # --eval of a checkpoint written by --calibrate reports with its calibration.
+        calibration = None
+        if getattr(options, "eval", False) and not dev_list and getattr(options, "initial_model", ""):
+            calibration = calibrating.load(options.initial_model)
+            if calibration is not None:
+                log.info("%s holds a calibration (fitted on %s at prior %g): reporting actDCF, "
+                         "Cllr and min Cllr", options.initial_model, calibration.source,
+                         calibration.prior)
         return cls(options.test_list, options.test_path, settings,
-                   out_dir=Path(options.save_path) / "result", cohort_list=train_list)
+                   out_dir=Path(options.save_path) / "result", cohort_list=train_list,
+                   calibration=calibration, dev_list=dev_list)
 
-    def run(self, extract, normalize=True, tag="", score=True):
+    def run(self, extract, normalize=True, tag="", score=True, on_calibrated=None):
         """Embed the lists' files (and the cohort), score, write outputs -> report.
 
         With score=False it only embeds and returns None: the other ranks of a distributed
-        run, whose `extract` (shared_extract) needs every rank to take part."""
+        run, whose `extract` (shared_extract) needs every rank to take part. With a dev list
+        the calibration is fitted first and passed to on_calibrated(calibration) (which
+        stores it) before the lists are evaluated with it."""
         started = time.perf_counter()
         trial_set = self.trial_set
         embeddings, crops = embed_files(extract, trial_set.files, trial_set.lengths,
@@ -285,13 +376,50 @@ class Evaluation:
         extracted = time.perf_counter() - started
         if not score:
             return None
+        if self.dev_trials is not None:
+            self.calibration = self.fit_calibration(embeddings if normalize else crops, normalize)
+            if on_calibrated is not None:
+                on_calibrated(self.calibration)
         report = evaluate_lists(embeddings if normalize else crops, trial_set, self.settings,
                                 normalize=normalize, cohort=cohort, out_dir=self.out_dir, tag=tag,
-                                plots=self.plots)
+                                plots=self.plots, calibration=self.calibration)
         report["extract_seconds"] = extracted
         log.info("evaluated %d files%s in %.1f s (embedding %.1f s)", len(trial_set.files),
                  f" and {len(self.cohort.files)} cohort files" if cohort is not None else "",
                  time.perf_counter() - started, extracted)
         return report
+
+    def fit_calibration(self, embeddings, normalize=True):
+        """The calibration of the dev list's raw scores (embeddings of trial_set.files)."""
+        dev = self.dev_trials
+        scores = _pair_scores(torch.as_tensor(embeddings).float(), dev.pairs, normalize)
+        try:
+            fitted = calibrating.fit(scores, dev.labels, self.settings.fit_prior, self.settings.c_miss,
+                                     self.settings.c_fa, source=self.dev_list)
+        except UserError as err:
+            raise UserError(f"--calibrate {self.dev_list}: {err}") from None
+        log.info("calibration on %s (%d trials, %d targets, prior %g): llr = %.6g * score + %.6g; "
+                 "dev Cllr %.4f, min Cllr %.4f", self.dev_list, fitted.trials, fitted.targets,
+                 fitted.prior, fitted.scale, fitted.offset, fitted.dev_cllr, fitted.dev_min_cllr)
+        return fitted
+
+
+def _with_dev_list(list_paths, dev_list, test_path):
+    """(TrialSet of the --test_list lists over the files of those lists and the dev list,
+    the dev list's TrialList); files named by both are embedded once."""
+    paths = list(dict.fromkeys(split_list(list_paths)))
+    if not paths:
+        raise UserError("no trial list given (--test_list)")
+    if dev_list in paths:
+        log.warning("--calibrate %s is also a --test_list list: its actDCF and Cllr are measured on "
+                    "the trials the calibration was fitted to (optimistic)", dev_list)
+    combined = load_trial_lists(paths + [dev_list], test_path)
+    dev = combined.lists[combined.paths.index(dev_list)]
+    if not ((dev.labels == 1).any() and (dev.labels == 0).any()):
+        raise UserError(f"--calibrate {dev_list}: needs labelled target (1) and non-target (0) "
+                        f"trials ('label file1 file2' lines)")
+    lists = [combined.lists[combined.paths.index(p)] for p in paths]
+    return TrialSet(paths=paths, names=list_names(paths), lists=lists, files=combined.files,
+                    lengths=combined.lengths, origins=combined.origins), dev
 
 

@@ -8,13 +8,19 @@ import numpy as np
 
 
 class PathTable:
-    """Read-only sequence of paths: UTF-8 bytes in one buffer, with offsets."""
+    """Read-only sequence of paths `prefix + entry` (an absolute entry stands alone): the
+    entries' UTF-8 bytes in one buffer, with offsets."""
 
-    def __init__(self, paths):
-        encoded = [p.encode("utf-8") for p in paths]
-        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
-        self._data = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+    def __init__(self, entries, prefix=""):
+        entries = list(entries)
+        self.prefix = prefix
+        blob = "".join(entries).encode("utf-8")
+        sizes = np.fromiter(map(len, entries), dtype=np.int64, count=len(entries))
+        if len(blob) != sizes.sum():           # non-ASCII names: count bytes, not characters
+            sizes = np.fromiter((len(e.encode("utf-8")) for e in entries), dtype=np.int64, count=len(entries))
+        self._offsets = np.zeros(len(entries) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=self._offsets[1:])
+        self._data = np.frombuffer(blob, dtype=np.uint8).copy()
 
     def __len__(self):
         return len(self._offsets) - 1
@@ -26,7 +32,8 @@ class PathTable:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(index)
-        return self._data[self._offsets[index]:self._offsets[index + 1]].tobytes().decode("utf-8")
+        entry = self._data[self._offsets[index]:self._offsets[index + 1]].tobytes().decode("utf-8")
+        return entry if entry.startswith("/") else self.prefix + entry
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))

@@ -33,12 +33,13 @@ def _systems(scores):
     return {"scores": np.asarray(scores, dtype=np.float64)}
 
 
-def _save(fig, path):
+def save_png(fig, path, dpi=100):
+    """Draw `fig` into the PNG `path` (replaced atomically) -> path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     with atomic_file(path) as handle:
-        fig.savefig(handle, format="png", dpi=100)
+        fig.savefig(handle, format="png", dpi=dpi)
     return path
 
 
@@ -98,7 +99,7 @@ def plot_det(scores, labels, path, title=""):
     ax.grid(True, linewidth=0.4, alpha=0.6)
     ax.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_score_histogram(scores, labels, path, title="", thresholds=None):
@@ -129,4 +130,4 @@ def plot_score_histogram(scores, labels, path, title="", thresholds=None):
         ax.legend(fontsize="small")
     fig.suptitle(title or "Score distributions")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -19,10 +19,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from speakernet.atomic import atomic_file, json_safe
+from speakernet.atomic import json_safe
+from speakernet.plots import save_png
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,4 @@ def plot_training_curves(jsonl_path, png_path):
         ax.set_xlabel("epoch")
         ax.grid(True, linewidth=0.4, alpha=0.6)
     fig.tight_layout()
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    with atomic_file(png_path) as handle:
-        fig.savefig(handle, format="png", dpi=90)
-    return png_path
+    return save_png(fig, png_path, dpi=90)

@@ -306,16 +306,20 @@ def test_corrupt_manifest_is_ignored(corpus, header_reads):
 
 
 def test_wav_header_parser_agrees_with_libsndfile(tmp_path):
+    def header(path):
+        with open(path, "rb") as handle:
+            return audio_manifest._wav_header(handle)
+
     cases = [("PCM_16", 12345, 1, 16000), ("FLOAT", 777, 1, 16000), ("PCM_24", 1000, 2, 8000),
              ("PCM_32", 5, 1, 16000), ("DOUBLE", 100, 1, 44100)]
     for subtype, frames, channels, rate in cases:
         path = tmp_path / f"{subtype}.wav"
         soundfile.write(str(path), np.zeros((frames, channels)), rate, subtype=subtype)
         info = soundfile.info(str(path))
-        assert audio_manifest._wav_header(path) == (info.samplerate, info.channels, info.frames), subtype
+        assert header(path) == (info.samplerate, info.channels, info.frames), subtype
     flac = tmp_path / "a.flac"
     soundfile.write(str(flac), np.zeros(100), 16000)
-    assert audio_manifest._wav_header(flac) is None                   # libsndfile reads it
+    assert header(flac) is None                                       # libsndfile reads it
     truncated = tmp_path / "truncated.wav"
     truncated.write_bytes((tmp_path / "PCM_16.wav").read_bytes()[:1044])
-    assert audio_manifest._wav_header(truncated) == (16000, 1, 500)    # what the file holds
+    assert header(truncated) == (16000, 1, 500)                       # what the file holds
