@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from speakernet import audio_manifest, checkpoint
+from speakernet import calibration
 from speakernet import curriculum_data
 from speakernet import evaluation
 from speakernet import plugins
@@ -178,6 +179,41 @@ def evaluate_only(options, model, device, rank=0):
     trainer = Trainer(model, None, None, None, device, options.mixedprec, is_main=rank == 0)
     return evaluator.run(make_extractor(trainer, options), tag="eval", score=rank == 0,
                          normalize=model.contract.test_normalize)
+
+
+def calibrate_only(options, model, device, rank=0):
+    """--calibrate DEV: fit score -> LLR on the dev list's scores, write the calibrated copy of
+    the checkpoint (<stem>.calibrated.model; the checkpoint itself is never changed) and
+    evaluate the --test_list lists with actDCF, Cllr and min Cllr (speakernet/calibration.py)."""
+    if options.distributed:
+        raise OptionError("--calibrate runs in one process; drop --distributed")
+    source = options.initial_model or newest_checkpoint(options.save_path)
+    target = calibration.calibrated_path(source)
+    calibration.check_new_file(target, source)            # before any embedding
+    evaluator = evaluation.Evaluation.from_options(options)
+    load_initial_weights(model, source)
+    prepare_save_path(options.save_path)
+    log.info("calibrating %s on %s; evaluating %s", source, options.calibrate,
+             ", ".join(map(str, evaluator.trial_set.paths)))
+    trainer = Trainer(model, None, None, None, device, options.mixedprec, is_main=rank == 0)
+    return evaluator.run(make_extractor(trainer, options), tag="eval",
+                         normalize=model.contract.test_normalize,
+                         on_calibrated=lambda fitted: calibration.write_calibrated_checkpoint(
+                             source, target, fitted, options))
+
+
+def verify_only(options, device):
+    """--verify A B: score two files with --initial_model (its own model and options) and log
+    the score, the LLR and the decision (speakernet/embedder.py)."""
+    from speakernet.embedder import Embedder
+
+    if not options.initial_model:
+        raise OptionError("--verify needs --initial_model CKPT (a checkpoint written by --calibrate "
+                          "gives an LLR and a decision)")
+    embedder = Embedder.from_checkpoint(options.initial_model, device=device)
+    result = embedder.verify(*options.verify, p_target=options.calibration_prior or None)
+    log.info("%s", result.describe())
+    return result
 
 
 @dataclass
@@ -413,10 +449,16 @@ def run(options):
     finished = False
     try:
         device = resolve_device(options.device, local_rank)
+        if options.verify:      # the encoder and its options come from the checkpoint
+            result = verify_only(options, device)
+            finished = True
+            return result
         seed_everything(options.seed)
         model = build_model(options).to(device)
         if options.extract:
             result = extract_only(options, model, device, rank)
+        elif options.calibrate:
+            result = calibrate_only(options, model, device, rank)
         elif options.eval:
             result = evaluate_only(options, model, device, rank)
         else:

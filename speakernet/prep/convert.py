@@ -21,7 +21,7 @@ RIR_ROOMS = ("RIRS_NOISES/simulated_rirs/mediumroom/", "RIRS_NOISES/simulated_ri
 # ---- convert
 def wav_complete(path):
     """A readable 16 kHz mono WAV whose RIFF size matches the file (an interrupted write does not)."""
-    if _read_header(path)[1] is not None:
+    if _read_header(path)[3] is not None:
         return False
     with open(path, "rb") as f:
         head = f.read(8)

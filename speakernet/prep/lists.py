@@ -141,7 +141,7 @@ def check(args):
         label, path = item
         if not os.path.exists(path):
             return label, 0, "missing"
-        frames, problem = _read_header(path)
+        frames, _, _, problem = _read_header(path)
         return label, frames, problem or non_finite(path)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
