@@ -140,12 +140,12 @@ def build_trainer(opts, device, fused=False, compile_encoder=False):
 
 
 def memory_batch(opts, objective_views, device, seed=0):
-    """One batch as the loader delivers it (views, labels, extras), random audio."""
+    """One batch as the loader delivers it (views, labels, extras, frames), random audio."""
     generator = torch.Generator().manual_seed(seed)
     wav = 0.1 * torch.randn(opts.batch_size, objective_views, samples_for(opts.max_frames),
                             generator=generator)
     labels = torch.arange(opts.batch_size) % opts.nClasses
-    return [wav.to(device)], labels.to(device), [None]
+    return [wav.to(device)], labels.to(device), [None], (opts.max_frames,) * objective_views
 
 
 def compute_rates(trainer, batch, steps, warmup):

@@ -33,8 +33,9 @@ default) computes them from --train_list the way the sampler plans an epoch for 
 objectives: each speaker gives floor(min(utterances, --max_seg_per_spk) / --nPerSpeaker)
 groups (a one-column list: one group per utterance), batches = floor(groups / --batch_size),
 divided among the processes of --distributed (WORLD_SIZE). That is an upper bound: the
-sampler's first-fit packing can drop a few batches at the end of an epoch when few speakers
-are left (tests/test_recipe_objectives.py compares it with the sampler on a tiny corpus).
+sampler's first-fit packing drops the batches it cannot fill with distinct speakers at the
+end of an epoch, typically one (on the demo corpus 96 counted, 95 planned; on the test
+corpus of tests/test_recipe_objectives.py the two are compared).
 Give --iters_per_epoch for objectives that draw a different number of views than
 --nPerSpeaker or a subset of the utterances per epoch (data curricula). A wrong count only
 stretches or squeezes the curve in time.
@@ -118,8 +119,12 @@ def Scheduler(optimizer, lr=0.001, final_lr=5e-5, warmup_epochs=6.0, warmup_deca
         raise OptionError(f"--warmup_decay '{warmup_decay}': choose exp or cosine")
     if max_epoch < 1:
         raise OptionError(f"--max_epoch must be at least 1, got {max_epoch}")
-    if not 0.0 <= warmup_epochs <= max_epoch:
-        raise OptionError(f"--warmup_epochs must lie in [0, --max_epoch {max_epoch}], got {warmup_epochs:g}")
+    if warmup_epochs < 0:
+        raise OptionError(f"--warmup_epochs must be 0 or more, got {warmup_epochs:g}")
+    if warmup_epochs > max_epoch:
+        # Allowed (a shortened smoke run of a recipe config), but the peak is never reached.
+        log.warning("warmup_exp: --warmup_epochs %g is longer than --max_epoch %d; the learning "
+                    "rate never reaches --lr %g", warmup_epochs, max_epoch, lr)
     low = 0.0 < final_lr if warmup_decay == "exp" else 0.0 <= final_lr
     if not (low and final_lr <= lr):
         bound = "(0" if warmup_decay == "exp" else "[0"

@@ -94,7 +94,9 @@ class Embedder:
                                   f"project lacks ({err})") from None
         encoder = factory(**options)
         holder = nn.ModuleDict({"encoder": encoder})    # the trainer's parameter names
-        checkpoint.load_weights(holder, checkpoint.model_state(stored, holder, path), path)
+        state = checkpoint.model_state(stored, holder, path)
+        # The objective's tensors (classifier weights) are not needed to embed.
+        checkpoint.load_weights(holder, {k: v for k, v in state.items() if k.startswith("encoder.")}, path)
         calibration = calibrating.from_checkpoint(stored, path)
         threshold = stored.get("eer_threshold")
         if threshold is None and calibration is not None:

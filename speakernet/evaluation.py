@@ -114,7 +114,9 @@ class VerifyAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, list(values))
         for name in ("model", "trainfunc"):
-            if not getattr(namespace, name, ""):
+            # Only where the option has its (empty) default: options.py's scan of the explicit
+            # command-line values parses without defaults and must not see the marker.
+            if hasattr(namespace, name) and not getattr(namespace, name):
                 setattr(namespace, name, self.MARKER)
 
 
