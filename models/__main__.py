@@ -29,14 +29,18 @@ files keep loading in libtorch, and torch.export.save would be the successor for
 
 --format onnx writes the same network (front end included: waveform in, embedding out) as
 ONNX, with the batch and time axes dynamic. It uses the torch.export-based exporter
-(torch.onnx.export(dynamo=True), needs onnxscript), opset 18, the exporter's own opset:
-the TorchScript-based exporter (dynamo=False) fails on the front end with "STFT does not
-currently support complex types", because torchaudio's Spectrogram calls torch.stft with
-return_complex=True; the torch.export path lowers that STFT to ONNX's STFT operator as it is,
-so the model code stays unchanged. The file is checked with onnxruntime against the eager
-model on three inputs of other batch sizes and lengths than the exported example: their max
-abs difference and lowest cosine are logged, and above ONNX_TOLERANCE (or with any NaN or
-Inf) the export fails with exit status 2 and no file is kept. The model's metadata
+(torch.onnx.export(dynamo=True), needs onnxscript) at opset 18, the opset its operator
+library is written in (others are converted from it). The TorchScript-based exporter
+(dynamo=False) fails on the front end with "STFT does not currently support complex types":
+torchaudio's Spectrogram calls torch.stft with return_complex=True. The torch.export path
+lowers that STFT to ONNX's STFT operator, so the model code stays unchanged. The exporter's
+graph optimizer is left off (optimize=False): it drops additions of constants within 1e-8
+of zero, e.g. the 1e-8 under the square root of CAM++'s statistics pooling, whose dead
+(all-zero) channels then give 0 instead of 1e-4 (onnxscript 0.7.2); onnxruntime optimises
+the graph when it loads it. The file is checked with onnxruntime against the eager model on
+three inputs of other batch sizes and lengths than the exported example: their max abs
+difference and lowest cosine are logged, and above ONNX_TOLERANCE (or with any NaN or Inf)
+the export fails with exit status 2 and no file is kept. The model's metadata
 (metadata_props) name the encoder, the sample rate, the checkpoint and, for a checkpoint
 written by --calibrate, its score calibration (JSON, speakernet/calibration.py).
 
@@ -217,8 +221,8 @@ def onnx_session(path, threads=1):
 def _quiet_exporter():
     """The exporter logs (e.g. 'torchvision is not installed') and warns at every call; its
     errors still raise."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo",
-                                              "onnxscript", "torch.fx.experimental.symbolic_shapes")]
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript",
+                                              "onnx_ir", "torch.fx.experimental.symbolic_shapes")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -250,7 +254,7 @@ def export_onnx(encoder, output, name, example_samples=samples_for(200), metadat
             program = torch.onnx.export(
                 encoder, (torch.randn(2, example_samples),), dynamo=True, opset_version=ONNX_OPSET,
                 input_names=["wav"], output_names=["embedding"],
-                dynamic_shapes=({0: batch, 1: samples},), verbose=False)
+                dynamic_shapes=({0: batch, 1: samples},), verbose=False, optimize=False)
     except Exception as err:    # the exporter's errors have no common base class
         raise UserError(f"--export {name}: the ONNX exporter cannot convert this encoder "
                         f"({_one_line(err)}); use --format torchscript") from None

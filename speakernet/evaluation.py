@@ -403,6 +403,9 @@ class Evaluation:
         log.info("calibration on %s (%d trials, %d targets, prior %g): llr = %.6g * score + %.6g; "
                  "dev Cllr %.4f, min Cllr %.4f", self.dev_list, fitted.trials, fitted.targets,
                  fitted.prior, fitted.scale, fitted.offset, fitted.dev_cllr, fitted.dev_min_cllr)
+        if fitted.scale <= 0:
+            log.warning("the calibration's scale is not positive: on %s non-targets score higher than "
+                        "targets, so the model is no better than chance there", self.dev_list)
         return fitted
 
 

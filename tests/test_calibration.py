@@ -4,6 +4,7 @@ corpus when /tmp/demo_data and its trained checkpoint exist)."""
 import json
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -246,8 +247,12 @@ def test_calibrate_on_one_half_and_evaluate_the_other(trained, caplog):
     assert trainSpeakerNet.main(eval_argv(corpus, root / "dev_eval", "--test_list", root / "dev.txt",
                                           "--initial_model", ckpt)) == 0
     dev_scores, dev_labels = read_scores(root / "dev_eval" / "result" / "scores_eval_dev.txt")
-    assert (fitted.scale, fitted.offset) == pytest.approx(cal.fit_linear(dev_scores, dev_labels, 0.05),
-                                                          rel=1e-4, abs=1e-3)
+    refit = cal.fit_linear(dev_scores, dev_labels, 0.05)
+    # The score file holds 6 decimals, and this barely trained model's scores span a narrow
+    # range, so the refit moves by about 1e-3; the stored map is still the minimum of C_wxe.
+    assert (fitted.scale, fitted.offset) == pytest.approx(refit, rel=1e-2)
+    assert weighted_xent_loop(dev_scores, dev_labels, fitted.scale, fitted.offset, 0.05) == pytest.approx(
+        weighted_xent_loop(dev_scores, dev_labels, *refit, 0.05), rel=1e-5)
     assert fitted.trials == len(dev_labels) and fitted.targets == dev_labels.sum()
 
     # The report of the other half: actDCF and Cllr of its scores under that map, by loops.
@@ -269,7 +274,10 @@ def test_calibrate_on_one_half_and_evaluate_the_other(trained, caplog):
     assert trainSpeakerNet.main(eval_argv(corpus, root / "again", "--test_list", root / "eval.txt",
                                           "--initial_model", target)) == 0
     again = json.loads((root / "again" / "result" / "results_eval.json").read_text())
-    assert again["lists"]["eval"]["metrics"]["raw"]["calibrated"] == pytest.approx(calibrated)
+    repeated = again["lists"]["eval"]["metrics"]["raw"]["calibrated"]
+    assert repeated["cllr"] == pytest.approx(calibrated["cllr"], rel=1e-6)
+    assert repeated["min_cllr"] == pytest.approx(calibrated["min_cllr"], rel=1e-6)
+    assert repeated["act_dcf"] == calibrated["act_dcf"]
 
     # A second --calibrate refuses to replace the calibrated checkpoint, before any embedding.
     kept = target.read_bytes()
@@ -298,26 +306,43 @@ def test_calibrate_with_a_bad_dev_list_is_one_error(trained, caplog, tmp_path):
 
 
 DEMO_DATA = Path("/tmp/demo_data")
-DEMO_CHECKPOINT = Path("/tmp/demo_before/model/model000000004.model")
+DEMO_RUN = Path("/tmp/demo_before")
+DEMO_CHECKPOINT = DEMO_RUN / "model" / "model000000004.model"
+DEMO_SCORES = DEMO_RUN / "result" / "scores_epoch0004_test_list.txt"
 
 
-@pytest.mark.skipif(not (DEMO_DATA / "test_list.txt").is_file() or not DEMO_CHECKPOINT.is_file(),
-                    reason="needs the demo corpus in /tmp/demo_data and its trained checkpoint")
-def test_demo_halves_act_dcf_within_ten_percent_of_min_dcf(tmp_path, caplog):
+@pytest.mark.skipif(not DEMO_SCORES.is_file(), reason="needs the demo run's scores in /tmp/demo_before")
+def test_demo_scores_calibrated_on_one_half_meet_min_dcf_on_the_other():
+    """The demo checkpoint's own --test_list scores (written when it was trained): fitted on
+    the odd trials, judged on the even ones."""
+    scores, labels = read_scores(DEMO_SCORES)
+    dev, ev = slice(0, None, 2), slice(1, None, 2)
+    fitted = cal.fit(scores[dev], labels[dev], 0.05)
+    llrs = fitted.llr(scores[ev])
+    for p in (0.05, 0.01):
+        minimum = compute_min_dcf(scores[ev], labels[ev], p)[0]
+        assert minimum - 1e-9 <= cal.act_dcf(llrs, labels[ev], p) <= 1.1 * minimum
+    assert cal.min_cllr(scores[ev], labels[ev]) <= cal.cllr(llrs, labels[ev]) < 1.0
+
+
+@pytest.mark.skipif(not ((DEMO_DATA / "test_list.txt").is_file() and DEMO_CHECKPOINT.is_file()
+                         and os.environ.get("SPEAKERNET_DEMO") == "1"),
+                    reason="embeds the 480 demo files (minutes): set SPEAKERNET_DEMO=1, with the demo "
+                           "corpus in /tmp/demo_data and its checkpoint in /tmp/demo_before")
+def test_demo_halves_act_dcf_within_ten_percent_of_min_dcf(tmp_path):
     lines = (DEMO_DATA / "test_list.txt").read_text().splitlines()
     (tmp_path / "dev_half.txt").write_text("\n".join(lines[0::2]) + "\n")
     (tmp_path / "eval_half.txt").write_text("\n".join(lines[1::2]) + "\n")
     source = tmp_path / "model000000004.model"
     shutil.copy(DEMO_CHECKPOINT, source)                # the calibrated copy is written beside it
-    config = DEMO_CHECKPOINT.parent.parent / "options.yaml"
-    argv = ["--eval", "--config", str(config), "--test_path", str(DEMO_DATA / "wav"), "--device", "cpu",
-            "--nDataLoaderThread", "1", "--calibrate", str(tmp_path / "dev_half.txt"), "--test_list",
-            str(tmp_path / "eval_half.txt"), "--initial_model", str(source), "--save_path", str(tmp_path / "run")]
+    argv = ["--eval", "--config", str(DEMO_RUN / "options.yaml"), "--test_path", str(DEMO_DATA / "wav"),
+            "--device", "cpu", "--nDataLoaderThread", "1", "--calibrate", str(tmp_path / "dev_half.txt"),
+            "--test_list", str(tmp_path / "eval_half.txt"), "--initial_model", str(source),
+            "--save_path", str(tmp_path / "run")]
     assert trainSpeakerNet.main(argv) == 0
     report = json.loads((tmp_path / "run" / "result" / "results_eval.json").read_text())
     metrics = report["lists"]["eval_half"]["metrics"]["raw"]
     for p in ("0.05", "0.01"):
         act, minimum = metrics["calibrated"]["act_dcf"][p], metrics["min_dcf"][p]["value"]
-        logging.getLogger("test").info("demo halves p %s: actDCF %.4f minDCF %.4f", p, act, minimum)
         assert minimum - 1e-9 <= act <= 1.1 * minimum
     assert metrics["calibrated"]["min_cllr"] <= metrics["calibrated"]["cllr"] < 1.0
