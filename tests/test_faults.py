@@ -351,9 +351,12 @@ def test_process_group_is_destroyed_on_every_exit(corpus, tmp_path, monkeypatch,
 def _start(corpus, save, **overrides):
     values = tiny_options(corpus, save, **{"max_epoch": 50, "test_interval": 1, **overrides})
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    # A shell's background job (`cmd &`) starts with SIGINT ignored, and Python then keeps it
+    # ignored: give the trainer the default disposition, as a terminal's Ctrl-C would find it.
     return subprocess.Popen([sys.executable, str(REPO / "trainSpeakerNet.py"),
                              *[str(a) for a in to_argv(values)]], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143)])
