@@ -38,11 +38,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models._frontend import with_spec_augment
-from models._pooling import check_encoder_type
+from models._layers import as_image, check_encoder_type, use_channels_last, with_spec_augment
 from models.ResNet import (BasicBlock, TemporalStatsPooling, make_stage,
                            mean_normalised_log_mels, strided_size)
-from models._resnet_blocks import as_image, use_channels_last
 
 # The paper's defaults when the user sets neither YAML nor command line (3D-Speaker VoxCeleb).
 OPTION_DEFAULTS = {"nOut": 512, "n_mels": 80, "log_input": True, "encoder_type": "TSTP"}

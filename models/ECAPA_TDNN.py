@@ -21,8 +21,7 @@ import torch.nn as nn
 
 from speakernet.errors import UserError
 from models._ecapa_blocks import Conv1dReluBn, SERes2NetBlock
-from models._frontend import LogMelFrontend, MFCCFrontend, with_spec_augment
-from models._pooling import ChannelAttentiveStatsPooling, check_encoder_type
+from models._layers import ChannelAttentiveStatsPooling, LogMelFrontend, MFCCFrontend, check_encoder_type, with_spec_augment
 
 DILATIONS = (2, 3, 4)
 RES2NET_SCALE = 8

@@ -26,16 +26,15 @@ from models.__main__.count_macs, against wespeaker's VoxCeleb model table
 Differences from wespeaker: torchaudio mel filterbank on the waveform inside the model (a
 Hamming window, no Kaldi pre-emphasis, DC removal or dither) instead of Kaldi fbank features.
 Initialisation is PyTorch's default, as in wespeaker: with the He-normal start of
-models._resnet_blocks an untrained ResNet-293 in eval mode (BN still the identity) doubles its
+models._layers an untrained ResNet-293 in eval mode (BN still the identity) doubles its
 activations at every residual block and gives embeddings of order 1e16.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models._frontend import LogMelFrontend, with_spec_augment
-from models._pooling import check_encoder_type
-from models._resnet_blocks import as_image, use_channels_last
+from models._layers import (LogMelFrontend, as_image, check_encoder_type, use_channels_last,
+                            with_spec_augment)
 
 # The paper's defaults when the user sets neither YAML nor command line (resnet.yaml).
 OPTION_DEFAULTS = {"nOut": 256, "n_mels": 80, "log_input": True, "encoder_type": "TSTP"}

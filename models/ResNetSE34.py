@@ -14,38 +14,16 @@ input of 32,240 samples, i.e. 202 centred frames (Table 1: 0.99 G): about 0.18, 
 and 0.19 G in stages 1-4, since 257 bins keep the maps large. Fast ResNet-34
 (models/ResNetSE34L.py) has the same layers on 40 mels and costs 0.45 G.
 """
-import torch.nn as nn
-
-from models._frontend import LogSpectrogramFrontend, with_spec_augment
-from models._pooling import build_pooling
-from models._resnet_blocks import add_stages, as_image, init_resnet_weights, use_channels_last
-
-CHANNELS = (16, 32, 64, 128)      # a quarter of ResNet-34's 64/128/256/512
-BLOCKS = (3, 4, 6, 3)             # ResNet-34
-STAGE_STRIDES = (1, (2, 2), (2, 2), (2, 2))
+from models._layers import N_FFT, LogSpectrogramFrontend, SEResNet34, with_spec_augment
 
 
-class ThinResNet34(nn.Module):
+class ThinResNet34(SEResNet34):
+    channels = (16, 32, 64, 128)      # a quarter of ResNet-34's 64/128/256/512
+    stage_strides = (1, (2, 2), (2, 2), (2, 2))
+    stem = "strided_maxpool"
+
     def __init__(self, nOut=512, encoder_type="SAP", log_input=True):
-        super().__init__()
-        self.features = LogSpectrogramFrontend(log_input=log_input)
-        self.conv1 = nn.Conv2d(1, CHANNELS[0], kernel_size=7, stride=(2, 1), padding=3,
-                               bias=False)
-        self.bn1 = nn.BatchNorm2d(CHANNELS[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=(2, 1), padding=1)
-        add_stages(self, CHANNELS, BLOCKS, STAGE_STRIDES)
-        self.pool = build_pooling(encoder_type, CHANNELS[-1])
-        self.fc = nn.Linear(self.pool.out_dim, nOut)
-        init_resnet_weights(self)
-        use_channels_last(self)
-
-    def forward(self, wav):
-        x = as_image(self.features(wav))           # B x 1 x 257 x frames
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = x.mean(dim=2).transpose(1, 2)                      # average frequency: B x T x C
-        return self.fc(self.pool(x))
+        super().__init__(LogSpectrogramFrontend(log_input=log_input), nOut, encoder_type, N_FFT // 2 + 1)
 
 
 def MainModel(nOut=512, encoder_type="SAP", log_input=True, **kwargs):

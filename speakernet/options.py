@@ -19,7 +19,7 @@ from speakernet import evaluation
 from speakernet import packed_audio
 from speakernet import plugins
 from speakernet import sampler
-from models import _frontend as frontend
+from models import _layers as frontend
 from speakernet.errors import OptionError  # noqa: F401 (re-exported)
 from speakernet.atomic import write_text
 from speakernet.config_file import load_config  # noqa: F401 (re-exported)

@@ -6,7 +6,7 @@ import torch
 
 from speakernet import plugins
 from speakernet.errors import UserError
-from models._frontend import (LogMelFrontend, LogSpectrogramFrontend, MFCCFrontend, SpecAugment,
+from models._layers import (LogMelFrontend, LogSpectrogramFrontend, MFCCFrontend, SpecAugment,
                              spec_augment_from_options)
 from speakernet.options import parse_options
 

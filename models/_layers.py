@@ -1,0 +1,468 @@
+"""The layers every encoder shares, in the order a waveform meets them.
+
+1. Front ends, computed inside the encoder so loaders move raw waveforms only. Waveforms are
+   float, or int16 samples (packed crops as the loader sends them), scaled by 2^-15 exactly as a
+   float read of the file would give them. Every front end ends with an optional SpecAugment
+   (`spec_augment`, None unless --specaugment): time and frequency masks drawn per sample,
+   applied only in training mode.
+2. Squeeze-excitation residual blocks, and the SE-ResNet-34 family: one parametrised network of
+   which Fast, Thin and half-width ResNet-34 (ResNetSE34L, ResNetSE34, ResNetSE34V2) are named
+   configurations, with voxceleb_trainer's parameter names.
+3. Temporal pooling: B x T x C frame features -> B x D utterance vectors.
+"""
+import argparse
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchaudio
+
+from speakernet.audio import HOP, SAMPLE_RATE, to_float
+from speakernet.errors import UserError
+
+WINDOW = 400      # 25 ms at 16 kHz
+N_FFT = 512
+
+
+# ---------------------------------------------------------------------------------- front ends
+def add_arguments(parser):
+    """SpecAugment's options (every encoder's front end applies it)."""
+    # The papers train without SpecAugment; these defaults are wespeaker's recipe values
+    # (spec_aug_args of its VoxCeleb configs: one mask of each kind, up to 10 frames and 8 bins,
+    # on 60% of the samples); Park et al. 2019 (LibriSpeech basic policy) use 1 mask of up to
+    # 27 of 80 mel bins and 1 of up to 100 frames on every sample.
+    g = parser.add_argument_group("SpecAugment (--specaugment), in the encoder's front end")
+    g.add_argument("--specaugment", action=argparse.BooleanOptionalAction, default=False,
+                   help="mask random time spans and frequency bands of each training sample's "
+                        "features (never at evaluation)")
+    g.add_argument("--specaug_time_masks", type=int, default=1, help="time masks per sample")
+    g.add_argument("--specaug_freq_masks", type=int, default=1, help="frequency masks per sample")
+    g.add_argument("--specaug_max_time", type=int, default=10,
+                   help="widest time mask, in 10 ms frames (width drawn from 1..this)")
+    g.add_argument("--specaug_max_freq", type=int, default=8,
+                   help="widest frequency mask, in feature bins (mel bands, spectrogram bins or MFCCs)")
+    g.add_argument("--specaug_prob", type=float, default=0.6, help="share of samples that get masks")
+
+
+class PreEmphasis(nn.Module):
+    """y[t] = x[t] - coef * x[t-1], with the first sample reflected (ResNetSE34V2's input)."""
+
+    def __init__(self, coef=0.97):
+        super().__init__()
+        self.coef = coef
+        # Kept as a buffer named like the reference so its checkpoints load unchanged.
+        self.register_buffer("flipped_filter", torch.tensor([[[-coef, 1.0]]]))
+
+    def forward(self, wav):
+        padded = nn.functional.pad(wav.unsqueeze(1), (1, 0), mode="reflect")
+        return nn.functional.conv1d(padded, self.flipped_filter).squeeze(1)
+
+
+class SpecAugment(nn.Module):
+    """Per-sample time and frequency masking of B x bins x frames features (Park et al. 2019).
+
+    Each sample, with probability `prob`, gets `freq_masks` bands of 1..`max_freq` bins and
+    `time_masks` spans of 1..`max_time` frames set to 0, the mean of the instance-normalised
+    features. Masks lie wholly inside the features and may overlap. Drawn with tensor
+    comparisons on the features' device from torch's generator (reseeded every epoch), so a
+    batch costs a few small kernels and no Python loop over samples. Eval mode passes through.
+    """
+
+    def __init__(self, time_masks=1, freq_masks=1, max_time=10, max_freq=8, prob=0.6):
+        super().__init__()
+        self.time_masks, self.freq_masks = time_masks, freq_masks
+        self.max_time, self.max_freq = max_time, max_freq
+        self.prob = prob
+
+    @staticmethod
+    def _bands(batch, count, max_width, size, device):
+        """B x size boolean: `count` random bands of 1..max_width per row, inside [0, size)."""
+        if count == 0 or max_width == 0:
+            return torch.zeros(batch, size, dtype=torch.bool, device=device)
+        top = min(max_width, size)
+        width = 1 + (torch.rand(batch, count, 1, device=device) * top).long()
+        start = (torch.rand(batch, count, 1, device=device) * (size - width + 1)).long()
+        position = torch.arange(size, device=device)
+        return ((position >= start) & (position < start + width)).any(dim=1)
+
+    def draw_masks(self, batch, bins, frames, device):
+        """(B x bins frequency mask, B x frames time mask); rows not augmented are all False."""
+        chosen = torch.rand(batch, 1, device=device) < self.prob
+        freq = self._bands(batch, self.freq_masks, self.max_freq, bins, device) & chosen
+        time = self._bands(batch, self.time_masks, self.max_time, frames, device) & chosen
+        return freq, time
+
+    def forward(self, feats):
+        if not self.training:
+            return feats
+        freq, time = self.draw_masks(feats.shape[0], feats.shape[1], feats.shape[2], feats.device)
+        return feats.masked_fill(freq.unsqueeze(2) | time.unsqueeze(1), 0.0)
+
+    def extra_repr(self):
+        return (f"time_masks={self.time_masks}, max_time={self.max_time}, freq_masks={self.freq_masks}, "
+                f"max_freq={self.max_freq}, prob={self.prob}")
+
+
+def spec_augment_from_options(specaugment=False, specaug_time_masks=1, specaug_freq_masks=1,
+                              specaug_max_time=10, specaug_max_freq=8, specaug_prob=0.6, **_):
+    """A SpecAugment for --specaugment (the options in augment.add_arguments), else None."""
+    if not specaugment:
+        return None
+    counts = {"specaug_time_masks": specaug_time_masks, "specaug_freq_masks": specaug_freq_masks,
+              "specaug_max_time": specaug_max_time, "specaug_max_freq": specaug_max_freq}
+    for name, value in counts.items():
+        if value < 0:
+            raise UserError(f"--{name} must be 0 or more, got {value}")
+    if not 0 <= specaug_prob <= 1:
+        raise UserError(f"--specaug_prob must be between 0 and 1, got {specaug_prob}")
+    return SpecAugment(time_masks=specaug_time_masks, freq_masks=specaug_freq_masks,
+                       max_time=specaug_max_time, max_freq=specaug_max_freq, prob=specaug_prob)
+
+
+def with_spec_augment(encoder, **options):
+    """Give `encoder.features` the SpecAugment the options ask for (every MainModel calls this);
+    it holds no parameters, so checkpoints are the same with and without it."""
+    encoder.features.spec_augment = spec_augment_from_options(**options)
+    return encoder
+
+
+def _masked(frontend, feats):
+    return feats if frontend.spec_augment is None else frontend.spec_augment(feats)
+
+
+class LogMelFrontend(nn.Module):
+    """Waveform (B x samples) -> instance-normalised (log-)mel filterbank (B x n_mels x frames).
+
+    Runs in fp32 and without gradients even under autocast: the features are inputs,
+    not something to learn, and half-precision logs of small energies lose the quiet bands.
+    """
+
+    def __init__(self, n_mels=40, log_input=True, preemphasis=False,
+                 window_fn=torch.hamming_window):
+        super().__init__()
+        self.log_input = log_input
+        self.preemphasis = PreEmphasis() if preemphasis else None
+        # window_fn: VGGVox's reference front end uses torchaudio's default Hann window.
+        self.melspec = torchaudio.transforms.MelSpectrogram(
+            sample_rate=SAMPLE_RATE, n_fft=N_FFT, win_length=WINDOW, hop_length=HOP,
+            window_fn=window_fn, n_mels=n_mels)
+        self.instancenorm = nn.InstanceNorm1d(n_mels)
+        self.spec_augment = None
+
+    def forward(self, wav):
+        with torch.no_grad(), torch.autocast(device_type=wav.device.type, enabled=False):
+            wav = to_float(wav)
+            if self.preemphasis is not None:
+                wav = self.preemphasis(wav)
+            feats = self.melspec(wav) + 1e-6
+            if self.log_input:
+                feats = feats.log()
+            return _masked(self, self.instancenorm(feats))
+
+
+class LogSpectrogramFrontend(nn.Module):
+    """Waveform (B x samples) -> instance-normalised log magnitude spectrogram (B x 257 x frames).
+
+    The Thin ResNet-34's input (Chung et al. 2020, "In defence of metric learning", sec. 3.1:
+    25 ms Hamming window, 10 ms step, 257-dimensional raw spectrograms from a 512-point FFT,
+    mean and variance normalised by instance normalisation). Magnitudes, as in [39]; after the
+    log and instance norm, power would give the same features. fp32 and no gradients, as above.
+    """
+
+    def __init__(self, log_input=True):
+        super().__init__()
+        self.log_input = log_input
+        self.spectrogram = torchaudio.transforms.Spectrogram(
+            n_fft=N_FFT, win_length=WINDOW, hop_length=HOP, window_fn=torch.hamming_window,
+            power=1.0)
+        self.instancenorm = nn.InstanceNorm1d(N_FFT // 2 + 1)
+        self.spec_augment = None
+
+    def forward(self, wav):
+        with torch.no_grad(), torch.autocast(device_type=wav.device.type, enabled=False):
+            feats = self.spectrogram(to_float(wav)) + 1e-6
+            if self.log_input:
+                feats = feats.log()
+            return _masked(self, self.instancenorm(feats))
+
+
+class MFCCFrontend(nn.Module):
+    """Waveform (B x samples) -> instance-normalised MFCCs (B x n_mfcc x frames).
+
+    ECAPA-TDNN's input in Desplanques et al. 2020 (80 MFCCs, 25 ms window, 10 ms step). The
+    log is always taken (MFCCs are cepstra of log energies), with the same 1e-6 floor as the
+    log-mels rather than torchaudio's dB scaling, whose top_db clamp depends on the loudest
+    utterance of the batch. Cepstral mean and variance normalisation by instance norm.
+    """
+
+    def __init__(self, n_mfcc=80):
+        super().__init__()
+        self.mfcc = torchaudio.transforms.MFCC(
+            sample_rate=SAMPLE_RATE, n_mfcc=n_mfcc, log_mels=True,
+            melkwargs=dict(n_fft=N_FFT, win_length=WINDOW, hop_length=HOP,
+                           window_fn=torch.hamming_window, n_mels=n_mfcc))
+        self.instancenorm = nn.InstanceNorm1d(n_mfcc)
+        self.spec_augment = None
+
+    def forward(self, wav):
+        with torch.no_grad(), torch.autocast(device_type=wav.device.type, enabled=False):
+            return _masked(self, self.instancenorm(self.mfcc(to_float(wav))))
+
+
+# ------------------------------------------------------------------- squeeze-excitation blocks
+class SqueezeExcitation(nn.Module):
+    """Channel gating from globally pooled activations (Hu et al. 2018)."""
+
+    def __init__(self, channels, reduction=8):
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(
+            nn.Linear(channels, channels // reduction), nn.ReLU(inplace=True),
+            nn.Linear(channels // reduction, channels), nn.Sigmoid())
+
+    def forward(self, x):
+        gate = self.fc(self.avg_pool(x).flatten(1))
+        return x * gate[:, :, None, None]
+
+
+class SEBasicBlock(nn.Module):
+    """Two 3x3 convolutions with SE gating and a residual path.
+
+    The ReLU comes before the first BatchNorm, as in the voxceleb_trainer models whose
+    checkpoints we load: swapping them would change the function those weights compute.
+    """
+
+    def __init__(self, in_channels, channels, stride=1, reduction=8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.se = SqueezeExcitation(channels, reduction)
+        self.downsample = None
+        # A tuple stride, even (1, 1), gets a projection: the reference checkpoints have one.
+        if stride != 1 or in_channels != channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(channels))
+
+    def forward(self, x):
+        out = self.bn1(self.relu(self.conv1(x)))
+        out = self.se(self.bn2(self.conv2(out)))
+        residual = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + residual)
+
+
+def make_stage(in_channels, channels, blocks, stride):
+    """A ResNet stage: the first block may stride and widen, the rest keep the shape."""
+    layers = [SEBasicBlock(in_channels, channels, stride)]
+    layers += [SEBasicBlock(channels, channels) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def add_stages(module, channels, blocks, strides):
+    """Attach the four stages as module.layer1..layer4 (voxceleb_trainer's parameter names)."""
+    in_channels = channels[0]
+    for i, (width, count, stride) in enumerate(zip(channels, blocks, strides), start=1):
+        setattr(module, f"layer{i}", make_stage(in_channels, width, count, stride))
+        in_channels = width
+
+
+def init_resnet_weights(module):
+    """He-normal convolutions and unit BatchNorm, the usual ResNet start."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def as_image(features):
+    """B x F x T features -> B x 1 x F x T in channels-last layout, the fast convolution path
+    of oneDNN and cuDNN (Fast ResNet-34 trains about 25% faster on this project's CPU)."""
+    return features.unsqueeze(1).contiguous(memory_format=torch.channels_last)
+
+
+def use_channels_last(module):
+    """Store the module's convolution weights channels-last, to match `as_image` inputs."""
+    return module.to(memory_format=torch.channels_last)
+
+
+def _frequency_stride(stride):
+    return stride if isinstance(stride, int) else stride[0]
+
+
+class SEResNet34(nn.Module):
+    """ResNet-34's [3, 4, 6, 3] SE basic blocks after a stem, then pooling over time and a
+    linear layer to nOut. A subclass is one named configuration: it sets the class attributes
+    below and hands its front end to __init__. Parameter names (features, conv1, bn1, layer1..4,
+    pool, fc) are voxceleb_trainer's, so its checkpoints load.
+    """
+    blocks = (3, 4, 6, 3)
+    channels = (16, 32, 64, 128)                  # per stage
+    stage_strides = (1, (2, 2), (2, 2), (2, 2))   # (frequency, time) or 1
+    # "strided": 7x7 conv with stride (2, 1), no bias, BN, ReLU; "strided_maxpool": the same,
+    # then a 3x3 max-pool with stride (2, 1); "plain": 3x3 conv, stride 1, bias, ReLU, then BN.
+    stem = "strided"
+    # "frequency_mean": average the bands, then SAP/ASP over channels; "channel_attentive":
+    # channels x bands per frame, each weighted by its own attention (ResNetSE34V2).
+    frame_pooling = "frequency_mean"
+    attention_bottleneck = 128
+
+    def __init__(self, features, nOut, encoder_type, n_bins):
+        super().__init__()
+        if self.frame_pooling == "channel_attentive":
+            check_encoder_type(encoder_type, ("SAP", "ASP"))
+        self.features = features
+        width = self.channels[0]
+        if self.stem == "plain":
+            self.conv1 = nn.Conv2d(1, width, kernel_size=3, stride=1, padding=1)
+            self.relu = nn.ReLU(inplace=True)
+            self.bn1 = nn.BatchNorm2d(width)
+        else:
+            self.conv1 = nn.Conv2d(1, width, kernel_size=7, stride=(2, 1), padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
+            self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=(2, 1), padding=1) if self.stem == "strided_maxpool" else None
+        add_stages(self, self.channels, self.blocks, self.stage_strides)
+        if self.frame_pooling == "channel_attentive":
+            self.pool = ChannelAttentiveStatsPooling(self.channels[-1] * self.bands_after_stages(n_bins),
+                                                     bottleneck=self.attention_bottleneck,
+                                                     with_std=encoder_type == "ASP")
+        else:
+            self.pool = build_pooling(encoder_type, self.channels[-1])
+        self.fc = nn.Linear(self.pool.out_dim, nOut)
+        init_resnet_weights(self)
+        use_channels_last(self)
+
+    def bands_after_stages(self, n_bins):
+        """Frequency bands left after the stem and stages (every stride 2 gives ceil(n / 2))."""
+        strides = [1 if self.stem == "plain" else 2] + [2] * (self.stem == "strided_maxpool")
+        for stride in strides + [_frequency_stride(s) for s in self.stage_strides]:
+            n_bins = (n_bins + 1) // 2 if stride == 2 else n_bins
+        return n_bins
+
+    def forward(self, wav):
+        x = as_image(self.features(wav))                       # B x 1 x bins x frames
+        if self.stem == "plain":
+            x = self.bn1(self.relu(self.conv1(x)))             # ReLU before BN, as the reference
+        else:
+            x = self.relu(self.bn1(self.conv1(x)))
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        if self.frame_pooling == "channel_attentive":
+            x = x.flatten(1, 2).transpose(1, 2)                # B x T x (channels * bands)
+        else:
+            x = x.mean(dim=2).transpose(1, 2)                  # average frequency: B x T x C
+        return self.fc(self.pool(x))
+
+
+# ------------------------------------------------------------------------------------- pooling
+class SelfAttentivePooling(nn.Module):
+    """SAP (Cai et al. 2018): softmax attention over frames; ASP adds the weighted std.
+
+    Parameter names (`sap_linear`, `attention`) follow voxceleb_trainer's checkpoints.
+    """
+
+    def __init__(self, channels, with_std=False):
+        super().__init__()
+        self.with_std = with_std
+        self.sap_linear = nn.Linear(channels, channels)
+        self.attention = nn.Parameter(torch.empty(channels, 1))
+        nn.init.xavier_normal_(self.attention)
+        self.out_dim = channels * 2 if with_std else channels
+
+    def forward(self, frames):
+        scores = torch.tanh(self.sap_linear(frames)) @ self.attention      # B x T x 1
+        weights = F.softmax(scores, dim=1)
+        mean = torch.sum(frames * weights, dim=1)
+        if not self.with_std:
+            return mean
+        var = torch.sum(frames.pow(2) * weights, dim=1) - mean.pow(2)
+        return torch.cat([mean, var.clamp(min=1e-5).sqrt()], dim=1)
+
+
+class TemporalAveragePooling(nn.Module):
+    """TAP: the mean over frames (VGG-M-40's pooling, "In defence of metric learning" sec. 3.2)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.out_dim = channels
+
+    def forward(self, frames):
+        return frames.mean(dim=1)
+
+
+class TemporalMaxPooling(nn.Module):
+    """MAX: each channel's largest activation over frames (a VGGVox option in voxceleb_trainer)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.out_dim = channels
+
+    def forward(self, frames):
+        return frames.amax(dim=1)
+
+
+class ChannelAttentiveStatsPooling(nn.Module):
+    """Attention weights for every channel and frame, then the weighted mean (and std).
+
+    attention: 1x1 conv to `bottleneck` -> ReLU -> BN [-> tanh] -> 1x1 conv back to `channels`
+    -> softmax over frames. Without global context and tanh this is ResNetSE34V2's pooling in
+    voxceleb_trainer (names `attention.0/2/3` as in its checkpoints); with both it is
+    ECAPA-TDNN's channel- and context-dependent statistics pooling (Desplanques et al. 2020,
+    bottleneck 128): each frame is scored together with the utterance's mean and
+    std, so the weights can react to global properties such as noise or channel.
+    """
+
+    def __init__(self, channels, bottleneck=128, with_std=True, global_context=False, tanh=False):
+        super().__init__()
+        self.with_std = with_std
+        self.global_context = global_context
+        scorer_channels = channels * 3 if global_context else channels
+        layers = [nn.Conv1d(scorer_channels, bottleneck, kernel_size=1),
+                  nn.ReLU(), nn.BatchNorm1d(bottleneck)]
+        if tanh:
+            layers.append(nn.Tanh())
+        layers += [nn.Conv1d(bottleneck, channels, kernel_size=1), nn.Softmax(dim=2)]
+        self.attention = nn.Sequential(*layers)
+        self.out_dim = channels * 2 if with_std else channels
+
+    def forward(self, frames):
+        x = frames.transpose(1, 2)                                          # B x C x T
+        scorer_input = x
+        if self.global_context:
+            mean = x.mean(dim=2, keepdim=True).expand_as(x)
+            std = x.var(dim=2, keepdim=True, correction=0).clamp(min=1e-5).sqrt().expand_as(x)
+            scorer_input = torch.cat([x, mean, std], dim=1)
+        weights = self.attention(scorer_input)                              # sums to 1 over T
+        mean = torch.sum(x * weights, dim=2)
+        if not self.with_std:
+            return mean
+        var = torch.sum(x.pow(2) * weights, dim=2) - mean.pow(2)
+        return torch.cat([mean, var.clamp(min=1e-5).sqrt()], dim=1)
+
+
+POOLING_LAYERS = {
+    "SAP": SelfAttentivePooling,
+    "ASP": lambda channels: SelfAttentivePooling(channels, with_std=True),
+    "TAP": TemporalAveragePooling,
+    "MAX": TemporalMaxPooling,
+}
+
+
+def check_encoder_type(encoder_type, choices):
+    """Refuse an --encoder_type the model does not offer, naming the ones it does."""
+    if encoder_type not in choices:
+        raise UserError(f"--encoder_type '{encoder_type}' is not supported by this model; "
+                         f"choose one of {', '.join(choices)}")
+
+
+def build_pooling(encoder_type, channels, choices=("SAP", "ASP")):
+    """The pooling layer an --encoder_type names, among the `choices` a model offers."""
+    check_encoder_type(encoder_type, choices)
+    return POOLING_LAYERS[encoder_type](channels)
