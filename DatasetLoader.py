@@ -1,12 +1,14 @@
-"""Training and test data: list parsing, header validation, crops, datasets and collation
-(the speaker-balanced sampler is in sampler.py).
+"""Training data, from list lines to batches: the training list, crop reads, the
+speaker-balanced sampler that plans every batch of an epoch, and the dataset that reads a
+planned batch straight into its tensors.
 
-A training step's data path: the sampler plans every batch of an epoch (which files, how long
-each view, where each crop starts, at which speed), workers only read those crops with partial
-reads (or slices of packed_audio packs), and `collate_views` stacks them into N x V x samples
-tensors; the DataLoader calls `TrainDataset.__getitems__`, which reads a whole batch straight
-into those tensors with the same result.
+A training step's data path: the sampler plans every batch (which files, how many frames each
+view, where each crop starts, at which speed, which noise), loader workers read just those
+crops with partial reads (or from int16 packs, speakernet/packed_audio.py) into preallocated
+N x V x samples arrays (`TrainDataset.__getitems__`), and the batch reaches the trainer as
+(views, labels, extras, frames): frames, the sampler's crop lengths, travel with it.
 """
+import argparse
 import logging
 import os
 from dataclasses import dataclass, field
@@ -16,22 +18,14 @@ import soundfile
 import torch
 from torch.utils.data import Dataset
 
-from speakernet.errors import message_of
-from speakernet.audio import INT16_SCALE as PACK_SCALE, crop_samples
-from speakernet.path_table import PathTable
-
-from speakernet.packed_audio import PackReader
-from speakernet.audio_manifest import ListError, NonFiniteAudio, check_audio_files, check_finite, resolve
-from speakernet.augment import (KINDS, NONE, REVERB, Augmenter, collate_augmentation, read_augmentation, speed_change,
-                     speed_read_length)
-
-from speakernet.sampler import CropRequest, SpeakerBalancedSampler  # noqa: F401  (re-exported)
+from speakernet.audio import (ListError, NonFiniteAudio, PathTable, check_audio_files,  # noqa: F401
+                              check_finite, crop_samples, list_lines, pack_exists, pack_prefix, space_hint,
+                              warn_duplicates)
+from speakernet.augment import (KINDS, NONE, REVERB, Augmenter, collate_augmentation, read_augmentation,
+                                speed_change, speed_read_length)
+from speakernet.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-# Whole files shorter than one 25 ms analysis window are wrapped around to it.
-MIN_WHOLE_FILE = 400
 
 
 # ---------------------------------------------------------------------------- lists
@@ -53,7 +47,7 @@ class TrainList:
 def read_train_list(list_path, train_path, need_labels=True, allow_outside=False, recheck=False):
     """Parse `speaker path` lines (or bare `path` lines when labels are not needed)."""
     names, files, lines = [], [], []
-    for number, columns in _list_lines(list_path):
+    for number, columns in list_lines(list_path):
         if len(columns) == 2:
             names.append(columns[0])
             files.append(columns[1])
@@ -63,11 +57,11 @@ def read_train_list(list_path, train_path, need_labels=True, allow_outside=False
         else:
             expected = "'speaker path'" if need_labels else "'speaker path' or 'path'"
             raise ListError(f"{list_path}:{number}: expected {expected}, got {len(columns)} "
-                            f"columns: {' '.join(columns)!r}{_space_hint(len(columns), 2)}")
+                            f"columns: {' '.join(columns)!r}{space_hint(len(columns), 2)}")
         lines.append(number)
     if not files:
         raise ListError(f"{list_path}: the training list is empty")
-    _warn_duplicates(list_path, files, lines, "line")
+    warn_duplicates(list_path, files, lines, "line")
     lengths = check_audio_files(list_path, train_path, files, lines, allow_outside, recheck)
     if None in names:
         labels = np.full(len(files), -1, dtype=np.int64)
@@ -77,91 +71,6 @@ def read_train_list(list_path, train_path, need_labels=True, allow_outside=False
         speakers, labels = speakers.tolist(), labels.astype(np.int64)
     return TrainList(files=PathTable(files, prefix=os.path.join(str(train_path), "")), lengths=lengths, labels=labels, speakers=speakers, source=str(list_path),
                      line_numbers=np.array(lines, dtype=np.int32))
-
-
-@dataclass
-class TrialList:
-    labels: np.ndarray           # 1 target, 0 non-target, -1 unlabelled
-    pairs: np.ndarray            # trials x 2 indices into `files`
-    files: list                  # unique files, as written in the list
-    lengths: np.ndarray
-    origins: list = None         # 'list:line' where each file first appears, for messages
-
-
-def read_trial_list(list_path, test_path, allow_outside=False):
-    """Parse `label a b` (or unlabelled `a b`) trial lines; validate each unique file once."""
-    labels, ends, lines = [], [], []
-    for number, columns in _list_lines(list_path):
-        if len(columns) == 3 and columns[0] in ("0", "1"):
-            labels.append(int(columns[0]))
-            ends.append(columns[1:])
-        elif len(columns) == 2:
-            labels.append(-1)
-            ends.append(columns)
-        else:
-            raise ListError(f"{list_path}:{number}: expected 'label file1 file2' with label 0 or 1 "
-                            f"(or 'file1 file2'), got: {' '.join(columns)!r}{_space_hint(len(columns), 3)}")
-        lines.append(number)
-    if not ends:
-        raise ListError(f"{list_path}: the trial list is empty")
-    _warn_duplicates(list_path, [tuple(sorted(pair)) for pair in ends], lines, "trial")
-    files, first_line, index = [], [], {}
-    for number, pair in zip(lines, ends):
-        for name in pair:
-            if name not in index:
-                index[name] = len(files)
-                files.append(name)
-                first_line.append(number)
-    lengths = check_audio_files(list_path, test_path, files, first_line, allow_outside)
-    pairs = np.array([[index[a], index[b]] for a, b in ends], dtype=np.int64)
-    return TrialList(labels=np.array(labels), pairs=pairs, files=files, lengths=lengths,
-                     origins=[f"{list_path}:{n}" for n in first_line])
-
-
-def _list_lines(list_path):
-    # utf-8-sig: a byte-order mark (written by some Windows editors) would otherwise become
-    # part of the first speaker's name or label.
-    try:
-        with open(list_path, encoding="utf-8-sig") as handle:
-            for number, line in enumerate(handle, start=1):
-                columns = line.split()
-                if columns:
-                    yield number, columns
-    except FileNotFoundError:
-        raise ListError(f"list file not found: {list_path}") from None
-    except IsADirectoryError:
-        raise ListError(f"{list_path} is a directory, not a list file (give the list's path)") from None
-    except OSError as err:
-        raise ListError(f"cannot read list {list_path}: {err.strerror or err}") from None
-    except UnicodeDecodeError as err:
-        raise ListError(f"{list_path}: not a UTF-8 text list ({err.reason})") from None
-
-
-def _space_hint(columns, expected):
-    if columns > expected:
-        return " (a path with spaces reads as several columns: rename such files without spaces)"
-    return ""
-
-
-def _warn_duplicates(list_path, entries, lines, what):
-    """Warn once about entries (lines or trials) that repeat an earlier one."""
-    if len(set(entries)) == len(entries):          # the usual case, in one pass
-        return
-    first, repeats = {}, []
-    for entry, line in zip(entries, lines):
-        if entry in first:
-            repeats.append((line, first[entry]))
-        else:
-            first[entry] = line
-    if repeats:
-        line, earlier = repeats[0]
-        log.warning("%s: %d duplicate %ss (line %d repeats line %d); each copy counts again", list_path,
-                    len(repeats), what, line, earlier)
-
-
-def _join(root, name):
-    # Entries were checked against the root when the list was validated.
-    return str(resolve(root, name, allow_outside=True))
 
 
 # ---------------------------------------------------------------------------- audio reads
@@ -178,32 +87,265 @@ def read_crop(path, total, start, length):
     return audio
 
 
-def eval_crop_starts(total, length, num_eval):
-    """Evenly spaced crop offsets from the start to the end of the file."""
-    return np.linspace(0, max(total - length, 0), num=num_eval).astype(np.int64)
+
+# ---------------------------------------------------------------------------- the sampler
 
 
-# ---------------------------------------------------------------------------- sampler
+def add_arguments(parser):
+    """Speed perturbation's options (the sampler draws the speeds)."""
+    g = parser.add_argument_group("speed perturbation (--speed_perturb), in the loader")
+    g.add_argument("--speed_perturb", action=argparse.BooleanOptionalAction, default=False,
+                   help="play each group of views at one of --speed_factors (pitch and duration "
+                        "change together); each speed is a new speaker, so classifier objectives "
+                        "need --nClasses = factors x speakers")
+    g.add_argument("--speed_factors", type=float, nargs="+", default=[1.0, 0.9, 1.1],
+                   help="speeds drawn with equal probability; the i-th (from 0) maps speaker s "
+                        "to label s + i x speakers (wespeaker's and 3D-Speaker's recipes)")
+
+
+@dataclass
+class CropRequest:
+    """One group of views: which files, how many frames per view, where each crop starts."""
+    files: tuple
+    frames: tuple
+    starts: tuple                # fractions in [0, 1) of the free range before each crop
+    label: int                   # speaker, offset by speed index x speakers when speed-perturbed
+    augment: tuple = ()          # one augment.AugmentSpec per view, or () for clean crops
+    speed: float = 1.0           # playback speed of every view of the group (--speed_perturb)
+
+
+class SpeakerBalancedSampler:
+    """Plans an epoch of batches of `groups_per_batch` groups of `views` crops each.
+
+    Supervised (group_by_utterance=False): a group is `views` different utterances of one
+    speaker, at most `max_seg_per_spk` utterances per speaker per epoch, and no speaker twice
+    in a batch. A group whose speaker is already in the batch being filled waits for a later
+    batch (first fit) instead of being dropped. Self-supervised: a group is `views` crops of
+    one utterance and utterances are assumed to be different speakers.
+
+    The plan depends only on (seed, epoch), so every rank and every resumed run sees the
+    same epoch; ranks take disjoint, equally many batches.
+    """
+
+    def __init__(self, labels, groups_per_batch, views, max_seg_per_spk, seed=10,
+                 group_by_utterance=False, view_frames=None, rank=0, world_size=1,
+                 augment_planner=None, augment_fraction=None, utterance_subset=None,
+                 speeds=(1.0,), num_speakers=0, max_frames=200):
+        self.labels = np.asarray(labels)
+        self.groups_per_batch = groups_per_batch
+        self.views = views
+        self.max_seg_per_spk = max_seg_per_spk
+        self.seed = seed
+        self.group_by_utterance = group_by_utterance
+        # view_frames(epoch, rng) -> frames per view, or None for max_frames (--max_frames) each.
+        self.view_frames = view_frames or (lambda epoch, rng: None)
+        self.max_frames = max_frames
+        self.rank = rank
+        self.world_size = world_size
+        self.augment_planner = augment_planner
+        self.augment_fraction = augment_fraction      # epoch -> share augmented (curricula)
+        self.utterance_subset = utterance_subset      # (epoch, count) -> usable indices
+        # Speed perturbation: each group plays at one of `speeds`; the i-th speed turns
+        # speaker s into s + i * num_speakers (labelled groups only).
+        self.speeds = tuple(speeds)
+        self.num_speakers = num_speakers
+        self.epoch = 0
+        self.stats = {}
+        self._planned = (None, [])
+        self._skip = 0                # batches of this rank that this epoch skips (a resume)
+        self._check_feasible()
+
+    def _check_feasible(self):
+        if self.group_by_utterance:
+            usable = len(self.labels)
+            what = "utterances"
+        else:
+            if self.max_seg_per_spk < self.views:
+                raise UserError(f"--max_seg_per_spk {self.max_seg_per_spk} is smaller than the "
+                                f"{self.views} utterances per group; raise it to at least {self.views}")
+            _, counts = np.unique(self.labels, return_counts=True)
+            usable = int((counts >= self.views).sum())
+            skipped = int((counts < self.views).sum())
+            if skipped:
+                log.warning("%d speakers have fewer than nPerSpeaker=%d utterances and are skipped",
+                            skipped, self.views)
+            what = f"speakers with at least nPerSpeaker={self.views} utterances"
+        if usable < self.groups_per_batch * self.world_size:
+            raise UserError(f"--batch_size {self.groups_per_batch} (x {self.world_size} ranks) is "
+                             f"larger than the {usable} {what} in the training list; lower --batch_size")
+
+    def set_epoch(self, epoch, skip_batches=0):
+        """Plan `epoch`; its iterations start after `skip_batches` of this rank's batches
+        (resuming from a mid-epoch checkpoint). Kept until the next set_epoch: the loader may
+        call __iter__ more than once for one epoch (a new multi-worker iterator does)."""
+        self.epoch = epoch
+        self._skip = skip_batches
+
+    def plan(self, epoch):
+        """All batches of `epoch` (for every rank), each a list of CropRequest."""
+        rng = np.random.default_rng([self.seed, epoch])
+        allowed = None
+        if self.utterance_subset is not None:
+            subset = self.utterance_subset(epoch, len(self.labels))
+            if subset is not None:
+                allowed = np.zeros(len(self.labels), dtype=bool)
+                allowed[np.asarray(subset, dtype=np.int64)] = True
+        groups, keys = self._groups(rng, allowed)
+        batches = self._pack(groups, keys)
+        usable = len(batches) // self.world_size * self.world_size
+        batches = batches[:usable]
+        if not batches:
+            raise UserError(f"epoch {epoch} has no complete batch of {self.groups_per_batch} groups "
+                            f"(x {self.world_size} ranks); lower --batch_size")
+        planner = self.augment_planner
+        fraction = self.augment_fraction(epoch) if self.augment_fraction is not None else None
+        if planner is not None and fraction is not None:
+            planner.fraction = float(fraction)
+        requests = []
+        for batch in batches:
+            frames = self.view_frames(epoch, rng)
+            frames = (self.max_frames,) * self.views if frames is None else tuple(int(f) for f in frames)
+            if len(frames) != self.views:
+                raise ValueError(f"objective asked for {len(frames)} view lengths, sampler draws {self.views}")
+            # Drawn only when perturbing, so plans without it stay as they were.
+            speed_index = (rng.integers(len(self.speeds), size=len(batch)) if len(self.speeds) > 1
+                           else [0] * len(batch))
+            requests.append([CropRequest(
+                files=group, frames=frames, starts=tuple(rng.random(self.views)),
+                label=self._label(group, int(index)),
+                augment=tuple(planner.draw(rng) for _ in group) if planner else (),
+                speed=self.speeds[index])
+                for group, index in zip(batch, speed_index)])
+        per_group = 1 if self.group_by_utterance else self.views
+        self.stats = {"utterances": len(self.labels), "eligible": len(groups) * per_group,
+                      "used": len(batches) * self.groups_per_batch * per_group,
+                      "batches": len(batches)}
+        self._planned = (epoch, requests)
+        return requests
+
+    def _label(self, group, speed_index):
+        label = int(self.labels[group[0]])
+        return label + speed_index * self.num_speakers if label >= 0 else label
+
+    def _groups(self, rng, allowed=None):
+        candidates = np.arange(len(self.labels)) if allowed is None else np.flatnonzero(allowed)
+        if self.group_by_utterance:
+            order = rng.permutation(candidates)
+            return [(int(i),) * self.views for i in order], order.tolist()
+        groups, keys = [], []
+        by_speaker = candidates[np.argsort(self.labels[candidates], kind="stable")]
+        speakers, starts = np.unique(self.labels[by_speaker], return_index=True)
+        bounds = list(starts[1:]) + [len(by_speaker)]
+        for speaker, begin, end in zip(speakers, starts, bounds):
+            utterances = rng.permutation(by_speaker[begin:end])
+            count = min(len(utterances), self.max_seg_per_spk) // self.views * self.views
+            for i in range(0, count, self.views):
+                groups.append(tuple(int(u) for u in utterances[i:i + self.views]))
+                keys.append(int(speaker))
+        order = rng.permutation(len(groups))
+        return [groups[i] for i in order], [keys[i] for i in order]
+
+    def _pack(self, groups, keys):
+        """First-fit packing of groups into batches with distinct keys, in creation order.
+
+        A key's next group can only go after the batch its last group went to (earlier
+        batches are full or already hold it), and full batches are skipped through a
+        path-compressed pointer, so packing stays near-linear on a million groups.
+        """
+        size = self.groups_per_batch
+        batches, members = [], []
+        next_open = []                       # skip pointer past full batches
+        last_batch = {}
+
+        def first_open(i):
+            skipped = []
+            while i < len(batches) and len(batches[i]) == size:
+                skipped.append(i)
+                i = next_open[i]
+            for j in skipped:
+                next_open[j] = i
+            return i
+
+        for group, key in zip(groups, keys):
+            slot = first_open(last_batch.get(key, -1) + 1)
+            if slot == len(batches):
+                batches.append([])
+                members.append(set())
+                next_open.append(slot + 1)
+            batches[slot].append(group)
+            members[slot].add(key)
+            last_batch[key] = slot
+        return [batch for batch in batches if len(batch) == size]
+
+    def _epoch_plan(self):
+        if self._planned[0] != self.epoch:
+            self.plan(self.epoch)
+        return self._planned[1]
+
+    def __iter__(self):
+        return iter(self._epoch_plan()[self.rank::self.world_size][self._skip:])
+
+    def __len__(self):
+        return len(self._epoch_plan()) // self.world_size - self._skip
+
+
+# ---------------------------------------------------------------------------- the dataset
+
+def training_packs(options, train_list, bank=None):
+    """The int16 packs --packs names (speakernet/packed_audio.py), or [] without looking
+    further when there are none: 'none', or 'auto' with no pack at its default places."""
+    spec = str(getattr(options, "packs", "none") or "none").strip()
+    roots = [options.train_list] + ([options.musan_path, options.rir_path] if bank is not None else [])
+    if spec == "none" or (spec == "auto" and not any(pack_exists(pack_prefix(r)) for r in roots if r)):
+        return []
+    from speakernet.packed_audio import packs_from_options
+    return packs_from_options(options, train_list, bank)
+
+
+class FileReader:
+    """Crops read from their audio files (TrainDataset's reader when no pack holds them)."""
+
+    def __call__(self, path, total, start, length):
+        return read_crop(path, total, start, length)
+
+    def holds(self, path):
+        return False
+
+    def read_into(self, path, total, start, length, out):
+        out[:] = read_crop(path, total, start, length)
+
 
 class TrainDataset(Dataset):
-    """Reads the crops a CropRequest names (and their noise and RIRs); nothing random here."""
+    """Reads the batches the sampler plans (and their noise and RIRs); nothing random here.
+
+    The DataLoader calls `__getitems__` with a planned batch of CropRequest, which reads every
+    crop and noise crop straight into its place in the batch. `dataset[request]` is the batch
+    of that one group."""
 
     def __init__(self, train_list, augment_bank=None, packs=()):
         self.train_list = train_list
         self.files = train_list.files
         self.lengths = train_list.lengths
         self.augment_bank = augment_bank
-        # Packs (packed_audio.py) serve the files they hold from a memory map; the rest are read
-        # from their files.
-        self.read_crop = PackReader(packs, read_crop)
-        self.read_int16 = self.read_crop.read_int16 if packs else None
+        if packs:        # they serve the files they hold from a memory map, the rest from files
+            from speakernet.packed_audio import PackReader
+            self.read_crop = PackReader(packs, read_crop)
+        else:
+            self.read_crop = FileReader()
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, request):
+        return self.__getitems__([request])
+
+    def __getitems__(self, requests):
+        """-> (views, labels, extras, frames): views is a list of N x V_run x samples tensors,
+        one per run of equal-length views (int16 when every crop of the run comes from a pack as
+        int16: the front ends and the Augmenter convert them; else float32); extras holds each
+        run's batched noise and RIRs (None when clean); frames is every view's crop length."""
         try:
-            return self._read_group(request)
+            return self._read_batch(requests)
         except NonFiniteAudio as err:
             raise self._located(err) from None
 
@@ -214,38 +356,9 @@ class TrainDataset(Dataset):
         except ValueError:
             return err
 
-    def _read_group(self, request):
-        views = []
-        for index, frames, start in zip(request.files, request.frames, request.starts):
-            length = crop_samples(frames)
-            total = int(self.lengths[index])
-            if request.speed == 1.0:
-                offset = int(start * max(total - length, 0))
-                # Packed crops travel as int16 (half the bytes); the device converts them.
-                view = self.read_int16(self.files[index], total, offset, length) if self.read_int16 else None
-                views.append(view if view is not None else self.read_crop(self.files[index], total, offset, length))
-                continue
-            # A proportionally longer (slower) or shorter (faster) crop, resampled to `length`.
-            needed = speed_read_length(length, request.speed)
-            audio = self.read_crop(self.files[index], total, int(start * max(total - needed, 0)), needed)
-            views.append(speed_change(audio, length, request.speed))
-        extras = None
-        if request.augment:
-            extras = [(*read_augmentation(self.augment_bank, spec, len(view), self.read_crop), spec.snr)
-                      for spec, view in zip(request.augment, views)]
-        return views, request.label, extras, tuple(request.frames)
-
-    def __getitems__(self, requests):
-        """A whole batch, collated: what collate_views makes of [self[r] for r in requests], bit
-        for bit, but with every crop and noise crop read straight into its place in the batch
-        (the DataLoader calls this instead of __getitem__ for batched samplers)."""
-        try:
-            return self._read_batch(requests)
-        except NonFiniteAudio as err:
-            raise self._located(err) from None
-
     def _read_batch(self, requests):
-        lengths = [crop_samples(f) for f in requests[0].frames]
+        frames = tuple(requests[0].frames)
+        lengths = [crop_samples(f) for f in frames]           # the one frames -> samples step
         labels = torch.tensor([r.label for r in requests], dtype=torch.long)
         augmented = bool(requests[0].augment)
         tensors, extras, begin = [], [], 0
@@ -258,18 +371,23 @@ class TrainDataset(Dataset):
             run = np.empty((len(requests), end - begin, length), dtype=np.int16 if as_int16 else np.float32)
             for group, request in zip(run, requests):
                 for row, v in zip(group, range(begin, end)):
-                    index, start = request.files[v], request.starts[v]
-                    total = int(self.lengths[index])
-                    if request.speed == 1.0:
-                        self.read_crop.read_into(self.files[index], total, int(start * max(total - length, 0)),
-                                                 length, row)
-                    else:
-                        row[:] = self._read_group(_single_view(request, v))[0][0]
+                    self._read_view(request, v, length, row)
             tensors.append(torch.from_numpy(run))
             extras.append(self._collated_augmentation([r.augment[v] for r in requests for v in range(begin, end)],
                                                       length) if augmented else None)
             begin = end
-        return CollatedBatch((tensors, labels, extras, tuple(requests[0].frames)))
+        return tensors, labels, extras, frames
+
+    def _read_view(self, request, v, length, row):
+        index, start = request.files[v], request.starts[v]
+        path, total = self.files[index], int(self.lengths[index])
+        if request.speed == 1.0:
+            self.read_crop.read_into(path, total, int(start * max(total - length, 0)), length, row)
+            return
+        # A proportionally longer (slower) or shorter (faster) crop, resampled to `length`.
+        needed = speed_read_length(length, request.speed)
+        audio = self.read_crop(path, total, int(start * max(total - needed, 0)), needed)
+        row[:] = speed_change(audio, length, request.speed)
 
     def _collated_augmentation(self, specs, length):
         """collate_augmentation's result for `specs`, noise crops summed in place in the batch."""
@@ -293,50 +411,13 @@ class TrainDataset(Dataset):
                 "reverb": torch.tensor([s.kind == REVERB for s in specs], dtype=torch.bool)}
 
 
-class CollatedBatch(tuple):
-    """(views, labels, extras, frames) already in collate_views' form; collate_views passes it on."""
-
-
 def collate_views(batch):
-    """-> (views, labels, extras, frames): views is a list of N x V_run x samples tensors, one
-    per run of equal-length views (float32, or int16 samples when read from packs: the encoders'
-    front ends and the Augmenter convert them); extras holds each run's batched noise/RIRs (None
-    when clean); frames is the crop length of every view, as the sampler planned it."""
-    if isinstance(batch, CollatedBatch):          # TrainDataset.__getitems__ built it already
-        return tuple(batch)
-    views = [item[0] for item in batch]
-    labels = torch.tensor([item[1] for item in batch], dtype=torch.long)
-    augmented = batch[0][2] is not None
-    lengths = [len(v) for v in views[0]]
-    tensors, extras, begin = [], [], 0
-    for end in range(1, len(lengths) + 1):
-        if end == len(lengths) or lengths[end] != lengths[begin]:
-            # One preallocated array, filled once (stacking views then groups copies twice). int16
-            # when every crop of the run came from a pack as int16, else float32 (int16 crops
-            # scaled exactly as a float read would give them).
-            pieces = [v for item in views for v in item[begin:end]]
-            as_int16 = all(v.dtype == np.int16 for v in pieces)
-            run = np.empty((len(views), end - begin, lengths[begin]), dtype=np.int16 if as_int16 else np.float32)
-            for row, view in zip(run.reshape(-1, lengths[begin]), pieces):
-                if view.dtype == np.int16 and not as_int16:
-                    np.multiply(view, PACK_SCALE, out=row)
-                else:
-                    row[:] = view
-            tensors.append(torch.from_numpy(run))
-            extras.append(collate_augmentation([x for item in batch for x in item[2][begin:end]])
-                          if augmented else None)
-            begin = end
-    return tensors, labels, extras, batch[0][3]
-
-
-def _single_view(request, v):
-    """A CropRequest for view `v` of `request` alone, clean (its augmentation is read apart)."""
-    return CropRequest(files=(request.files[v],), frames=(request.frames[v],), starts=(request.starts[v],),
-                       label=request.label, speed=request.speed)
+    """The DataLoader's collate_fn: TrainDataset.__getitems__ has assembled the batch already."""
+    return tuple(batch)
 
 
 class CollateAndMix:
-    """collate_views, then the augmentation mixing, inside the loader workers.
+    """The batch, with the augmentation mixed in inside the loader workers.
 
     For training on a CPU with worker processes: the mixing then runs in the workers beside the
     model instead of in front of it in the training process, and only mixed crops cross the
@@ -349,52 +430,7 @@ class CollateAndMix:
         self.mix = Augmenter()
 
     def __call__(self, batch):
-        views, labels, extras, frames = collate_views(batch)
+        views, labels, extras, frames = batch
         if any(extra is not None for extra in extras):
             views, extras = self.mix(views, extras), [None] * len(views)
         return views, labels, extras, frames
-
-
-class TestDataset(Dataset):
-    """num_eval evenly spaced crops of eval_frames per file; eval_frames 0 = the whole file.
-
-    Files shorter than what is cut from them are wrapped around to that length: a crop of
-    eval_frames, or MIN_WHOLE_FILE samples (one analysis window) for whole files."""
-
-    def __init__(self, files, lengths, test_path, eval_frames, num_eval):
-        self.paths = [_join(test_path, f) for f in files]
-        self.lengths = lengths
-        self.eval_frames = eval_frames
-        self.num_eval = num_eval
-        short = int((np.asarray(lengths) < MIN_WHOLE_FILE).sum()) if eval_frames == 0 else 0
-        if short:
-            log.warning("%d files are shorter than %d samples (one 25 ms window); whole-file scoring "
-                        "wraps them around to that length", short, MIN_WHOLE_FILE)
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, index):
-        audio, _ = soundfile.read(self.paths[index], dtype="float32", always_2d=False)
-        check_finite(audio, self.paths[index])
-        if self.eval_frames == 0:
-            if len(audio) < MIN_WHOLE_FILE:
-                audio = np.pad(audio, (0, MIN_WHOLE_FILE - len(audio)), mode="wrap")
-            return torch.from_numpy(audio).unsqueeze(0), index
-        length = crop_samples(self.eval_frames)
-        if len(audio) < length:
-            audio = np.pad(audio, (0, length - len(audio)), mode="wrap")
-        starts = eval_crop_starts(len(audio), length, self.num_eval)
-        crops = np.stack([audio[s:s + length] for s in starts])
-        return torch.from_numpy(crops), index
-
-
-def locate_bad_audio(err, root, files, origins):
-    """NonFiniteAudio `err` (possibly re-raised from a loader worker) with the list line of its
-    file, found among `files` under `root` (as TestDataset reads them) with `origins`."""
-    message = message_of(err)
-    for name, origin in zip(files, origins or ()):
-        path = _join(root, name)
-        if message.startswith(f"{path}:"):
-            return NonFiniteAudio(f"{origin}: {message}", path)
-    return NonFiniteAudio(message, getattr(err, "path", None))

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from speakernet.checkpoint import restore_rng
-from DatasetLoader import TestDataset
+from speakernet.eval_crops import TestDataset
 from loss._objective import as_contract
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from speakernet import audio_manifest, checkpoint
+from speakernet import audio, checkpoint
 from speakernet import calibration
 from speakernet import curriculum_data
 from speakernet import evaluation
@@ -35,7 +35,7 @@ from DatasetLoader import CollateAndMix, TrainDataset, collate_views, read_train
 from speakernet.errors import UserError, message_of
 from speakernet.options import OptionError, parse_options, save_options
 from speakernet.packed_audio import packs_from_options
-from speakernet.sampler import SpeakerBalancedSampler
+from DatasetLoader import SpeakerBalancedSampler
 from SpeakerNet import SpeakerNet, Trainer
 
 log = logging.getLogger("trainSpeakerNet")
@@ -444,7 +444,7 @@ class Validation:
 
 
 def run(options):
-    audio_manifest.RECHECK_ALL["on"] = options.recheck_audio
+    audio.RECHECK_ALL["on"] = options.recheck_audio
     rank, world_size, local_rank = init_distributed(options)
     finished = False
     try:

@@ -27,7 +27,7 @@ def walk(argv):
     from speakernet import plugins
     from speakernet.options import parse_options
     from speakernet.packed_audio import packs_from_options
-    from speakernet.sampler import SpeakerBalancedSampler
+    from DatasetLoader import SpeakerBalancedSampler
     options = parse_options(argv)
     model = trainSpeakerNet.build_model(options)
     seen = []

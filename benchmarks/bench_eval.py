@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from speakernet import evaluation as ev  # noqa: E402
 from speakernet import score_norm  # noqa: E402
-from DatasetLoader import TrialList  # noqa: E402
+from speakernet.trial_sets import TrialList  # noqa: E402
 from models.ResNetSE34L import MainModel  # noqa: E402
 from speakernet.scoring import score_trials  # noqa: E402
 from SpeakerNet import SpeakerNet, Trainer  # noqa: E402

@@ -71,7 +71,7 @@ def probe_start(list_path, root):
     seconds = time.perf_counter() - started
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
-    from speakernet.sampler import SpeakerBalancedSampler
+    from DatasetLoader import SpeakerBalancedSampler
     SpeakerBalancedSampler(train.labels, 200, 2, 500).plan(1)
     return seconds, rss, time.perf_counter() - started
 
@@ -93,7 +93,7 @@ def probe_loader(list_path, root, batches):
     from torch.utils.data import DataLoader
 
     from DatasetLoader import TrainDataset, collate_views, read_train_list
-    from speakernet.sampler import SpeakerBalancedSampler
+    from DatasetLoader import SpeakerBalancedSampler
     torch.set_num_threads(1)
     train = read_train_list(list_path, root)
     sampler = SpeakerBalancedSampler(train.labels, 200, 2, 500, max_frames=200)

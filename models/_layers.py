@@ -11,7 +11,6 @@
 3. Temporal pooling: B x T x C frame features -> B x D utterance vectors.
 """
 import argparse
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-from speakernet.audio_manifest import ListError, check_audio_files
+from speakernet.audio import ListError, check_audio_files
 from speakernet.errors import UserError
 from speakernet.packed_audio import to_float
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from DatasetLoader import MIN_WHOLE_FILE, eval_crop_starts
+from speakernet.eval_crops import MIN_WHOLE_FILE, eval_crop_starts
 from speakernet import calibration as calibrating
 from speakernet import checkpoint
 from speakernet import plugins

@@ -10,7 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from DatasetLoader import NonFiniteAudio, locate_bad_audio, read_train_list
+from DatasetLoader import read_train_list
+from speakernet.audio import NonFiniteAudio
+from speakernet.eval_crops import locate_bad_audio
 from speakernet.errors import UserError
 from speakernet.atomic import atomic_file
 from speakernet.result_files import unique_path

@@ -18,7 +18,7 @@ from speakernet import augment
 from speakernet import evaluation
 from speakernet import packed_audio
 from speakernet import plugins
-from speakernet import sampler
+import DatasetLoader as sampler
 from models import _layers as frontend
 from speakernet.errors import OptionError  # noqa: F401 (re-exported)
 from speakernet.atomic import write_text

@@ -37,6 +37,7 @@ from speakernet.errors import UserError
 
 from speakernet.atomic import atomic_file
 from speakernet.audio import INT16_SCALE as SCALE, SAMPLE_RATE, to_float  # noqa: F401 (re-exported)
+from speakernet.audio import pack_exists as exists, pack_prefix as default_prefix
 
 log = logging.getLogger("packed_audio")
 VERSION = 1
@@ -178,19 +179,6 @@ class PackReader:
 def reader(packs, fallback):
     """read_crop(path, total, start, length) from the first pack holding `path`, else `fallback`."""
     return PackReader(packs, fallback)
-
-
-def default_prefix(path):
-    """Where a pack of a list (data/train_list.txt -> data/train_list.pack) or of a folder
-    (data/musan_split -> data/musan_split.pack) is written and looked for."""
-    path = Path(path)
-    if path.is_dir():
-        return str(path.parent / (path.name + ".pack"))
-    return str(path.with_suffix(".pack"))
-
-
-def exists(prefix):
-    return os.path.exists(str(prefix) + ".index.npz") and os.path.exists(str(prefix) + ".pcm")
 
 
 def restrict(pack, paths, lengths, what):

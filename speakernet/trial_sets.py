@@ -7,13 +7,52 @@ from pathlib import Path
 
 import numpy as np
 
-from DatasetLoader import ListError, TrialList, read_trial_list
+from speakernet.audio import ListError, check_audio_files, list_lines, space_hint, warn_duplicates
 from speakernet.option_types import split_list
 
 log = logging.getLogger("evaluation")
 
 
 # ---------------------------------------------------------------------------- trial lists
+
+@dataclass
+class TrialList:
+    labels: np.ndarray           # 1 target, 0 non-target, -1 unlabelled
+    pairs: np.ndarray            # trials x 2 indices into `files`
+    files: list                  # unique files, as written in the list
+    lengths: np.ndarray
+    origins: list = None         # 'list:line' where each file first appears, for messages
+
+
+def read_trial_list(list_path, test_path, allow_outside=False):
+    """Parse `label a b` (or unlabelled `a b`) trial lines; validate each unique file once."""
+    labels, ends, lines = [], [], []
+    for number, columns in list_lines(list_path):
+        if len(columns) == 3 and columns[0] in ("0", "1"):
+            labels.append(int(columns[0]))
+            ends.append(columns[1:])
+        elif len(columns) == 2:
+            labels.append(-1)
+            ends.append(columns)
+        else:
+            raise ListError(f"{list_path}:{number}: expected 'label file1 file2' with label 0 or 1 "
+                            f"(or 'file1 file2'), got: {' '.join(columns)!r}{space_hint(len(columns), 3)}")
+        lines.append(number)
+    if not ends:
+        raise ListError(f"{list_path}: the trial list is empty")
+    warn_duplicates(list_path, [tuple(sorted(pair)) for pair in ends], lines, "trial")
+    files, first_line, index = [], [], {}
+    for number, pair in zip(lines, ends):
+        for name in pair:
+            if name not in index:
+                index[name] = len(files)
+                files.append(name)
+                first_line.append(number)
+    lengths = check_audio_files(list_path, test_path, files, first_line, allow_outside)
+    pairs = np.array([[index[a], index[b]] for a, b in ends], dtype=np.int64)
+    return TrialList(labels=np.array(labels), pairs=pairs, files=files, lengths=lengths,
+                     origins=[f"{list_path}:{n}" for n in first_line])
+
 
 @dataclass
 class TrialSet:

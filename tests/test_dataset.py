@@ -7,6 +7,7 @@ import soundfile
 import torch
 
 import DatasetLoader as DL
+from speakernet import eval_crops, trial_sets
 from conftest import SR, read_all, write_wav
 
 MAX_FRAMES = 20
@@ -121,7 +122,7 @@ def test_read_train_list(corpus):
 
 
 def test_read_trial_list(corpus):
-    trials = DL.read_trial_list(str(corpus.test_list), str(corpus.root))
+    trials = trial_sets.read_trial_list(str(corpus.test_list), str(corpus.root))
     assert trials.files == list(dict.fromkeys(f for _, a, b in corpus.trials for f in (a, b)))
     assert len(trials.pairs) == len(corpus.trials)
     for (label, a, b), pair, got in zip(corpus.trials, trials.pairs, trials.labels):
@@ -135,7 +136,7 @@ def test_unlabelled_trials(tmp_path, corpus):
     lst = tmp_path / "unlabelled.txt"
     a, b = corpus.test_files[:2]
     lst.write_text(f"{a} {b}\n")
-    trials = DL.read_trial_list(str(lst), str(corpus.root))
+    trials = trial_sets.read_trial_list(str(lst), str(corpus.root))
     assert trials.labels.tolist() == [-1]
 
 
@@ -184,7 +185,7 @@ def test_test_dataset_crops(tmp_path, total, eval_frames, num_eval):
     rng = np.random.default_rng(total)
     write_wav(tmp_path / "a.wav", rng.uniform(-0.8, 0.8, total))
     full = read_all(tmp_path / "a.wav")
-    dataset = DL.TestDataset(["a.wav"], np.array([total]), str(tmp_path), eval_frames, num_eval)
+    dataset = eval_crops.TestDataset(["a.wav"], np.array([total]), str(tmp_path), eval_frames, num_eval)
     crops, index = dataset[0]
     n = crop_len(eval_frames)
     starts = np.linspace(0, total - n, num_eval).astype(np.int64)
@@ -202,13 +203,13 @@ def test_test_dataset_whole_file(tmp_path):
     rng = np.random.default_rng(3)
     write_wav(tmp_path / "a.wav", rng.uniform(-0.8, 0.8, 7777))
     full = read_all(tmp_path / "a.wav")
-    crops, _ = DL.TestDataset(["a.wav"], np.array([7777]), str(tmp_path), 0, 10)[0]
+    crops, _ = eval_crops.TestDataset(["a.wav"], np.array([7777]), str(tmp_path), 0, 10)[0]
     assert tuple(crops.shape) == (1, 7777)
     np.testing.assert_array_equal(crops[0].numpy(), full)
 
 
 def test_test_dataset_short_file(tmp_path, short_wav):
-    crops, _ = DL.TestDataset(["short.wav"], np.array([1000]), str(tmp_path), 30, 3)[0]
+    crops, _ = eval_crops.TestDataset(["short.wav"], np.array([1000]), str(tmp_path), 30, 3)[0]
     full = read_all(short_wav)
     n = crop_len(30)
     expected = np.tile(full, math.ceil(n / len(full)))[:n]
@@ -219,7 +220,7 @@ def test_test_dataset_short_file(tmp_path, short_wav):
 
 @pytest.mark.parametrize("total, length, num", [(100, 40, 4), (1000, 1000, 3), (10, 20, 2), (97, 10, 7)])
 def test_eval_crop_starts(total, length, num):
-    starts = DL.eval_crop_starts(total, length, num)
+    starts = eval_crops.eval_crop_starts(total, length, num)
     free = max(total - length, 0)
     assert len(starts) == num
     assert starts[0] == 0 and starts[-1] == free
@@ -228,29 +229,36 @@ def test_eval_crop_starts(total, length, num):
         assert 0 <= s <= free
 
 
-# ------------------------------------------------------------------ collate_views
+# ------------------------------------------------------------------ batch assembly
 
-def _item(rng, lengths, label):
-    views = [rng.standard_normal(n).astype(np.float32) for n in lengths]
-    return (views, label, None, tuple((n - 240) // 160 for n in lengths))
-
-
-@pytest.mark.parametrize("lengths, runs", [
-    ([50, 50, 50], [(0, 3)]),
-    ([50, 50, 30], [(0, 2), (2, 3)]),
-    ([80, 80, 30, 30, 30], [(0, 2), (2, 5)]),
-    ([50, 30, 50], [(0, 1), (1, 2), (2, 3)]),
+@pytest.mark.parametrize("frames, runs", [
+    ((50, 50, 50), [(0, 3)]),
+    ((50, 50, 30), [(0, 2), (2, 3)]),
+    ((80, 80, 30, 30, 30), [(0, 2), (2, 5)]),
+    ((50, 30, 50), [(0, 1), (1, 2), (2, 3)]),
 ])
-def test_collate_views(lengths, runs):
+def test_batch_assembly(tmp_path, frames, runs):
+    """__getitems__ puts view v of group n at [run][n, v - begin]: each row equals a direct read
+    of its file at the planned offset, runs split where the view length changes."""
     rng = np.random.default_rng(0)
-    batch = [_item(rng, lengths, label) for label in (4, 1, 7)]
-    out = DL.collate_views(batch)
-    tensors, labels = out[0], out[1]
+    audio = [rng.uniform(-0.5, 0.5, 20000 + 997 * i).astype(np.float32) for i in range(5)]
+    names = [write_wav(tmp_path / f"{i}.wav", a).name for i, a in enumerate(audio)]
+    lengths = np.array([len(a) for a in audio])
+    train = DL.TrainList(files=DL.PathTable(names, prefix=f"{tmp_path}/"), lengths=lengths,
+                         labels=np.zeros(5, dtype=np.int64))
+    requests = [DL.CropRequest(files=tuple((g + v) % 5 for v in range(len(frames))), frames=frames,
+                               starts=tuple(rng.random(len(frames))), label=label)
+                for g, label in enumerate((4, 1, 7))]
+    tensors, labels, extras, got_frames = DL.collate_views(DL.TrainDataset(train).__getitems__(requests))
     assert labels.dtype == torch.long and labels.tolist() == [4, 1, 7]
-    assert out[3] == batch[0][3]                               # the planned frames travel along
+    assert got_frames == frames and extras == [None] * len(runs)    # the planned frames travel along
     assert len(tensors) == len(runs)
     for tensor, (begin, end) in zip(tensors, runs):
-        assert tuple(tensor.shape) == (3, end - begin, lengths[begin])
-        for n, item in enumerate(batch):
+        length = (frames[begin] - 1) * 160 + 400
+        assert tuple(tensor.shape) == (3, end - begin, length) and tensor.dtype == torch.float32
+        for n, request in enumerate(requests):
             for v in range(begin, end):
-                np.testing.assert_array_equal(tensor[n, v - begin].numpy(), item[0][v])
+                f = request.files[v]
+                start = int(request.starts[v] * (len(audio[f]) - length))
+                expected = read_all(tmp_path / names[f])[start:start + length]
+                np.testing.assert_array_equal(tensor[n, v - begin].numpy(), expected)

@@ -14,7 +14,7 @@ import torchaudio.functional as AF
 
 import trainSpeakerNet
 from conftest import SR, make_corpus, read_all, train_argv, write_wav
-from DatasetLoader import eval_crop_starts
+from speakernet.eval_crops import eval_crop_starts
 from speakernet import calibration as cal
 from speakernet import checkpoint
 from speakernet.audio import crop_samples

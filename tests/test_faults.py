@@ -17,13 +17,14 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from speakernet import audio_manifest
+from speakernet import audio
 from speakernet import checkpoint
 from speakernet import resume
 from speakernet import run_lock
 import trainSpeakerNet
 from conftest import REPO, SR, make_corpus, snapshot, tone, to_argv, tiny_options, train_argv, write_wav
-from DatasetLoader import read_train_list, read_trial_list
+from DatasetLoader import read_train_list
+from speakernet.trial_sets import read_trial_list
 
 
 def run_main(argv, caplog):
@@ -114,7 +115,7 @@ def test_each_bad_file_is_reported_once(corpus, tmp_path, caplog):
 def test_read_only_manifest_folder_warns_and_goes_on(corpus, monkeypatch, caplog):
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
-    monkeypatch.setattr(audio_manifest.os, "replace", read_only)
+    monkeypatch.setattr(audio.os, "replace", read_only)
     monkeypatch.setattr(Path, "unlink", read_only)       # the clean-up fails too
     with caplog.at_level(logging.WARNING):
         train = read_train_list(corpus.train_list, corpus.root)

@@ -421,7 +421,7 @@ def test_circle_list_options_accept_comma_strings():
 
 
 def test_circle_without_intervals_uses_max_frames():
-    from speakernet.sampler import SpeakerBalancedSampler
+    from DatasetLoader import SpeakerBalancedSampler
     loss_fn = build("circle", nPerSpeaker=1)
     assert loss_fn.view_frames(1, np.random.default_rng(0)) is None      # the sampler's --max_frames
     sampler = SpeakerBalancedSampler(np.repeat(np.arange(4), 2), 2, 1, 500, view_frames=loss_fn.view_frames,

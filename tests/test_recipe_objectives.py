@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 
 from conftest import make_corpus, to_argv  # noqa: E402
 from speakernet import checkpoint, options, plugins  # noqa: E402
-from speakernet.sampler import SpeakerBalancedSampler  # noqa: E402
+from DatasetLoader import SpeakerBalancedSampler  # noqa: E402
 from scheduler import warmup_exp  # noqa: E402
 import trainSpeakerNet  # noqa: E402
 

@@ -9,7 +9,7 @@ import torch
 from scipy import signal
 
 from speakernet import augment
-from speakernet import sampler
+import DatasetLoader as sampler
 import trainSpeakerNet
 from conftest import SR, train_argv, write_wav
 from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, TrainList, collate_views, crop_samples,

@@ -1,0 +1,71 @@
+"""What evaluation cuts from each file: --num_eval evenly spaced crops of --eval_frames, or the
+whole file (eval_frames 0), read by a Dataset for the embedding loader."""
+import logging
+
+import numpy as np
+import soundfile
+import torch
+from torch.utils.data import Dataset
+
+from speakernet.audio import NonFiniteAudio, check_finite, crop_samples, resolve
+from speakernet.errors import message_of
+
+log = logging.getLogger(__name__)
+
+# Whole files shorter than one 25 ms analysis window are wrapped around to it.
+MIN_WHOLE_FILE = 400
+
+
+def _join(root, name):
+    # Entries were checked against the root when the list was validated.
+    return str(resolve(root, name, allow_outside=True))
+
+
+def eval_crop_starts(total, length, num_eval):
+    """Evenly spaced crop offsets from the start to the end of the file."""
+    return np.linspace(0, max(total - length, 0), num=num_eval).astype(np.int64)
+
+
+class TestDataset(Dataset):
+    """num_eval evenly spaced crops of eval_frames per file; eval_frames 0 = the whole file.
+
+    Files shorter than what is cut from them are wrapped around to that length: a crop of
+    eval_frames, or MIN_WHOLE_FILE samples (one analysis window) for whole files."""
+
+    def __init__(self, files, lengths, test_path, eval_frames, num_eval):
+        self.paths = [_join(test_path, f) for f in files]
+        self.lengths = lengths
+        self.eval_frames = eval_frames
+        self.num_eval = num_eval
+        short = int((np.asarray(lengths) < MIN_WHOLE_FILE).sum()) if eval_frames == 0 else 0
+        if short:
+            log.warning("%d files are shorter than %d samples (one 25 ms window); whole-file scoring "
+                        "wraps them around to that length", short, MIN_WHOLE_FILE)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        audio, _ = soundfile.read(self.paths[index], dtype="float32", always_2d=False)
+        check_finite(audio, self.paths[index])
+        if self.eval_frames == 0:
+            if len(audio) < MIN_WHOLE_FILE:
+                audio = np.pad(audio, (0, MIN_WHOLE_FILE - len(audio)), mode="wrap")
+            return torch.from_numpy(audio).unsqueeze(0), index
+        length = crop_samples(self.eval_frames)
+        if len(audio) < length:
+            audio = np.pad(audio, (0, length - len(audio)), mode="wrap")
+        starts = eval_crop_starts(len(audio), length, self.num_eval)
+        crops = np.stack([audio[s:s + length] for s in starts])
+        return torch.from_numpy(crops), index
+
+
+def locate_bad_audio(err, root, files, origins):
+    """NonFiniteAudio `err` (possibly re-raised from a loader worker) with the list line of its
+    file, found among `files` under `root` (as TestDataset reads them) with `origins`."""
+    message = message_of(err)
+    for name, origin in zip(files, origins or ()):
+        path = _join(root, name)
+        if message.startswith(f"{path}:"):
+            return NonFiniteAudio(f"{origin}: {message}", path)
+    return NonFiniteAudio(message, getattr(err, "path", None))
