@@ -21,8 +21,7 @@ from torch.utils.data import Dataset
 from speakernet.audio import (ListError, NonFiniteAudio, PathTable, check_audio_files,  # noqa: F401
                               check_finite, crop_samples, list_lines, pack_exists, pack_prefix, space_hint,
                               warn_duplicates)
-from speakernet.augment import (KINDS, NONE, REVERB, Augmenter, collate_augmentation, read_augmentation,
-                                speed_change, speed_read_length)
+from speakernet.augment import read_batch_augmentation, speed_change, speed_read_length
 from speakernet.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -101,6 +100,29 @@ def add_arguments(parser):
     g.add_argument("--speed_factors", type=float, nargs="+", default=[1.0, 0.9, 1.1],
                    help="speeds drawn with equal probability; the i-th (from 0) maps speaker s "
                         "to label s + i x speakers (wespeaker's and 3D-Speaker's recipes)")
+
+
+def speed_factors(options):
+    """The speeds of --speed_perturb, or (1.0,) without it; rejects unusable values."""
+    if not getattr(options, "speed_perturb", False):
+        return (1.0,)
+    factors = tuple(float(f) for f in options.speed_factors)
+    if any(not 0.5 <= f <= 2.0 for f in factors) or len(set(factors)) != len(factors):
+        raise UserError(f"--speed_factors {' '.join(map(str, factors))}: give distinct speeds "
+                        f"between 0.5 and 2.0 (e.g. 1.0 0.9 1.1)")
+    return factors
+
+
+def check_speed_classes(num_classes, num_speakers, factors, list_path, classifier=True):
+    """Classifier heads need one class per (speaker, speed): say what --nClasses must be."""
+    needed = num_speakers * len(factors)
+    if not classifier:
+        return
+    if len(factors) > 1 and num_classes < needed:
+        raise UserError(f"--nClasses {num_classes} is too small for --speed_perturb: each of the "
+                        f"{len(factors)} speeds is a new speaker, {len(factors)} x {num_speakers} "
+                        f"speakers in {list_path} = {needed}; set --nClasses {needed} "
+                        f"(or train without --speed_perturb)")
 
 
 @dataclass
@@ -373,8 +395,9 @@ class TrainDataset(Dataset):
                 for row, v in zip(group, range(begin, end)):
                     self._read_view(request, v, length, row)
             tensors.append(torch.from_numpy(run))
-            extras.append(self._collated_augmentation([r.augment[v] for r in requests for v in range(begin, end)],
-                                                      length) if augmented else None)
+            extras.append(read_batch_augmentation(self.augment_bank, [r.augment[v] for r in requests
+                                                                      for v in range(begin, end)],
+                                                  length, self.read_crop) if augmented else None)
             begin = end
         return tensors, labels, extras, frames
 
@@ -389,48 +412,7 @@ class TrainDataset(Dataset):
         audio = self.read_crop(path, total, int(start * max(total - needed, 0)), needed)
         row[:] = speed_change(audio, length, request.speed)
 
-    def _collated_augmentation(self, specs, length):
-        """collate_augmentation's result for `specs`, noise crops summed in place in the batch."""
-        bank = self.augment_bank
-        noisy = [s for s in specs if s.kind not in (NONE, REVERB)]
-        noise = np.empty((len(noisy), length), dtype=np.float32) if noisy else None
-        for row, spec in zip(noise if noisy else (), noisy):
-            name = KINDS[spec.kind]
-            for n, (index, start) in enumerate(zip(spec.files, spec.starts)):
-                total = int(bank.lengths[name][index])
-                offset = int(start * max(total - length, 0))
-                if n == 0:
-                    self.read_crop.read_into(bank.files[name][index], total, offset, length, row)
-                else:
-                    row += self.read_crop(bank.files[name][index], total, offset, length)
-        rirs = [read_augmentation(bank, s, length, self.read_crop)[1] for s in specs if s.kind == REVERB]
-        extra = collate_augmentation([(None, r, 0.0) for r in rirs]) if rirs else {"rir": None}
-        return {"noise": torch.from_numpy(noise) if noisy else None, "rir": extra["rir"],
-                "snr": torch.tensor([s.snr for s in specs], dtype=torch.float32),
-                "noisy": torch.tensor([s.kind not in (NONE, REVERB) for s in specs], dtype=torch.bool),
-                "reverb": torch.tensor([s.kind == REVERB for s in specs], dtype=torch.bool)}
-
 
 def collate_views(batch):
     """The DataLoader's collate_fn: TrainDataset.__getitems__ has assembled the batch already."""
     return tuple(batch)
-
-
-class CollateAndMix:
-    """The batch, with the augmentation mixed in inside the loader workers.
-
-    For training on a CPU with worker processes: the mixing then runs in the workers beside the
-    model instead of in front of it in the training process, and only mixed crops cross the
-    process boundary, not the noise and RIR rows. On a GPU the mixing stays on the device
-    (Trainer's augment), where it is cheap. The sampler's plan fixes every random choice, so
-    a batch is bit-identical wherever it is mixed.
-    """
-
-    def __init__(self):
-        self.mix = Augmenter()
-
-    def __call__(self, batch):
-        views, labels, extras, frames = batch
-        if any(extra is not None for extra in extras):
-            views, extras = self.mix(views, extras), [None] * len(views)
-        return views, labels, extras, frames

@@ -30,12 +30,11 @@ from speakernet import plugins
 from speakernet import resume
 from speakernet import run_lock
 from speakernet import run_log
-from speakernet.augment import Augmenter, check_speed_classes, planner_from_options, speed_factors
-from DatasetLoader import CollateAndMix, TrainDataset, collate_views, read_train_list
+from speakernet.augment import Augmenter, CollateAndMix, planner_from_options
+from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, check_speed_classes, collate_views, read_train_list,
+                           speed_factors, training_packs)
 from speakernet.errors import UserError, message_of
 from speakernet.options import OptionError, parse_options, save_options
-from speakernet.packed_audio import packs_from_options
-from DatasetLoader import SpeakerBalancedSampler
 from SpeakerNet import SpeakerNet, Trainer
 
 log = logging.getLogger("trainSpeakerNet")
@@ -219,16 +218,23 @@ def verify_only(options, device):
 @dataclass
 class TrainingData:
     train_list: object
-    evaluator: object
     sampler: SpeakerBalancedSampler
     loader: DataLoader
     mix_in_workers: bool
     planner: object
+    evaluator: object = None
 
 
 def build_data(options, model, device, rank, world_size):
     """The training list, sampler and loader, and the evaluation lists: every file is checked
     here, before any file is written or any step is taken."""
+    data = build_training_data(options, model, device, rank, world_size)
+    data.evaluator = evaluation.Evaluation.from_options(options, train_list=data.train_list)
+    return data
+
+
+def build_training_data(options, model, device, rank, world_size):
+    """The training list (every file's header checked), the sampler and the loader."""
     contract = model.contract
     views = views_per_group(options, contract)
     uses_labels = contract.needs.labels
@@ -241,12 +247,11 @@ def build_data(options, model, device, rank, world_size):
     if uses_labels:
         check_speed_classes(options.nClasses, len(train_list.speakers), speeds, options.train_list,
                             contract.needs.classifier)
-    evaluator = evaluation.Evaluation.from_options(options, train_list=train_list)
     request = contract.data_request()
     if request is not None:        # data an objective needs computed from the training set
         contract.receive_data(curriculum_data.answer(request, train_list, options))
-    planner = planner_from_options(options)
-    packs = packs_from_options(options, train_list, planner.bank if planner else None)
+    planner = planner_from_options(options) if options.augment else None      # noise and reverb
+    packs = training_packs(options, train_list, planner.bank if planner else None)
     sampler = SpeakerBalancedSampler(
         train_list.labels, options.batch_size, views, options.max_seg_per_spk, seed=options.seed,
         group_by_utterance=not uses_labels, view_frames=contract.view_frames, rank=rank,
@@ -262,7 +267,7 @@ def build_data(options, model, device, rank, world_size):
                         collate_fn=CollateAndMix() if mix_in_workers else collate_views,
                         pin_memory=device.type == "cuda", persistent_workers=options.nDataLoaderThread > 0,
                         prefetch_factor=4 if options.nDataLoaderThread > 0 else None)
-    return TrainingData(train_list, evaluator, sampler, loader, mix_in_workers, planner)
+    return TrainingData(train_list, sampler, loader, mix_in_workers, planner)
 
 
 def build_trainer(options, model, device, data, is_main):

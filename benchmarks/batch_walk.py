@@ -3,10 +3,11 @@
 
     python3 benchmarks/batch_walk.py [--config configs/demo.yaml] [--data DIR]
 
-Builds the model and the optimiser as the trainer does (options parsed), then traces every
-Python call while it reads the training list, plans the epoch, loads one batch (no workers, the
-trainer's dataset and collation) and takes one optimizer step; prints the files of this
-repository that ran, in order of first use (evaluation's set-up is not part of the walk).
+Parses the options and builds the model, then traces every Python call while the trainer's own
+functions read the training list, plan the epoch and build the loader, then load one
+batch (no workers) and take one optimizer step; prints the files of this repository whose code
+ran, in order of first use (evaluation's set-up is not part of the walk, nor is the header
+manifest's first write).
 """
 import argparse
 import logging
@@ -19,17 +20,22 @@ sys.path.insert(0, str(REPO))
 log = logging.getLogger("batch_walk")
 
 
+class _FirstStepTaken(Exception):
+    pass
+
+
 def walk(argv):
-    from torch.utils.data import DataLoader
+    import torch
 
     import trainSpeakerNet
-    from DatasetLoader import TrainDataset, collate_views, read_train_list
-    from speakernet import plugins
+    from DatasetLoader import read_train_list
     from speakernet.options import parse_options
-    from speakernet.packed_audio import packs_from_options
-    from DatasetLoader import SpeakerBalancedSampler
     options = parse_options(argv)
+    device = torch.device("cpu")
     model = trainSpeakerNet.build_model(options)
+    # The first read of a list writes its header manifest (speakernet/atomic.py, once); the walk
+    # is that of every later start.
+    read_train_list(options.train_list, options.train_path)
     seen = []
 
     def tracer(frame, event, arg):
@@ -37,24 +43,21 @@ def walk(argv):
         if event == "call" and name.startswith(str(REPO)) and "benchmarks" not in name and name not in seen:
             seen.append(name)
 
-    optimizer = plugins.factory("optimizer", options.optimizer)(model.parameters(), **vars(options))
-    contract = model.contract
+    def stop(batch, totals):
+        raise _FirstStepTaken()
+
     sys.setprofile(tracer)
     try:
-        train_list = read_train_list(options.train_list, options.train_path)
-        packs = packs_from_options(options, train_list)
-        sampler = SpeakerBalancedSampler(train_list.labels, options.batch_size, options.nPerSpeaker,
-                                         options.max_seg_per_spk, seed=options.seed,
-                                         view_frames=contract.view_frames, max_frames=options.max_frames)
-        sampler.set_epoch(1)
-        loader = DataLoader(TrainDataset(train_list, None, packs), batch_sampler=sampler, collate_fn=collate_views)
-        views, labels, extras, frames = next(iter(loader))
-        model.train()
-        contract.on_batch_start(frames)
-        loss, _ = model(views, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        # What trainSpeakerNet.train does, up to the first optimizer step: the training data
+        # (list, sampler, loader), then the epoch loop's first batch.
+        data = trainSpeakerNet.build_training_data(options, model, device, rank=0, world_size=1)
+        sys.setprofile(None)          # the optimiser's and scheduler's construction is set-up
+        trainer = trainSpeakerNet.build_trainer(options, model, device, data, is_main=True)
+        sys.setprofile(tracer)
+        data.sampler.set_epoch(1)
+        trainer.train_epoch(data.loader, 1, after_step=stop)
+    except _FirstStepTaken:
+        pass
     finally:
         sys.setprofile(None)
     return [str(Path(f).relative_to(REPO)) for f in seen]

@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO))
 from speakernet import augment  # noqa: E402
 import data_prep  # noqa: E402
 from speakernet import packed_audio  # noqa: E402
-from DatasetLoader import (CollateAndMix, SpeakerBalancedSampler, TrainDataset, collate_views,  # noqa: E402
+from speakernet.augment import CollateAndMix  # noqa: E402
+from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, collate_views,  # noqa: E402
                            crop_samples, read_train_list)
 
 SNR = {"noise": (0.0, 15.0), "speech": (13.0, 20.0), "music": (5.0, 15.0)}

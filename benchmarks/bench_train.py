@@ -163,7 +163,8 @@ def measure_configuration(model_name, objective, args):
     from torch.utils.data import DataLoader
 
     from speakernet.augment import Augmenter, planner_from_options
-    from DatasetLoader import (CollateAndMix, SpeakerBalancedSampler, TrainDataset, collate_views,
+    from speakernet.augment import CollateAndMix
+    from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, collate_views,
                                read_train_list)
     from models.__main__ import count_macs
     from speakernet.packed_audio import packs_from_options

@@ -22,7 +22,7 @@ import torchaudio.functional as AF
 
 from speakernet.audio import ListError, check_audio_files
 from speakernet.errors import UserError
-from speakernet.packed_audio import to_float
+from speakernet.audio import to_float
 
 log = logging.getLogger(__name__)
 
@@ -120,29 +120,6 @@ def planner_from_options(options):
 SPEED_MARGIN = 32        # input samples read beyond each end, so the resampling filter has context
 
 
-def speed_factors(options):
-    """The speeds of --speed_perturb, or (1.0,) without it; rejects unusable values."""
-    if not getattr(options, "speed_perturb", False):
-        return (1.0,)
-    factors = tuple(float(f) for f in options.speed_factors)
-    if any(not 0.5 <= f <= 2.0 for f in factors) or len(set(factors)) != len(factors):
-        raise UserError(f"--speed_factors {' '.join(map(str, factors))}: give distinct speeds "
-                        f"between 0.5 and 2.0 (e.g. 1.0 0.9 1.1)")
-    return factors
-
-
-def check_speed_classes(num_classes, num_speakers, factors, list_path, classifier=True):
-    """Classifier heads need one class per (speaker, speed): say what --nClasses must be."""
-    needed = num_speakers * len(factors)
-    if not classifier:
-        return
-    if len(factors) > 1 and num_classes < needed:
-        raise UserError(f"--nClasses {num_classes} is too small for --speed_perturb: each of the "
-                        f"{len(factors)} speeds is a new speaker, {len(factors)} x {num_speakers} "
-                        f"speakers in {list_path} = {needed}; set --nClasses {needed} "
-                        f"(or train without --speed_perturb)")
-
-
 def speed_ratio(factor):
     """(orig, new) integer rates with new / orig = 1 / factor: 1.1 -> (11, 10), 0.9 -> (9, 10)."""
     ratio = Fraction(factor).limit_denominator(100)
@@ -209,6 +186,48 @@ def collate_augmentation(items):
             "snr": torch.tensor([s for _, _, s in items], dtype=torch.float32),
             "noisy": torch.tensor([n is not None for n, _, _ in items], dtype=torch.bool),
             "reverb": torch.tensor([r is not None for _, r, _ in items], dtype=torch.bool)}
+
+
+def read_batch_augmentation(bank, specs, length, read_crop):
+    """collate_augmentation's result for the crops `specs` of one run of a batch, every noise
+    crop read (or summed, for babble) in place into its row; worker side."""
+    noisy = [s for s in specs if s.kind not in (NONE, REVERB)]
+    noise = np.empty((len(noisy), length), dtype=np.float32) if noisy else None
+    for row, spec in zip(noise if noisy else (), noisy):
+        name = KINDS[spec.kind]
+        for n, (index, start) in enumerate(zip(spec.files, spec.starts)):
+            total = int(bank.lengths[name][index])
+            offset = int(start * max(total - length, 0))
+            if n == 0:
+                read_crop.read_into(bank.files[name][index], total, offset, length, row)
+            else:
+                row += read_crop(bank.files[name][index], total, offset, length)
+    rirs = [read_augmentation(bank, s, length, read_crop)[1] for s in specs if s.kind == REVERB]
+    extra = collate_augmentation([(None, r, 0.0) for r in rirs]) if rirs else {"rir": None}
+    return {"noise": torch.from_numpy(noise) if noisy else None, "rir": extra["rir"],
+            "snr": torch.tensor([s.snr for s in specs], dtype=torch.float32),
+            "noisy": torch.tensor([s.kind not in (NONE, REVERB) for s in specs], dtype=torch.bool),
+            "reverb": torch.tensor([s.kind == REVERB for s in specs], dtype=torch.bool)}
+
+
+class CollateAndMix:
+    """The batch, with the augmentation mixed in inside the loader workers.
+
+    For training on a CPU with worker processes: the mixing then runs in the workers beside the
+    model instead of in front of it in the training process, and only mixed crops cross the
+    process boundary, not the noise and RIR rows. On a GPU the mixing stays on the device
+    (Trainer's augment), where it is cheap. The sampler's plan fixes every random choice, so
+    a batch is bit-identical wherever it is mixed.
+    """
+
+    def __init__(self):
+        self.mix = Augmenter()
+
+    def __call__(self, batch):
+        views, labels, extras, frames = batch
+        if any(extra is not None for extra in extras):
+            views, extras = self.mix(views, extras), [None] * len(views)
+        return views, labels, extras, frames
 
 
 def fast_fft_size(n):

@@ -40,6 +40,11 @@ def tone(rng, n, freq):
     return (0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(n)).astype(np.float32)
 
 
+def group_views(batch, n=0):
+    """The views of group `n` of a (views, labels, extras, frames) batch, as 1-D numpy arrays."""
+    return [run[n, v].numpy() for run in batch[0] for v in range(run.shape[1])]
+
+
 def read_all(path):
     """The whole file as float32, the way the loaders decode it."""
     audio, sr = soundfile.read(str(path), dtype="float32", always_2d=False)

@@ -102,7 +102,7 @@ def test_views_of_one_utterance_are_augmented_independently(bank, tmp_path):
                                      view_frames=lambda e, r: (100, 100), augment_planner=planner)
     dataset = TrainDataset(train, bank)
     batch = next(iter(sampler))
-    views, labels, extras, _ = collate_views([dataset[request] for request in batch])
+    views, labels, extras, _ = dataset.__getitems__(batch)
     mixed = augment.Augmenter()(views, extras)[0]
     for group, request in zip(mixed, batch):
         assert request.augment[0] != request.augment[1]

@@ -8,7 +8,7 @@ import torch
 
 import DatasetLoader as DL
 from speakernet import eval_crops, trial_sets
-from conftest import SR, read_all, write_wav
+from conftest import group_views, read_all, write_wav
 
 MAX_FRAMES = 20
 
@@ -147,9 +147,9 @@ def test_train_dataset_crops(corpus, read_spy):
     dataset = DL.TrainDataset(train)
     request = DL.CropRequest(files=(0, 1, 2), frames=(MAX_FRAMES, MAX_FRAMES, 10),
                              starts=(0.0, 0.5, 0.999), label=int(train.labels[0]))
-    item = dataset[request]
+    batch = dataset[request]                # a batch of this one group
     reads = list(read_spy)                  # before the test's own whole-file reads below
-    views, label = item[0], item[1]
+    views, label = group_views(batch), int(batch[1][0])
     assert label == request.label
     assert len(views) == 3
     for view, index, frames, start in zip(views, request.files, request.frames, request.starts):
@@ -171,7 +171,7 @@ def test_train_dataset_short_file_wraps(tmp_path, short_wav):
     train = DL.TrainList(files=[str(short_wav)], lengths=np.array([1000]), labels=np.array([0]),
                          speakers=["s"])
     request = DL.CropRequest(files=(0,), frames=(MAX_FRAMES,), starts=(0.7,), label=0)
-    view = DL.TrainDataset(train)[request][0][0]
+    view = group_views(DL.TrainDataset(train)[request])[0]
     full = read_all(short_wav)
     n = crop_len(MAX_FRAMES)
     np.testing.assert_array_equal(view, np.tile(full, math.ceil(n / len(full)))[:n])

@@ -91,7 +91,7 @@ def _single_process_reference(corpus_root):
     for step in range(len(plan) // WORLD):
         losses = []
         for rank in range(WORLD):
-            views, labels, _, _ = collate_views([dataset[r] for r in plan[step * WORLD + rank]])
+            views, labels, _, _ = dataset.__getitems__(plan[step * WORLD + rank])
             losses.append(model(views, labels)[0])
         optimizer.zero_grad()
         (sum(losses) / WORLD).backward()

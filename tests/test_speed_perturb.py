@@ -11,7 +11,7 @@ from scipy import signal
 from speakernet import augment
 import DatasetLoader as sampler
 import trainSpeakerNet
-from conftest import SR, train_argv, write_wav
+from conftest import SR, group_views, train_argv, write_wav
 from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, TrainList, collate_views, crop_samples,
                            read_crop)
 from speakernet.errors import UserError
@@ -57,7 +57,7 @@ def test_pitch_moves_by_the_factor(sine_file, factor):
     # One factor alone is never drawn (nothing to choose), so ask for it through the request.
     request = next(iter(sampler))[0]
     request.speed = factor
-    audio = dataset[request][0][0]
+    audio = group_views(dataset[request])[0]
     assert len(audio) == crop_samples(300)
     assert peak_hz(audio) == pytest.approx(1000.0 * factor, abs=2.0)
 
@@ -135,7 +135,7 @@ def test_self_supervised_groups_share_one_speed_and_stay_unlabelled(tmp_path):
     batches = sampler.plan(1)
     assert {r.label for b in batches for r in b} == {-1}
     assert len({r.speed for b in batches for r in b}) > 1
-    views, labels, _, _ = collate_views([dataset[r] for r in batches[0]])
+    views, labels, _, _ = dataset.__getitems__(batches[0])
     assert views[0].shape == (4, 2, crop_samples(20)) and (labels == -1).all()
 
 
@@ -143,15 +143,15 @@ def test_options_and_class_check():
     parser = argparse.ArgumentParser()
     sampler.add_arguments(parser)           # speed perturbation is the sampler's option
     options = parser.parse_args([])
-    assert not options.speed_perturb and augment.speed_factors(options) == (1.0,)
+    assert not options.speed_perturb and sampler.speed_factors(options) == (1.0,)
     options = parser.parse_args(["--speed_perturb"])
-    assert augment.speed_factors(options) == SPEEDS
+    assert sampler.speed_factors(options) == SPEEDS
     with pytest.raises(UserError, match="--speed_factors"):
-        augment.speed_factors(parser.parse_args(["--speed_perturb", "--speed_factors", "1.0", "3.0"]))
+        sampler.speed_factors(parser.parse_args(["--speed_perturb", "--speed_factors", "1.0", "3.0"]))
     with pytest.raises(UserError, match="set --nClasses 30"):
-        augment.check_speed_classes(10, 10, SPEEDS, "list.txt")
-    augment.check_speed_classes(30, 10, SPEEDS, "list.txt")
-    augment.check_speed_classes(10, 10, (1.0,), "list.txt")
+        sampler.check_speed_classes(10, 10, SPEEDS, "list.txt")
+    sampler.check_speed_classes(30, 10, SPEEDS, "list.txt")
+    sampler.check_speed_classes(10, 10, (1.0,), "list.txt")
 
 
 def run(argv, caplog):
