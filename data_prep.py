@@ -33,7 +33,11 @@ __all__ = ["main", "baseline_eer", "mean_log_mel", "mel_filterbank", "draw_speak
            "generate_noise_sets", "STATIONARY_NOISES", "TRANSIENT_NOISES"]
 
 
-def main(argv=None):
+REAL_DATA_STEPS = {"download": download, "concatenate": concatenate, "extract": extract, "convert": convert,
+                   "augment": prepare_augment}          # in the order they run
+
+
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=type(
         "Fmt", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {}))
     p.add_argument("--synthetic", action="store_true", help="write the synthetic demo corpus and noise sets")
@@ -46,7 +50,15 @@ def main(argv=None):
                    help="replace a different corpus or noise set in --save_path, or a different --list_out")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="processes (synthesis, ffmpeg, MUSAN split); the output does not depend on it")
-    g = p.add_argument_group("synthetic corpus")
+    add_synthetic_options(p.add_argument_group("synthetic corpus"))
+    add_real_data_options(p.add_argument_group(
+        "real data: voxceleb_trainer's steps (several run in this order); "
+        "each resumes where it stopped and never rewrites a finished file"))
+    add_list_options(p.add_argument_group("lists and checks"))
+    return p
+
+
+def add_synthetic_options(g):
     g.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     g.add_argument("--num_train_speakers", type=int, default=200, help="speakers of train_list.txt")
     g.add_argument("--num_test_speakers", type=int, default=40, help="other speakers, for test_list.txt")
@@ -65,8 +77,9 @@ def main(argv=None):
                    help="speech chunks for babble, from speakers in neither list (%d each)" % BABBLE_PER_SPEAKER)
     g.add_argument("--num_music", type=int, default=40, help="music chunks (5 s)")
     g.add_argument("--num_rirs", type=int, default=60, help="simulated room impulse responses (3 per room)")
-    r = p.add_argument_group("real data: voxceleb_trainer's steps (several run in this order); "
-                             "each resumes where it stopped and never rewrites a finished file")
+
+
+def add_real_data_options(r):
     r.add_argument("--download", action="store_true", help="fetch --download_list into --save_path")
     r.add_argument("--download_list", help="lines 'URL MD5', 'MD5 URL' or 'URL'; bare file names are "
                                            "joined to --base_url")
@@ -84,57 +97,77 @@ def main(argv=None):
     r.add_argument("--convert", action="store_true", help="VoxCeleb2 m4a -> 16 kHz mono wav (ffmpeg)")
     r.add_argument("--augment", action="store_true",
                    help="musan.tar.gz -> musan_split (5 s chunks), rirs_noises.zip -> RIRS_NOISES/simulated_rirs")
-    c = p.add_argument_group("lists and checks")
+
+
+def add_list_options(c):
     c.add_argument("--make_list", metavar="DIR", help="write a train list of DIR/speaker/video/utt.wav")
     c.add_argument("--list_out", metavar="FILE", help="where --make_list writes")
     c.add_argument("--check", metavar="DIR", help="report missing or unusable audio under DIR (or in --list)")
     c.add_argument("--list", metavar="FILE", help="train or trial list for --check, paths relative to DIR")
     c.add_argument("--list_format", choices=("auto", "train", "trial"), default="auto", help="of --list")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    steps = [s for s in ("download", "concatenate", "extract", "convert", "augment") if getattr(args, s)]
+
+
+def check_one_mode(p, args, steps):
     modes = [m for m, on in (("--synthetic", args.synthetic), ("--baseline", args.baseline),
                              ("the real-data steps", steps), ("--make_list", args.make_list),
                              ("--check", args.check)) if on]
     if len(modes) != 1:
         p.error("give one of --synthetic, --baseline, --make_list, --check or real-data steps (--download, "
                 "--concatenate, --extract, --convert, --augment); got %s" % (", ".join(modes) or "none"))
+
+
+def run_real_data(p, args, steps):
+    """The real-data steps, --make_list or --check; a failure ends the program with one line."""
     try:
         if steps:
             args.save_path = args.save_path or "data"
             for step in steps:
-                {"download": download, "concatenate": concatenate, "extract": extract, "convert": convert,
-                 "augment": prepare_augment}[step](args)
-            return
-        if args.make_list:
+                REAL_DATA_STEPS[step](args)
+        elif args.make_list:
             if not args.list_out:
                 p.error("--make_list needs --list_out FILE")
-            return make_list(args)
-        if args.check:
-            return check(args)
+            make_list(args)
+        else:
+            check(args)
     except PrepError as err:
         sys.exit("error: %s" % err)
     except OSError as err:            # a path that is not there or cannot be written: names it
         sys.exit("error: %s" % err)
     except KeyboardInterrupt:
         sys.exit("interrupted: finished files are kept; run the same command again to resume")
+
+
+def write_synthetic(p, args):
+    """--synthetic: the corpus and its noise sets; its trial list is then the baseline's."""
+    if not args.save_path:
+        p.error("--synthetic needs --save_path")
+    if min(args.num_test_speakers, args.test_utts_per_speaker) < 2 \
+            or not 0.5 <= args.min_dur <= args.max_dur:
+        p.error("need 2+ test speakers with 2+ utterances each, and 0.5 <= min_dur <= max_dur")
+    if min(args.num_noise, args.num_babble, args.num_music, args.num_rirs) < 1:
+        p.error("--num_noise, --num_babble, --num_music and --num_rirs need 1 or more each")
+    generate_synthetic(args)
+    generate_noise_sets(args)
+    args.test_list = os.path.join(args.save_path, "test_list.txt")
+    args.test_path = os.path.join(args.save_path, "wav")
+
+
+def main(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    steps = [s for s in REAL_DATA_STEPS if getattr(args, s)]
+    check_one_mode(p, args, steps)
+    if steps or args.make_list or args.check:
+        run_real_data(p, args, steps)
+        return
     if args.synthetic:
-        if not args.save_path:
-            p.error("--synthetic needs --save_path")
-        if min(args.num_test_speakers, args.test_utts_per_speaker) < 2 \
-                or not 0.5 <= args.min_dur <= args.max_dur:
-            p.error("need 2+ test speakers with 2+ utterances each, and 0.5 <= min_dur <= max_dur")
-        if min(args.num_noise, args.num_babble, args.num_music, args.num_rirs) < 1:
-            p.error("--num_noise, --num_babble, --num_music and --num_rirs need 1 or more each")
-        generate_synthetic(args)
-        generate_noise_sets(args)
-        args.test_list = os.path.join(args.save_path, "test_list.txt")
-        args.test_path = os.path.join(args.save_path, "wav")
+        write_synthetic(p, args)
     elif not (args.test_list and args.test_path):
         p.error("--baseline needs --test_list and --test_path")
     eer = baseline_eer(args.test_list, args.test_path)
+    # The result line is the command's output (stdout); progress goes to the log.
     print("Baseline EER (mean log-mel, cosine): %.2f%% on %s" % (eer, args.test_list))
-
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ Objectives see tensors only: data work (k-means over the training set) is done b
 side on request (`data_request`) and handed back (`receive_data`).
 """
 import difflib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -134,3 +135,35 @@ def require_views(x, name, minimum=2, exactly=None):
 def top1_accuracy(logits, target):
     """Top-1 accuracy in percent, the progress-bar metric of the classification-like objectives."""
     return (logits.argmax(dim=-1) == target).float().mean() * 100.0
+
+
+def sine_of(cosine):
+    """sin(theta) from cos(theta) for theta in [0, pi], clamped away from 0: the derivative of
+    sqrt is infinite there."""
+    return (1.0 - cosine.pow(2)).clamp(min=1e-7).sqrt()
+
+
+def additive_angular_target(cos_y, margin):
+    """ArcFace's target cosine cos(theta_y + m) (before the scale). Where theta_y + m would pass
+    pi, cos(theta + m) stops decreasing in theta, so there it is the CosFace-like
+    cos(theta_y) - m sin m."""
+    # theta + m < pi  <=>  cos(theta) > cos(pi - m)
+    return torch.where(cos_y > math.cos(math.pi - margin),
+                       cos_y * math.cos(margin) - sine_of(cos_y) * math.sin(margin),
+                       cos_y - margin * math.sin(margin))
+
+
+class ScaledCosineObjective(Objective):
+    """Base of the metric objectives whose logits are w * cos + b, with a learnable scale
+    w > 0 and bias b (angleproto, ge2e, acont). The parameters keep voxceleb_trainer's names,
+    'w' and 'b', so its checkpoints load; its initial values (10, -5) are the defaults, as
+    the papers give none."""
+
+    def __init__(self, init_w=10.0, init_b=-5.0, **kwargs):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(init_w))
+        self.b = nn.Parameter(torch.tensor(init_b))
+
+    def scaled(self, cosine):
+        # w must stay positive or the objective inverts; clamp where it is used.
+        return self.w.clamp(min=1e-6) * cosine + self.b

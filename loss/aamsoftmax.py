@@ -11,13 +11,11 @@ trains with m = 0.1 and switches to m = 0.3 after 100 epochs:
 (--aam_ramp_epochs N ramps linearly over N epochs instead of switching.)
 The weight is stored as 'weight' [nClasses, nOut], voxceleb_trainer's layout.
 """
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._objective import Needs, Objective, flatten_labelled, top1_accuracy
+from loss._objective import Needs, Objective, additive_angular_target, flatten_labelled, top1_accuracy
 from loss._curriculum import held_then_ramped
 from speakernet.errors import OptionError
 
@@ -34,6 +32,15 @@ def add_arguments(parser):
                              "linearly to it over N epochs")
 
 
+def check_margin_curriculum(initial_margin, curriculum_epochs, ramp_epochs, usual_initial):
+    """The options add_arguments declares; `usual_initial` names the usual initial margin
+    (e.g. 'paper: 0.1') in the message of a curriculum without one."""
+    if curriculum_epochs < 0 or ramp_epochs < 0:
+        raise OptionError("--aam_curriculum_epochs and --aam_ramp_epochs must be 0 or more")
+    if curriculum_epochs > 0 and initial_margin is None:
+        raise OptionError(f"--aam_curriculum_epochs needs --aam_initial_margin ({usual_initial})")
+
+
 class LossFunction(Objective):
     needs = Needs(classifier=True)
     test_normalize = True
@@ -41,10 +48,7 @@ class LossFunction(Objective):
     def __init__(self, nOut, nClasses, margin=0.2, scale=30.0, aam_initial_margin=None,
                  aam_curriculum_epochs=0, aam_ramp_epochs=0, **kwargs):
         super().__init__()
-        if aam_curriculum_epochs < 0 or aam_ramp_epochs < 0:
-            raise OptionError("--aam_curriculum_epochs and --aam_ramp_epochs must be 0 or more")
-        if aam_curriculum_epochs > 0 and aam_initial_margin is None:
-            raise OptionError("--aam_curriculum_epochs needs --aam_initial_margin (paper: 0.1)")
+        check_margin_curriculum(aam_initial_margin, aam_curriculum_epochs, aam_ramp_epochs, "paper: 0.1")
         self.final_margin = margin
         self.initial_margin = margin if aam_initial_margin is None else aam_initial_margin
         self.curriculum_epochs = aam_curriculum_epochs
@@ -64,13 +68,6 @@ class LossFunction(Objective):
     def forward(self, x, label=None):
         x, label = flatten_labelled(x, label)
         cosine = F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).T
-        m = self.margin
-        cos_y = cosine.gather(1, label[:, None])
-        # Clamped away from 0: the derivative of sqrt is infinite there.
-        sin_y = (1.0 - cos_y.pow(2)).clamp(min=1e-7).sqrt()
-        # theta + m < pi  <=>  cos(theta) > cos(pi - m)
-        target = torch.where(cos_y > math.cos(math.pi - m),
-                             cos_y * math.cos(m) - sin_y * math.sin(m),
-                             cos_y - m * math.sin(m))
+        target = additive_angular_target(cosine.gather(1, label[:, None]), self.margin)
         logits = self.scale * cosine.scatter(1, label[:, None], target)
         return F.cross_entropy(logits, label), top1_accuracy(cosine, label)

@@ -8,31 +8,27 @@ x_{i,2} (columns of S). The paper gives no initial w, b; we take angleproto's 10
 Groups are speakers here (the supervised fine-tuning of the paper's Table 3).
 """
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._objective import Needs, Objective, require_views, top1_accuracy
+from loss._objective import Needs, ScaledCosineObjective, require_views, top1_accuracy
 from speakernet.errors import OptionError
 
 
-class LossFunction(Objective):
+class LossFunction(ScaledCosineObjective):
     needs = Needs(min_views=2)
     test_normalize = True
 
     def __init__(self, init_w=10.0, init_b=-5.0, nPerSpeaker=2, **kwargs):
-        super().__init__()
+        super().__init__(init_w, init_b)
         if nPerSpeaker > 2:
             raise OptionError(f"acont compares exactly 2 utterances per group; set --nPerSpeaker 2 "
                               f"(got {nPerSpeaker})")
-        self.w = nn.Parameter(torch.tensor(init_w))
-        self.b = nn.Parameter(torch.tensor(init_b))
 
     def forward(self, x, label=None):
         require_views(x, "acont", exactly=2)
         first = F.normalize(x[:, 0], dim=1)
         second = F.normalize(x[:, 1], dim=1)
-        # w must stay positive or the objective inverts; clamp where it is used.
-        logits = self.w.clamp(min=1e-6) * (first @ second.T) + self.b
+        logits = self.scaled(first @ second.T)
         target = torch.arange(x.size(0), device=x.device)
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
         return loss, top1_accuracy(logits, target)

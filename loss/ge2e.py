@@ -8,20 +8,14 @@ pick its own speaker. The loss is the mean over all N*M utterances (eq. 12 write
 front of the double sum; the mean, as in voxceleb_trainer, keeps the scale independent of M).
 """
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._objective import Needs, Objective, require_views, top1_accuracy
+from loss._objective import Needs, ScaledCosineObjective, require_views, top1_accuracy
 
 
-class LossFunction(Objective):
+class LossFunction(ScaledCosineObjective):
     needs = Needs(min_views=2)
     test_normalize = True
-
-    def __init__(self, init_w=10.0, init_b=-5.0, **kwargs):
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor(init_w))
-        self.b = nn.Parameter(torch.tensor(init_b))
 
     def forward(self, x, label=None):
         require_views(x, "ge2e")
@@ -34,7 +28,6 @@ class LossFunction(Objective):
         cos_own = (unit * own_centroid).sum(dim=-1)                       # N x M
         own = torch.eye(n, dtype=torch.bool, device=x.device)[:, None, :]
         cosine = torch.where(own, cos_own[..., None], cos_all)
-        # w must stay positive or the objective inverts; clamp where it is used.
-        logits = (self.w.clamp(min=1e-6) * cosine + self.b).reshape(n * m, n)
+        logits = self.scaled(cosine).reshape(n * m, n)
         target = torch.arange(n, device=x.device).repeat_interleave(m)
         return F.cross_entropy(logits, target), top1_accuracy(logits, target)

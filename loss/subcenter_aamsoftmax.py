@@ -57,9 +57,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from loss import aamsoftmax
-from loss._accuracy import top1_accuracy
 from loss._curriculum import held_then_ramped
-from loss._objective import Needs, Objective, flatten_labelled
+from loss._objective import Needs, Objective, additive_angular_target, flatten_labelled, sine_of, top1_accuracy
 from speakernet.errors import OptionError
 
 # wespeaker's recipe values (projections.py and resnet_mqmha_intertopk_subcenter.yaml) when the
@@ -106,10 +105,8 @@ class LossFunction(Objective):
         if intertopk_k < 0 or intertopk_margin < 0:
             raise OptionError("--intertopk_k and --intertopk_margin must be 0 or more (0 disables "
                               "the inter-top-k penalty)")
-        if aam_curriculum_epochs < 0 or aam_ramp_epochs < 0:
-            raise OptionError("--aam_curriculum_epochs and --aam_ramp_epochs must be 0 or more")
-        if aam_curriculum_epochs > 0 and aam_initial_margin is None:
-            raise OptionError("--aam_curriculum_epochs needs --aam_initial_margin (wespeaker: 0.0)")
+        aamsoftmax.check_margin_curriculum(aam_initial_margin, aam_curriculum_epochs, aam_ramp_epochs,
+                                           "wespeaker: 0.0")
         if aam_ramp_shape not in ("linear", "exp"):
             raise OptionError(f"--aam_ramp_shape '{aam_ramp_shape}': choose linear or exp")
         self.num_classes = nClasses
@@ -151,21 +148,13 @@ class LossFunction(Objective):
     def forward(self, x, label=None):
         x, label = flatten_labelled(x, label)
         cosine = self.class_cosines(x)
-        m = self.margin
-        cos_y = cosine.gather(1, label[:, None])
-        # Clamped away from 0: the derivative of sqrt is infinite there.
-        sin_y = (1.0 - cos_y.pow(2)).clamp(min=1e-7).sqrt()
-        # theta + m < pi  <=>  cos(theta) > cos(pi - m)
-        target = torch.where(cos_y > math.cos(math.pi - m),
-                             cos_y * math.cos(m) - sin_y * math.sin(m),
-                             cos_y - m * math.sin(m))
+        target = additive_angular_target(cosine.gather(1, label[:, None]), self.margin)
         logits = cosine
         if self.top_k > 0 and self.penalty > 0:
             others = cosine.detach().scatter(1, label[:, None], -math.inf)
             hardest = others.topk(self.top_k, dim=1).indices           # never the target
             cos_j = cosine.gather(1, hardest)
-            sin_j = (1.0 - cos_j.pow(2)).clamp(min=1e-7).sqrt()
             mp = self.penalty
-            logits = logits.scatter(1, hardest, cos_j * math.cos(mp) + sin_j * math.sin(mp))
+            logits = logits.scatter(1, hardest, cos_j * math.cos(mp) + sine_of(cos_j) * math.sin(mp))
         logits = self.scale * logits.scatter(1, label[:, None], target)
         return F.cross_entropy(logits, label), top1_accuracy(cosine, label)

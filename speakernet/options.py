@@ -33,13 +33,23 @@ COMPONENT_OPTIONS = {"model": "models", "trainfunc": "loss", "optimizer": "optim
 log = logging.getLogger(__name__)
 
 
+# Flags take --name / --no-name (voxceleb_trainer's YAML files give them as true/false).
+FLAG = dict(action=argparse.BooleanOptionalAction, default=False)
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         description="Train or evaluate a speaker-embedding network.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add = p.add_argument
-    flag = dict(action=argparse.BooleanOptionalAction, default=False)
-    add("--config", type=str, default=None, help="YAML file of options (command line wins)")
+    p.add_argument("--config", type=str, default=None, help="YAML file of options (command line wins)")
+    for add_group in CORE_GROUPS:
+        add_group(p)
+    for owner in OPTION_OWNERS:            # the modules that declare their own options
+        owner.add_arguments(p)
+    return p
+
+
+def add_loader_options(p):
     g = p.add_argument_group("data loader")
     g.add_argument("--max_frames", type=int, default=200, help="training crop length in 10 ms frames")
     g.add_argument("--eval_frames", type=int, default=300,
@@ -48,8 +58,11 @@ def build_parser():
     g.add_argument("--batch_size", type=int, default=200, help="groups (speakers) per batch, per process")
     g.add_argument("--max_seg_per_spk", type=int, default=500, help="utterances per speaker per epoch, at most")
     g.add_argument("--nDataLoaderThread", type=int, default=5, help="data-loading worker processes")
-    g.add_argument("--augment", help="augment training crops with MUSAN noise and RIR reverberation", **flag)
+    g.add_argument("--augment", help="augment training crops with MUSAN noise and RIR reverberation", **FLAG)
     g.add_argument("--seed", type=int, default=10, help="seed for sampling, crops and initialisation")
+
+
+def add_training_options(p):
     g = p.add_argument_group("training")
     g.add_argument("--test_interval", type=int, default=10, help="evaluate and save every this many epochs")
     g.add_argument("--max_epoch", type=int, default=500, help="epochs to train")
@@ -59,6 +72,9 @@ def build_parser():
     g.add_argument("--lr", type=float, default=0.001, help="learning rate")
     g.add_argument("--lr_decay", type=float, default=0.95, help="learning-rate factor per step of steplr")
     g.add_argument("--weight_decay", type=float, default=0.0, help="weight decay")
+
+
+def add_objective_options(p):
     g = p.add_argument_group("objectives")
     g.add_argument("--hard_prob", type=float, default=0.5, help="triplet: probability of a hard negative")
     g.add_argument("--hard_rank", type=int, default=10, help="triplet: hard negatives drawn from this top rank")
@@ -66,11 +82,17 @@ def build_parser():
     g.add_argument("--scale", type=float, default=30.0, help="scale of margin-based objectives")
     g.add_argument("--nPerSpeaker", type=int, default=1, help="utterances (views) per group")
     g.add_argument("--nClasses", type=int, default=5994, help="training speakers, for classifier objectives")
+
+
+def add_evaluation_options(p):
     g = p.add_argument_group("evaluation")
     g.add_argument("--dcf_p_target", type=probability_list, default="0.05,0.01",
                    help="minDCF target priors, comma-separated (the papers: 0.05 and 0.01)")
     g.add_argument("--dcf_c_miss", type=float, default=1.0, help="minDCF cost of a miss")
     g.add_argument("--dcf_c_fa", type=float, default=1.0, help="minDCF cost of a false alarm")
+
+
+def add_checkpoint_options(p):
     g = p.add_argument_group("load and save")
     g.add_argument("--initial_model", type=str, default="", help="start from these weights "
                    "(this project's or voxceleb_trainer's checkpoint)")
@@ -82,6 +104,9 @@ def build_parser():
                         "minutes, so a restart resumes at the next batch (0 = off)")
     g.add_argument("--checkpoint_steps", type=int, default=0,
                    help="also save a mid-epoch checkpoint every this many batches (0 = off)")
+
+
+def add_data_options(p):
     g = p.add_argument_group("data")
     g.add_argument("--train_list", type=str, default="data/train_list.txt", help="'speaker path' lines")
     g.add_argument("--test_list", type=str, action=ListOption, default="data/test_list.txt",
@@ -93,25 +118,33 @@ def build_parser():
     g.add_argument("--rir_path", type=str, default="data/RIRS_NOISES/simulated_rirs", help="RIR root")
     g.add_argument("--recheck_audio", help="check every listed file's size and time again, rereading "
                    "changed headers (a later start otherwise trusts the manifest while the list and "
-                   "the folders are unchanged)", **flag)
+                   "the folders are unchanged)", **FLAG)
     g.add_argument("--allow_outside_paths", help="let list entries be absolute or use '..' "
-                   "(by default they must stay under --train_path/--test_path)", **flag)
+                   "(by default they must stay under --train_path/--test_path)", **FLAG)
+
+
+def add_model_options(p):
     g = p.add_argument_group("model")
     g.add_argument("--n_mels", type=int, default=40, help="mel bands of the front end")
-    g.add_argument("--log_input", help="take the log of the filterbank energies", **flag)
+    g.add_argument("--log_input", help="take the log of the filterbank energies", **FLAG)
     g.add_argument("--model", type=str, default="", help="encoder: a file name in models/")
     g.add_argument("--encoder_type", type=str, default="SAP", help="pooling (SAP, ASP, ...)")
     g.add_argument("--nOut", type=int, default=512, help="embedding size")
+
+
+def add_run_options(p):
     g = p.add_argument_group("run")
-    g.add_argument("--eval", help="only evaluate --initial_model (or the newest checkpoint)", **flag)
+    g.add_argument("--eval", help="only evaluate --initial_model (or the newest checkpoint)", **FLAG)
     g.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--mixedprec", help="mixed precision (bf16 on CPU, fp16 on CUDA)", **flag)
-    g.add_argument("--distributed", help="DistributedDataParallel under torchrun", **flag)
+    g.add_argument("--mixedprec", help="mixed precision (bf16 on CPU, fp16 on CUDA)", **FLAG)
+    g.add_argument("--distributed", help="DistributedDataParallel under torchrun", **FLAG)
     g.add_argument("--max_bad_steps", type=int, default=0,
                    help="steps with a NaN/Inf loss skipped per epoch before training stops")
-    for owner in OPTION_OWNERS:            # the modules that declare their own options
-        owner.add_arguments(p)
-    return p
+
+
+# The core's option groups, in --help order.
+CORE_GROUPS = (add_loader_options, add_training_options, add_objective_options, add_evaluation_options,
+               add_checkpoint_options, add_data_options, add_model_options, add_run_options)
 
 
 def parse_options(argv=None):
@@ -264,6 +297,20 @@ def _check_augmentation(options):
                           f"sums at least 1 speech file (voxceleb_trainer: 3 7)")
 
 
+def _check_components(options):
+    """Every mode builds its encoder and objective from --model and --trainfunc, except
+    --verify, which takes both and their options from the checkpoint it needs."""
+    if getattr(options, "verify", None):
+        if not options.initial_model:
+            raise OptionError("--verify needs --initial_model CKPT (a checkpoint written by --calibrate "
+                              "gives an LLR and a decision)")
+        return
+    if not options.trainfunc:
+        raise OptionError("--trainfunc is required (a file name in loss/, e.g. angleproto)")
+    if not options.model:
+        raise OptionError("--model is required (a file name in models/, e.g. ResNetSE34L)")
+
+
 def validate(options, parser=None):
     """Reject out-of-range values before anything runs. `parser` (default: the core options
     only) names the float options checked for NaN and Inf, component-declared ones included."""
@@ -302,10 +349,7 @@ def validate(options, parser=None):
     if options.seed < 0:
         raise OptionError(f"--seed must be 0 or more, got {options.seed}")
     _check_augmentation(options)
-    if not options.trainfunc:
-        raise OptionError("--trainfunc is required (a file name in loss/, e.g. angleproto)")
-    if not options.model:
-        raise OptionError("--model is required (a file name in models/, e.g. ResNetSE34L)")
+    _check_components(options)
     if options.device != "auto" and not (options.device in ("cpu", "cuda") or
                                          options.device.startswith("cuda:")):
         raise OptionError(f"--device '{options.device}': use auto, cpu, cuda or cuda:N")

@@ -1,6 +1,6 @@
 """Option faults caught at parse time: NaN/Inf and out-of-range numbers, --aug_probs, a
 --config that is no readable file, component defaults of generic options (OPTION_DEFAULTS),
-duplicate YAML keys."""
+duplicate YAML keys, --verify without --model/--trainfunc."""
 import errno
 import importlib
 import logging
@@ -322,3 +322,20 @@ def test_key_set_three_times_names_every_line(config, caplog):
     assert f"{path}:4: 'model' is also set on lines 1 and 2; the value on line 4 ('ResNetSE34V2') " \
            f"is used" in caplog.messages
 
+
+
+# ------------------------------------------------------------------ E: --verify takes its model from the checkpoint
+
+def test_verify_needs_no_model_or_trainfunc():
+    opts = parse_options(["--verify", "a.wav", "b.wav", "--initial_model", "m.model"])
+    assert opts.verify == ["a.wav", "b.wav"] and opts.initial_model == "m.model"
+
+
+def test_verify_without_initial_model_is_one_line():
+    message = parse_error(["--verify", "a.wav", "b.wav"])
+    assert message.startswith("--verify needs --initial_model CKPT") and "\n" not in message
+
+
+def test_other_modes_still_need_model_and_trainfunc():
+    assert parse_error(["--initial_model", "m.model"]).startswith("--trainfunc is required")
+    assert parse_error(["--trainfunc", "angleproto"]).startswith("--model is required")

@@ -157,50 +157,51 @@ def download(args):
 
 
 def fetch(url, dest, expected, args):
+    """Download `url` to `dest` through `dest`.part (resumed), check its MD5 against
+    `expected` (None: nothing to check) and only then rename it to `dest`."""
     name = os.path.basename(dest)
     if os.path.exists(dest):
         verify(dest, expected, "a finished download is never overwritten: delete it and run again")
         log.info("%s is already downloaded%s", name, " and verified" if expected else "")
         return
     part = dest + ".part"
+    digest = download_part(opener_for(url, args), url, part, name, args)
+    if digest is None:                                       # --retries 0: no attempt made
+        return
+    if expected and digest != expected:
+        os.replace(part, dest + ".bad")
+        raise PrepError("%s: MD5 %s, expected %s; kept as %s.bad for inspection, run again to download "
+                        "it afresh (if it fails again the list or the server's file is wrong)"
+                        % (name, digest, expected, dest))
+    os.replace(part, dest)
+    remember_md5(dest, digest)
+    print("Downloaded %s%s" % (name, " (MD5 verified)" if expected else " (no MD5 known to verify)"))
+
+
+def opener_for(url, args):
     handlers = []
     if args.user:                    # answered only to this URL's own challenge, as wget does
         passwords = urllib.request.HTTPPasswordMgrWithDefaultRealm()
         passwords.add_password(None, url, args.user, args.password or "")
         handlers.append(urllib.request.HTTPBasicAuthHandler(passwords))
-    opener = urllib.request.build_opener(*handlers)
+    return urllib.request.build_opener(*handlers)
+
+
+def download_part(opener, url, part, name, args):
+    """Complete `part` from `url` in up to --retries attempts, each resuming the last -> the
+    MD5 of the whole file (None when no attempt is made)."""
     for attempt in range(1, args.retries + 1):
         have = os.path.getsize(part) if os.path.exists(part) else 0
-        headers = {"User-Agent": "speakernet-data_prep", **({"Range": "bytes=%d-" % have} if have else {})}
         try:
-            with opener.open(urllib.request.Request(url, headers=headers), timeout=args.timeout) as response:
-                if have and response.status != 206:          # the server ignored Range: start again
-                    log.warning("%s: the server does not resume downloads; starting %s again", url, name)
-                    have = 0
-                size = response.headers.get("Content-Length")
-                total = have + int(size) if size is not None else None
-                h = hashlib.md5()
-                if have:                                     # hash what is already there, then go on
-                    with open(part, "rb") as f:
-                        for block in blocks(f):
-                            h.update(block)
-                with open(part, "ab" if have else "wb") as out, byte_bar(total, name, have) as bar:
-                    for block in blocks(response):
-                        out.write(block)
-                        h.update(block)
-                        bar.update(len(block))
-                if total is not None and os.path.getsize(part) < total:
-                    raise ConnectionError("connection closed early")
-                digest = h.hexdigest()
+            return receive(opener, url, part, name, have, args.timeout)
         except urllib.error.HTTPError as err:
             if err.code == 416 and have:                     # nothing left to fetch: the part is complete
-                digest = md5_of(part, cache=False)
-            elif err.code in (401, 403):
+                return md5_of(part, cache=False)
+            if err.code in (401, 403):
                 raise PrepError("%s: HTTP %d %s; check --user/--password (or the key in the URL)"
                                 % (url, err.code, err.reason))
-            else:
-                raise PrepError("%s: HTTP %d %s; check the URL in %s" % (url, err.code, err.reason,
-                                                                         args.download_list))
+            raise PrepError("%s: HTTP %d %s; check the URL in %s" % (url, err.code, err.reason,
+                                                                     args.download_list))
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
             reason = getattr(err, "reason", None) or err
             if attempt == args.retries:
@@ -208,16 +209,32 @@ def fetch(url, dest, expected, args):
                                 % (url, reason, part))
             log.warning("%s: %s; resuming (attempt %d of %d)", name, reason, attempt + 1, args.retries)
             time.sleep(min(30, 2 ** (attempt - 1)))
-            continue
-        if expected and digest != expected:
-            os.replace(part, dest + ".bad")
-            raise PrepError("%s: MD5 %s, expected %s; kept as %s.bad for inspection, run again to download "
-                            "it afresh (if it fails again the list or the server's file is wrong)"
-                            % (name, digest, expected, dest))
-        os.replace(part, dest)
-        remember_md5(dest, digest)
-        print("Downloaded %s%s" % (name, " (MD5 verified)" if expected else " (no MD5 known to verify)"))
-        return
+    return None
+
+
+def receive(opener, url, part, name, have, timeout):
+    """One attempt: append the rest of `url` to `part`, whose first `have` bytes are there
+    (HTTP Range) -> the MD5 of the whole part. A server that ignores Range starts it again."""
+    headers = {"User-Agent": "speakernet-data_prep", **({"Range": "bytes=%d-" % have} if have else {})}
+    with opener.open(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+        if have and response.status != 206:
+            log.warning("%s: the server does not resume downloads; starting %s again", url, name)
+            have = 0
+        size = response.headers.get("Content-Length")
+        total = have + int(size) if size is not None else None
+        h = hashlib.md5()
+        if have:                                             # hash what is already there, then go on
+            with open(part, "rb") as f:
+                for block in blocks(f):
+                    h.update(block)
+        with open(part, "ab" if have else "wb") as out, byte_bar(total, name, have) as bar:
+            for block in blocks(response):
+                out.write(block)
+                h.update(block)
+                bar.update(len(block))
+        if total is not None and os.path.getsize(part) < total:
+            raise ConnectionError("connection closed early")
+        return h.hexdigest()
 
 
 # ---- concatenate

@@ -15,8 +15,6 @@ from speakernet.prep.synth_corpus import draw_channel, draw_speaker, synth_utter
 NOISE_CONFIG = "synthetic_noise.json"
 NOISE_VERSION = 1                 # bump when any generator below changes
 CHUNK_SECONDS = 5.0
-STATIONARY_NOISES = ("coloured", "hum", "fan", "crackle")
-TRANSIENT_NOISES = ("typing", "knocks", "beeps", "swells")
 BABBLE_PER_SPEAKER = 3            # speech chunks per "noise speaker" (role 2: neither train nor test)
 
 
@@ -37,9 +35,8 @@ def decaying(rng, n, tau):
     return np.exp(-np.arange(n) / (tau * SR))
 
 
-def synth_noise(rng, kind, n):
-    """One noise chunk: a stationary type, or transient events over a quiet stationary floor."""
-    t = np.arange(n) / SR
+def noise_floor(rng, n):
+    """Unit-RMS noise of a random spectral slope with two random resonances."""
     slope = rng.uniform(-6.0, 1.0)                           # dB / octave: brown ... slightly blue
     centres, peaks = rng.uniform(100, 6000, 2), rng.normal(0, 6, 2)   # two resonances, dB
 
@@ -48,55 +45,93 @@ def synth_noise(rng, kind, n):
         db = slope * octs + sum(p * np.exp(-0.5 * ((octs - np.log2(c / 1000)) / 0.5) ** 2)
                                 for c, p in zip(centres, peaks))
         return 10 ** (db / 20)
-    floor = shaped_noise(rng, n, colour)
-    if kind == "coloured":                                   # wind, rumble, air conditioning, hiss
-        return floor * (1 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.05, 0.5) * t + rng.uniform(0, 6.3)))
-    if kind == "hum":                                        # mains hum with harmonics, over hiss
-        mains = rng.choice([50.0, 60.0])
-        hum = sum(rng.uniform(0.1, 1) / k * np.sin(2 * np.pi * mains * k * t + rng.uniform(0, 6.3))
-                  for k in range(1, 12))
-        return hum / hum.std() + rng.uniform(0.05, 0.5) * floor
-    if kind == "fan":                                        # broadband whoosh plus blade-pass tones
-        blade = rng.uniform(80, 400) * (1 + 0.01 * np.sin(2 * np.pi * rng.uniform(0.1, 1) * t))
-        phase = 2 * np.pi * np.cumsum(blade) / SR
-        tones = sum(rng.uniform(0.1, 1) / k * np.sin(k * phase) for k in range(1, 6))
-        return floor + rng.uniform(0.2, 1.0) * tones / tones.std()
-    if kind == "crackle":                                    # rain, fire, vinyl: dense random clicks
-        clicks = np.zeros(n)
-        where = rng.integers(0, n, int(rng.uniform(50, 800) * n / SR))
-        clicks[where] = rng.standard_normal(len(where)) * rng.pareto(3.0, len(where))
-        hp = rng.uniform(500, 3000)
-        clicks = np.fft.irfft(np.fft.rfft(clicks) * (1 / (1 + (hp / np.maximum(np.fft.rfftfreq(n, 1 / SR), 1)) ** 2)), n)
-        return clicks / (clicks.std() + 1e-12) + rng.uniform(0.05, 0.5) * floor
-    out = rng.uniform(0.01, 0.08) * floor                   # transient events over a quiet floor
-    if kind == "typing":                                     # key clicks: short bright bursts
-        pos = 0
-        while pos < n:
-            pos += int(rng.exponential(rng.uniform(0.08, 0.3)) * SR) + 400
-            m = min(int(rng.uniform(0.005, 0.02) * SR), n - pos)
-            if m > 0:
-                burst = shaped_noise(rng, m, lambda f: (np.maximum(f, 500) / 1000) ** 0.5)
-                out[pos:pos + m] += rng.uniform(0.3, 1.0) * burst * decaying(rng, m, rng.uniform(0.002, 0.006))
-    elif kind == "knocks":                                   # doors, footsteps, objects: damped resonances
-        for start in rng.uniform(0, n / SR - 0.2, int(rng.integers(2, 10))):
-            m = int(0.4 * SR)
-            s, tt = int(start * SR), np.arange(m) / SR
-            ring = sum(rng.uniform(0.2, 1) * np.sin(2 * np.pi * f * tt) * np.exp(-tt / rng.uniform(0.02, 0.12))
-                       for f in rng.uniform(60, 900, 3))
-            ring[:80] += rng.standard_normal(80) * np.linspace(1, 0, 80)   # the impact itself
-            out[s:s + m] += rng.uniform(0.3, 1.0) * ring[:n - s]
-    elif kind == "beeps":                                    # phones, alarms, machines: tone pips
-        freq, period = rng.uniform(400, 3500), rng.uniform(0.3, 1.5)
-        length = period * rng.uniform(0.15, 0.6)
-        on = (t % period) < length
-        ramp = uniform_filter1d(on.astype(float), 80)
-        out += ramp * (np.sin(2 * np.pi * freq * t) + rng.uniform(0, 0.5) * np.sin(4 * np.pi * freq * t))
-    elif kind == "swells":                                   # passing cars, aircraft: slow loud swells
-        for centre in rng.uniform(0, n / SR, int(rng.integers(1, 4))):
-            width = rng.uniform(0.3, 1.5)
-            corner = rng.uniform(200, 1500)
-            out += np.exp(-0.5 * ((t - centre) / width) ** 2) * shaped_noise(
-                rng, n, lambda f: 1 / (1 + (f / corner) ** 2))
+    return shaped_noise(rng, n, colour)
+
+
+# Stationary noises: f(rng, floor, t) -> the chunk, the floor included.
+
+def coloured(rng, floor, t):                                 # wind, rumble, air conditioning, hiss
+    return floor * (1 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.05, 0.5) * t + rng.uniform(0, 6.3)))
+
+
+def hum(rng, floor, t):                                      # mains hum with harmonics, over hiss
+    mains = rng.choice([50.0, 60.0])
+    tones = sum(rng.uniform(0.1, 1) / k * np.sin(2 * np.pi * mains * k * t + rng.uniform(0, 6.3))
+                for k in range(1, 12))
+    return tones / tones.std() + rng.uniform(0.05, 0.5) * floor
+
+
+def fan(rng, floor, t):                                      # broadband whoosh plus blade-pass tones
+    blade = rng.uniform(80, 400) * (1 + 0.01 * np.sin(2 * np.pi * rng.uniform(0.1, 1) * t))
+    phase = 2 * np.pi * np.cumsum(blade) / SR
+    tones = sum(rng.uniform(0.1, 1) / k * np.sin(k * phase) for k in range(1, 6))
+    return floor + rng.uniform(0.2, 1.0) * tones / tones.std()
+
+
+def crackle(rng, floor, t):                                  # rain, fire, vinyl: dense random clicks
+    n = len(t)
+    clicks = np.zeros(n)
+    where = rng.integers(0, n, int(rng.uniform(50, 800) * n / SR))
+    clicks[where] = rng.standard_normal(len(where)) * rng.pareto(3.0, len(where))
+    hp = rng.uniform(500, 3000)
+    clicks = np.fft.irfft(np.fft.rfft(clicks) * (1 / (1 + (hp / np.maximum(np.fft.rfftfreq(n, 1 / SR), 1)) ** 2)), n)
+    return clicks / (clicks.std() + 1e-12) + rng.uniform(0.05, 0.5) * floor
+
+
+# Transient noises: f(rng, out, t) adds events to `out`, a quiet floor, in place.
+
+def typing(rng, out, t):                                     # key clicks: short bright bursts
+    n, pos = len(t), 0
+    while pos < n:
+        pos += int(rng.exponential(rng.uniform(0.08, 0.3)) * SR) + 400
+        m = min(int(rng.uniform(0.005, 0.02) * SR), n - pos)
+        if m > 0:
+            burst = shaped_noise(rng, m, lambda f: (np.maximum(f, 500) / 1000) ** 0.5)
+            out[pos:pos + m] += rng.uniform(0.3, 1.0) * burst * decaying(rng, m, rng.uniform(0.002, 0.006))
+
+
+def knocks(rng, out, t):                                     # doors, footsteps, objects: damped resonances
+    n = len(t)
+    for start in rng.uniform(0, n / SR - 0.2, int(rng.integers(2, 10))):
+        m = int(0.4 * SR)
+        s, tt = int(start * SR), np.arange(m) / SR
+        ring = sum(rng.uniform(0.2, 1) * np.sin(2 * np.pi * f * tt) * np.exp(-tt / rng.uniform(0.02, 0.12))
+                   for f in rng.uniform(60, 900, 3))
+        ring[:80] += rng.standard_normal(80) * np.linspace(1, 0, 80)   # the impact itself
+        out[s:s + m] += rng.uniform(0.3, 1.0) * ring[:n - s]
+
+
+def beeps(rng, out, t):                                      # phones, alarms, machines: tone pips
+    freq, period = rng.uniform(400, 3500), rng.uniform(0.3, 1.5)
+    length = period * rng.uniform(0.15, 0.6)
+    on = (t % period) < length
+    ramp = uniform_filter1d(on.astype(float), 80)
+    out += ramp * (np.sin(2 * np.pi * freq * t) + rng.uniform(0, 0.5) * np.sin(4 * np.pi * freq * t))
+
+
+def swells(rng, out, t):                                     # passing cars, aircraft: slow loud swells
+    n = len(t)
+    for centre in rng.uniform(0, n / SR, int(rng.integers(1, 4))):
+        width = rng.uniform(0.3, 1.5)
+        corner = rng.uniform(200, 1500)
+        out += np.exp(-0.5 * ((t - centre) / width) ** 2) * shaped_noise(
+            rng, n, lambda f: 1 / (1 + (f / corner) ** 2))
+
+
+STATIONARY = {"coloured": coloured, "hum": hum, "fan": fan, "crackle": crackle}
+TRANSIENT = {"typing": typing, "knocks": knocks, "beeps": beeps, "swells": swells}
+STATIONARY_NOISES, TRANSIENT_NOISES = tuple(STATIONARY), tuple(TRANSIENT)
+
+
+def synth_noise(rng, kind, n):
+    """One noise chunk: a stationary type, or transient events over a quiet stationary floor."""
+    t = np.arange(n) / SR
+    floor = noise_floor(rng, n)
+    if kind in STATIONARY:
+        return STATIONARY[kind](rng, floor, t)
+    out = rng.uniform(0.01, 0.08) * floor
+    if kind in TRANSIENT:
+        TRANSIENT[kind](rng, out, t)
     return out
 
 
