@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from speakernet.checkpoint import restore_rng
+from models._padded import length_buckets, pad_waveforms, padded_batch, supports_padded_batches
 from speakernet.eval_crops import TestDataset
 from loss._objective import as_contract
 
@@ -96,45 +97,13 @@ class Trainer:
         bar = tqdm(batches, total=total, desc=f"epoch {epoch}", unit="batch", disable=not self.is_main,
                    dynamic_ncols=True, leave=False)
         for views, labels, extras, frames in bar:
-            fetched = time.perf_counter()
-            wait += fetched - last
+            wait += time.perf_counter() - last
             totals["batch"] += 1
-            views = [v.to(self.device, non_blocking=True) for v in views]
-            labels = labels.to(self.device, non_blocking=True) if self.uses_labels else None
-            if self.augment is not None and any(e is not None for e in extras):
-                views = self.augment(views, [_to_device(e, self.device) for e in extras])
-            self.contract.on_batch_start(frames)
-            with self._autocast():
-                loss, metric = self.net(views, labels)
-            if not torch.isfinite(loss):
-                totals["bad_steps"] += 1
-                where = f"epoch {epoch}, step {totals['batch']}"
-                if totals["bad_steps"] > self.max_bad_steps:
-                    raise FloatingPointError(f"loss became {loss.item()} at {where}; lower --lr, check "
-                                             f"the data, or allow skips with --max_bad_steps")
-                log.warning("skipping a step with loss %s at %s (%d of %d allowed)", loss.item(), where,
-                            totals["bad_steps"], self.max_bad_steps)
-                last = time.perf_counter()
-                continue
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.step += 1
-            self.contract.on_step_end(self.step)
-            if self.step_unit == "iteration":
-                self.scheduler.step()
-            totals["loss"] += loss.item()
-            totals["metric"] += float(metric)
-            totals["count"] += 1
-            totals["utterances"] += sum(v.shape[0] * v.shape[1] for v in views)
-            if after_step:
-                after_step(totals["batch"], dict(totals))
+            if self._step(views, labels, extras, frames, totals, epoch):
+                if after_step:
+                    after_step(totals["batch"], dict(totals))
+                bar.set_postfix(self._progress(totals, wait, time.perf_counter() - start))
             last = time.perf_counter()
-            elapsed = last - start
-            count = max(totals["count"], 1)
-            bar.set_postfix(loss=f"{totals['loss'] / count:.3f}", metric=f"{totals['metric'] / count:.1f}",
-                            utt_s=f"{totals['utterances'] / elapsed:.0f}", wait=f"{100 * wait / elapsed:.0f}%")
         bar.close()
         elapsed = max(time.perf_counter() - start, 1e-9)
         count = max(totals["count"], 1)
@@ -146,29 +115,84 @@ class Trainer:
                 "utt_per_s": totals["utterances"] / elapsed, "data_wait": wait / elapsed,
                 "lr": self.optimizer.param_groups[0]["lr"], "steps": totals["count"]}
 
+    def _step(self, views, labels, extras, frames, totals, epoch):
+        """One optimizer step on a batch; False when its loss was not finite and it was skipped."""
+        views = [v.to(self.device, non_blocking=True) for v in views]
+        labels = labels.to(self.device, non_blocking=True) if self.uses_labels else None
+        if self.augment is not None and any(e is not None for e in extras):
+            views = self.augment(views, [_to_device(e, self.device) for e in extras])
+        self.contract.on_batch_start(frames)
+        with self._autocast():
+            loss, metric = self.net(views, labels)
+        if not torch.isfinite(loss):
+            totals["bad_steps"] += 1
+            where = f"epoch {epoch}, step {totals['batch']}"
+            if totals["bad_steps"] > self.max_bad_steps:
+                raise FloatingPointError(f"loss became {loss.item()} at {where}; lower --lr, check "
+                                         f"the data, or allow skips with --max_bad_steps")
+            log.warning("skipping a step with loss %s at %s (%d of %d allowed)", loss.item(), where,
+                        totals["bad_steps"], self.max_bad_steps)
+            return False
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        self.contract.on_step_end(self.step)
+        if self.step_unit == "iteration":
+            self.scheduler.step()
+        totals["loss"] += loss.item()
+        totals["metric"] += float(metric)
+        totals["count"] += 1
+        totals["utterances"] += sum(v.shape[0] * v.shape[1] for v in views)
+        return True
+
+    @staticmethod
+    def _progress(totals, wait, elapsed):
+        count = max(totals["count"], 1)
+        return {"loss": f"{totals['loss'] / count:.3f}", "metric": f"{totals['metric'] / count:.1f}",
+                "utt_s": f"{totals['utterances'] / elapsed:.0f}", "wait": f"{100 * wait / elapsed:.0f}%"}
+
     @torch.no_grad()
     def extract(self, files, lengths, test_path, eval_frames, num_eval, workers, batch_files=None):
         """Crop embeddings of every file: files x crops x D on the CPU, several files per pass.
 
         batch_files defaults to 20 on a GPU and 2 on a CPU, where bigger batches run slower
-        (their activations no longer fit the caches; benchmarks/bench_eval.py)."""
+        (their activations no longer fit the caches; benchmarks/bench_eval.py). Whole files
+        (eval_frames 0) batch in length buckets, zero-padded, when the encoder supports it
+        (models/_padded.py: each embedding is the one its file gets alone); else one at a time."""
         if batch_files is None:
             batch_files = 20 if self.device.type == "cuda" else 2
         self.model.eval()
+        encoder = self.model.encoder
         dataset = TestDataset(files, lengths, test_path, eval_frames, num_eval)
-        # Whole files differ in length; crops of a fixed length batch across files.
-        loader = DataLoader(dataset, batch_size=batch_files if eval_frames else 1,
-                            num_workers=workers, pin_memory=self.device.type == "cuda")
+        pin = self.device.type == "cuda"
+        if eval_frames:                 # crops of one length batch across files
+            loader = DataLoader(dataset, batch_size=batch_files, num_workers=workers, pin_memory=pin)
+        elif supports_padded_batches(encoder):
+            loader = DataLoader(dataset, batch_sampler=length_buckets(lengths, batch_files),
+                                collate_fn=pad_waveforms, num_workers=workers, pin_memory=pin)
+        else:
+            loader = DataLoader(dataset, batch_size=1, num_workers=workers, pin_memory=pin)
         out = [None] * len(files)
-        for crops, index in tqdm(loader, desc="embedding", unit="batch", disable=not self.is_main,
-                                 dynamic_ncols=True, leave=False):
-            crops = crops.to(self.device, non_blocking=True)
-            with self._autocast():
-                emb = self.model.encoder(crops.flatten(0, 1)).float()
-            emb = emb.unflatten(0, crops.shape[:2]).cpu()
+        for batch in tqdm(loader, desc="embedding", unit="batch", disable=not self.is_main,
+                          dynamic_ncols=True, leave=False):
+            index, emb = batch[-1], self._embed_batch(encoder, batch)
             for i, e in zip(index.tolist(), emb):
                 out[i] = e
         return torch.stack(out)
+
+    def _embed_batch(self, encoder, batch):
+        """B x crops x D on the CPU, from (B x crops x samples, index) or a padded batch
+        (B x samples, lengths, index) of whole files."""
+        if len(batch) == 3:
+            wavs, lengths, _ = batch
+            with self._autocast(), padded_batch(encoder, lengths.to(self.device)):
+                return encoder(wavs.to(self.device, non_blocking=True)).float().unsqueeze(1).cpu()
+        crops = batch[0].to(self.device, non_blocking=True)
+        with self._autocast():
+            emb = encoder(crops.flatten(0, 1)).float()
+        return emb.unflatten(0, crops.shape[:2]).cpu()
 
     def state_dict(self):
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models._layers import (LogMelFrontend, as_image, check_encoder_type, use_channels_last,
+from models._layers import (LogMelFrontend, TimePooling, as_image, check_encoder_type, use_channels_last,
                             with_spec_augment)
 
 # The paper's defaults when the user sets neither YAML nor command line (resnet.yaml).
@@ -70,19 +70,26 @@ def mean_normalised_log_mels(n_mels, log_input):
     return frontend
 
 
-class TemporalStatsPooling(nn.Module):
+class TemporalStatsPooling(TimePooling):
     """TSTP: mean and standard deviation over the last (time) axis of B x ... x T features,
     everything else flattened (x-vector statistics pooling, wespeaker pooling_layers.TSTP).
     The unbiased variance plus 1e-8 keeps sqrt's gradient finite for a constant channel."""
+    time_dim = -1
 
     def __init__(self, in_dim):
         super().__init__()
         self.out_dim = 2 * in_dim
 
     def forward(self, x):
-        mean = x.mean(dim=-1).flatten(1)
-        std = torch.sqrt(torch.var(x, dim=-1) + 1e-8).flatten(1)
-        return torch.cat((mean, std), dim=1)
+        valid = self.valid(x)
+        if valid is None:
+            mean, var = x.mean(dim=-1), torch.var(x, dim=-1)
+        else:                                   # the real frames of a padded batch only
+            mask = valid.reshape(valid.shape[0], *([1] * (x.dim() - 2)), -1).to(x.dtype)
+            count = mask.sum(dim=-1)
+            mean = (x * mask).sum(dim=-1) / count
+            var = ((x - mean[..., None]).pow(2) * mask).sum(dim=-1) / (count - 1)
+        return torch.cat((mean.flatten(1), torch.sqrt(var + 1e-8).flatten(1)), dim=1)
 
 
 def _shortcut(in_channels, out_channels, stride):
@@ -156,6 +163,8 @@ def strided_size(size, strides):
 
 
 class ResNet(nn.Module):
+    padded_batches = True         # files of different lengths batch exactly (models/_padded.py)
+
     def __init__(self, depth=34, nOut=256, n_mels=80, log_input=True, m_channels=BASE_CHANNELS):
         super().__init__()
         if depth not in DEPTHS:

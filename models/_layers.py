@@ -126,16 +126,30 @@ def with_spec_augment(encoder, **options):
     return encoder
 
 
-def _masked(frontend, feats):
-    return feats if frontend.spec_augment is None else frontend.spec_augment(feats)
+class FrontEnd(nn.Module):
+    """Waveforms -> features, in fp32 and without gradients even under autocast: the features
+    are inputs, not something to learn, and half-precision logs of small energies lose the quiet
+    bands. A subclass computes `compute_features(wav)`; SpecAugment, if any, follows. In a
+    zero-padded batch of files (`sample_lengths` set, models/_padded.py) each file's features
+    come from its own samples alone, normalised on their own and zero-padded in time."""
+    sample_lengths = None
+
+    def forward(self, wav):
+        with torch.no_grad(), torch.autocast(device_type=wav.device.type, enabled=False):
+            wav = to_float(wav)
+            if self.sample_lengths is None:
+                feats = self.compute_features(wav)
+            else:
+                parts = [self.compute_features(w[:int(n)].unsqueeze(0))[0]
+                         for w, n in zip(wav, self.sample_lengths)]
+                feats = wav.new_zeros(len(parts), parts[0].shape[0], max(p.shape[-1] for p in parts))
+                for row, part in zip(feats, parts):
+                    row[:, :part.shape[-1]] = part
+            return feats if self.spec_augment is None else self.spec_augment(feats)
 
 
-class LogMelFrontend(nn.Module):
-    """Waveform (B x samples) -> instance-normalised (log-)mel filterbank (B x n_mels x frames).
-
-    Runs in fp32 and without gradients even under autocast: the features are inputs,
-    not something to learn, and half-precision logs of small energies lose the quiet bands.
-    """
+class LogMelFrontend(FrontEnd):
+    """Waveform (B x samples) -> instance-normalised (log-)mel filterbank (B x n_mels x frames)."""
 
     def __init__(self, n_mels=40, log_input=True, preemphasis=False,
                  window_fn=torch.hamming_window):
@@ -149,24 +163,20 @@ class LogMelFrontend(nn.Module):
         self.instancenorm = nn.InstanceNorm1d(n_mels)
         self.spec_augment = None
 
-    def forward(self, wav):
-        with torch.no_grad(), torch.autocast(device_type=wav.device.type, enabled=False):
-            wav = to_float(wav)
-            if self.preemphasis is not None:
-                wav = self.preemphasis(wav)
-            feats = self.melspec(wav) + 1e-6
-            if self.log_input:
-                feats = feats.log()
-            return _masked(self, self.instancenorm(feats))
+    def compute_features(self, wav):
+        if self.preemphasis is not None:
+            wav = self.preemphasis(wav)
+        feats = self.melspec(wav) + 1e-6
+        return self.instancenorm(feats.log() if self.log_input else feats)
 
 
-class LogSpectrogramFrontend(nn.Module):
+class LogSpectrogramFrontend(FrontEnd):
     """Waveform (B x samples) -> instance-normalised log magnitude spectrogram (B x 257 x frames).
 
     The Thin ResNet-34's input (Chung et al. 2020, "In defence of metric learning", sec. 3.1:
     25 ms Hamming window, 10 ms step, 257-dimensional raw spectrograms from a 512-point FFT,
     mean and variance normalised by instance normalisation). Magnitudes, as in [39]; after the
-    log and instance norm, power would give the same features. fp32 and no gradients, as above.
+    log and instance norm, power would give the same features.
     """
 
     def __init__(self, log_input=True):
@@ -178,15 +188,12 @@ class LogSpectrogramFrontend(nn.Module):
         self.instancenorm = nn.InstanceNorm1d(N_FFT // 2 + 1)
         self.spec_augment = None
 
-    def forward(self, wav):
-        with torch.no_grad(), torch.autocast(device_type=wav.device.type, enabled=False):
-            feats = self.spectrogram(to_float(wav)) + 1e-6
-            if self.log_input:
-                feats = feats.log()
-            return _masked(self, self.instancenorm(feats))
+    def compute_features(self, wav):
+        feats = self.spectrogram(wav) + 1e-6
+        return self.instancenorm(feats.log() if self.log_input else feats)
 
 
-class MFCCFrontend(nn.Module):
+class MFCCFrontend(FrontEnd):
     """Waveform (B x samples) -> instance-normalised MFCCs (B x n_mfcc x frames).
 
     ECAPA-TDNN's input in Desplanques et al. 2020 (80 MFCCs, 25 ms window, 10 ms step). The
@@ -204,9 +211,8 @@ class MFCCFrontend(nn.Module):
         self.instancenorm = nn.InstanceNorm1d(n_mfcc)
         self.spec_augment = None
 
-    def forward(self, wav):
-        with torch.no_grad(), torch.autocast(device_type=wav.device.type, enabled=False):
-            return _masked(self, self.instancenorm(self.mfcc(to_float(wav))))
+    def compute_features(self, wav):
+        return self.instancenorm(self.mfcc(wav))
 
 
 # ------------------------------------------------------------------- squeeze-excitation blocks
@@ -310,6 +316,7 @@ class SEResNet34(nn.Module):
     # channels x bands per frame, each weighted by its own attention (ResNetSE34V2).
     frame_pooling = "frequency_mean"
     attention_bottleneck = 128
+    padded_batches = True         # files of different lengths batch exactly (models/_padded.py)
 
     def __init__(self, features, nOut, encoder_type, n_bins):
         super().__init__()
@@ -361,7 +368,21 @@ class SEResNet34(nn.Module):
 
 
 # ------------------------------------------------------------------------------------- pooling
-class SelfAttentivePooling(nn.Module):
+class TimePooling(nn.Module):
+    """A pooling over the time axis `time_dim` of its input. `frame_lengths` (B valid frames,
+    set for a zero-padded batch by models/_padded.py, else None) keeps padding out of it."""
+    time_dim = 1
+    frame_lengths = None
+
+    def valid(self, frames):
+        """B x T boolean of the real frames, or None when every frame is real."""
+        if self.frame_lengths is None:
+            return None
+        positions = torch.arange(frames.shape[self.time_dim], device=frames.device)
+        return positions[None, :] < self.frame_lengths[:, None].to(frames.device)
+
+
+class SelfAttentivePooling(TimePooling):
     """SAP (Cai et al. 2018): softmax attention over frames; ASP adds the weighted std.
 
     Parameter names (`sap_linear`, `attention`) follow voxceleb_trainer's checkpoints.
@@ -377,6 +398,9 @@ class SelfAttentivePooling(nn.Module):
 
     def forward(self, frames):
         scores = torch.tanh(self.sap_linear(frames)) @ self.attention      # B x T x 1
+        valid = self.valid(frames)
+        if valid is not None:
+            scores = scores.masked_fill(~valid[:, :, None], float("-inf"))
         weights = F.softmax(scores, dim=1)
         mean = torch.sum(frames * weights, dim=1)
         if not self.with_std:
@@ -385,7 +409,7 @@ class SelfAttentivePooling(nn.Module):
         return torch.cat([mean, var.clamp(min=1e-5).sqrt()], dim=1)
 
 
-class TemporalAveragePooling(nn.Module):
+class TemporalAveragePooling(TimePooling):
     """TAP: the mean over frames (VGG-M-40's pooling, "In defence of metric learning" sec. 3.2)."""
 
     def __init__(self, channels):
@@ -393,10 +417,13 @@ class TemporalAveragePooling(nn.Module):
         self.out_dim = channels
 
     def forward(self, frames):
-        return frames.mean(dim=1)
+        valid = self.valid(frames)
+        if valid is None:
+            return frames.mean(dim=1)
+        return (frames * valid[:, :, None]).sum(dim=1) / valid.sum(dim=1, keepdim=True)
 
 
-class TemporalMaxPooling(nn.Module):
+class TemporalMaxPooling(TimePooling):
     """MAX: each channel's largest activation over frames (a VGGVox option in voxceleb_trainer)."""
 
     def __init__(self, channels):
@@ -404,10 +431,11 @@ class TemporalMaxPooling(nn.Module):
         self.out_dim = channels
 
     def forward(self, frames):
-        return frames.amax(dim=1)
+        valid = self.valid(frames)
+        return (frames if valid is None else frames.masked_fill(~valid[:, :, None], float("-inf"))).amax(dim=1)
 
 
-class ChannelAttentiveStatsPooling(nn.Module):
+class ChannelAttentiveStatsPooling(TimePooling):
     """Attention weights for every channel and frame, then the weighted mean (and std).
 
     attention: 1x1 conv to `bottleneck` -> ReLU -> BN [-> tanh] -> 1x1 conv back to `channels`
@@ -434,11 +462,18 @@ class ChannelAttentiveStatsPooling(nn.Module):
     def forward(self, frames):
         x = frames.transpose(1, 2)                                          # B x C x T
         scorer_input = x
+        valid = self.valid(frames)
+        if valid is not None and self.global_context:
+            raise NotImplementedError("global-context pooling of padded batches")
         if self.global_context:
             mean = x.mean(dim=2, keepdim=True).expand_as(x)
             std = x.var(dim=2, keepdim=True, correction=0).clamp(min=1e-5).sqrt().expand_as(x)
             scorer_input = torch.cat([x, mean, std], dim=1)
-        weights = self.attention(scorer_input)                              # sums to 1 over T
+        if valid is None:
+            weights = self.attention(scorer_input)                          # sums to 1 over T
+        else:
+            scores = self.attention[:-1](scorer_input).masked_fill(~valid[:, None, :], float("-inf"))
+            weights = self.attention[-1](scores)
         mean = torch.sum(x * weights, dim=2)
         if not self.with_std:
             return mean
