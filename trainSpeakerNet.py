@@ -7,10 +7,8 @@
 Every input is validated before any training time is spent or any file is written.
 """
 import logging
-import math
 import os
 import random
-import shutil
 import signal
 import sys
 import threading
@@ -23,13 +21,17 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from speakernet import audio, checkpoint
-from speakernet import calibration
 from speakernet import curriculum_data
 from speakernet import evaluation
 from speakernet import plugins
 from speakernet import resume
 from speakernet import run_lock
 from speakernet import run_log
+# The modes besides training; their helpers stay importable from here too.
+from speakernet.commands import (calibrate_only, evaluate_only, extract_only,  # noqa: F401
+                                 load_initial_weights, make_extractor, newest_checkpoint,
+                                 prepare_save_path, verify_only)
+from speakernet.validation import Validation
 from speakernet.augment import Augmenter, CollateAndMix, planner_from_options
 from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, check_speed_classes, collate_views, read_train_list,
                            speed_factors, training_packs)
@@ -96,24 +98,6 @@ def share_buffers(module):
         dist.broadcast(buffer, src=0)
 
 
-def prepare_save_path(save_path, needed_bytes=0):
-    """Create save_path's folders and prove they are writable, with room for checkpoints."""
-    save_path = Path(save_path)
-    try:
-        for sub in ("model", "result"):
-            (save_path / sub).mkdir(parents=True, exist_ok=True)
-        probe = save_path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"0" * 1024)
-        probe.unlink()
-    except OSError as err:
-        raise OptionError(f"--save_path {save_path} is not writable: {err.strerror}") from None
-    free = shutil.disk_usage(save_path).free
-    if free < needed_bytes:
-        raise OptionError(f"--save_path {save_path}: only {free / 1e6:.0f} MB free, checkpoints "
-                          f"need about {needed_bytes / 1e6:.0f} MB; free some space")
-    return save_path
-
-
 def add_log_file(path):
     """Also log to `path` until remove_log_file (one run's log never collects another's)."""
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -128,91 +112,6 @@ def remove_log_file():
         if handler.get_name() == RUN_LOG_HANDLER:
             root.removeHandler(handler)
             handler.close()
-
-
-def newest_checkpoint(save_path):
-    found = checkpoint.list_checkpoints(Path(save_path) / "model")
-    if not found:
-        raise OptionError(f"this needs --initial_model, or a checkpoint in {save_path}/model")
-    return found[-1][1]
-
-
-def load_initial_weights(model, source):
-    checkpoint.load_weights(model, checkpoint.model_state(checkpoint.load_file(source), model, source), source)
-
-
-def make_extractor(trainer, options):
-    """extract(files, lengths, root) -> files x crops x D, as evaluation.py expects; under
-    --distributed each rank embeds its share of the files and all ranks receive all."""
-    return evaluation.shared_extract(
-        lambda files, lengths, root: trainer.extract(files, lengths, root, options.eval_frames,
-                                                     options.num_eval, options.nDataLoaderThread))
-
-
-# ---------------------------------------------------------------------------- modes
-
-def extract_only(options, model, device, rank=0):
-    """--extract: embeddings of a list's files (or of every trial-list file) to one .npz."""
-    file_set = evaluation.files_to_export(options)
-    source = options.initial_model or newest_checkpoint(options.save_path)
-    load_initial_weights(model, source)
-    trainer = Trainer(model, None, None, None, device, options.mixedprec, is_main=rank == 0)
-    normalize = model.contract.test_normalize
-    if rank != 0:      # embeds its share for rank 0, which writes the file
-        evaluation.embed_files(make_extractor(trainer, options), file_set.files, file_set.lengths,
-                               file_set.root, normalize=normalize, keep_crops=options.extract_crops)
-        return None
-    return evaluation.extract_to_npz(options.extract, make_extractor(trainer, options), file_set,
-                                     keep_crops=options.extract_crops, normalize=normalize)
-
-
-def evaluate_only(options, model, device, rank=0):
-    """--eval: score the trial lists with --initial_model or the newest checkpoint (under
-    --distributed every rank embeds a share of the files; rank 0 scores and writes)."""
-    evaluator = evaluation.Evaluation.from_options(options)
-    source = options.initial_model or newest_checkpoint(options.save_path)
-    load_initial_weights(model, source)
-    if rank == 0:
-        prepare_save_path(options.save_path)
-        log.info("evaluating %s on %s", source, ", ".join(map(str, evaluator.trial_set.paths)))
-    trainer = Trainer(model, None, None, None, device, options.mixedprec, is_main=rank == 0)
-    return evaluator.run(make_extractor(trainer, options), tag="eval", score=rank == 0,
-                         normalize=model.contract.test_normalize)
-
-
-def calibrate_only(options, model, device, rank=0):
-    """--calibrate DEV: fit score -> LLR on the dev list's scores, write the calibrated copy of
-    the checkpoint (<stem>.calibrated.model; the checkpoint itself is never changed) and
-    evaluate the --test_list lists with actDCF, Cllr and min Cllr (speakernet/calibration.py)."""
-    if options.distributed:
-        raise OptionError("--calibrate runs in one process; drop --distributed")
-    source = options.initial_model or newest_checkpoint(options.save_path)
-    target = calibration.calibrated_path(source)
-    calibration.check_new_file(target, source)            # before any embedding
-    evaluator = evaluation.Evaluation.from_options(options)
-    load_initial_weights(model, source)
-    prepare_save_path(options.save_path)
-    log.info("calibrating %s on %s; evaluating %s", source, options.calibrate,
-             ", ".join(map(str, evaluator.trial_set.paths)))
-    trainer = Trainer(model, None, None, None, device, options.mixedprec, is_main=rank == 0)
-    return evaluator.run(make_extractor(trainer, options), tag="eval",
-                         normalize=model.contract.test_normalize,
-                         on_calibrated=lambda fitted: calibration.write_calibrated_checkpoint(
-                             source, target, fitted, options))
-
-
-def verify_only(options, device):
-    """--verify A B: score two files with --initial_model (its own model and options) and log
-    the score, the LLR and the decision (speakernet/embedder.py)."""
-    from speakernet.embedder import Embedder
-
-    if not options.initial_model:
-        raise OptionError("--verify needs --initial_model CKPT (a checkpoint written by --calibrate "
-                          "gives an LLR and a decision)")
-    embedder = Embedder.from_checkpoint(options.initial_model, device=device)
-    result = embedder.verify(*options.verify, p_target=options.calibration_prior or None)
-    log.info("%s", result.describe())
-    return result
 
 
 @dataclass
@@ -390,62 +289,6 @@ def epoch_loop(options, model, trainer, data, save_path, point):
         elif is_main:
             run_log.append_metrics(save_path / "metrics.jsonl", {"epoch": epoch, **stats})
     return report
-
-
-class Validation:
-    """Evaluation during training: scores, metrics file, curves, the best checkpoint."""
-
-    def __init__(self, options, model, trainer, evaluator, save_path):
-        self.options = options
-        self.is_main = trainer.is_main
-        self.model = model
-        self.extract = make_extractor(trainer, options)
-        self.evaluator = evaluator
-        self.save_path = save_path
-        best = save_path / "model" / "best.model"
-        self.best_eer = math.inf
-        if best.exists():
-            try:
-                self.best_eer = checkpoint.load_file(best).get("eer", math.inf)
-            except checkpoint.CheckpointError as err:
-                log.warning("%s; the next evaluation replaces it", err)
-
-    def recorded(self, epoch):
-        """Whether metrics.jsonl holds the evaluation of `epoch` (rank 0 decides for all ranks)."""
-        metrics = self.save_path / "metrics.jsonl"
-        done = self.is_main and metrics.exists() and any(
-            r.get("epoch") == epoch and any(k.startswith("val_eer") for k in r)
-            for r in run_log.read_metrics(metrics))
-        if dist.is_available() and dist.is_initialized():
-            flag = torch.tensor([int(done)])
-            dist.broadcast(flag, src=0)
-            done = bool(flag.item())
-        return done
-
-    def evaluate(self, epoch, stats=None):
-        normalize = self.model.contract.test_normalize
-        report = self.evaluator.run(self.extract, normalize=normalize, tag=f"epoch{epoch:04d}",
-                                    score=self.is_main)
-        if not self.is_main:
-            return None
-        first = next(iter(report["lists"].values()))["metrics"]["raw"]
-        p_target = next(iter(first["min_dcf"]), None)
-        min_dcf = first["min_dcf"][p_target]["value"] if p_target else None
-        with open(self.save_path / "result" / "scores.txt", "a", encoding="utf-8") as handle:
-            handle.write(f"epoch {epoch}, EER {first['eer']}, MinDCF {min_dcf}\n")
-        if stats is not None:
-            metrics = self.save_path / "metrics.jsonl"
-            run_log.append_metrics(metrics, {"epoch": epoch, **stats, **evaluation.summary_record(report)})
-            run_log.plot_training_curves(metrics, self.save_path / "training_curves.png")
-        report["primary_eer"] = first["eer"]
-        return report
-
-    def keep_best(self, state, report):
-        """Copy the checkpoint to best.model when the first list's EER improves."""
-        eer = report.get("primary_eer")
-        if eer is not None and eer < self.best_eer:
-            self.best_eer = eer
-            checkpoint.save_atomic({**state, "eer": eer}, self.save_path / "model" / "best.model")
 
 
 def run(options):

@@ -13,6 +13,7 @@ loop over trials on a smaller set (--loop-trials 0 skips it).
 """
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -22,6 +23,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tuneThreshold as tt  # noqa: E402
+
+log = logging.getLogger("bench_metrics")
 
 
 def make_trials(n, seed=0):
@@ -82,24 +85,22 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--loop-trials", type=int, default=20_000)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
     scores, labels = make_trials(args.trials)
     eer, min_dcf = vectorised(scores, labels)
-    print("trials: %d  EER: %.4f %%  minDCF(0.05): %.4f"
-          % (args.trials, eer, min_dcf))
-    print("compute_eer + compute_min_dcf:       %.3f s"
-          % best_time(lambda: vectorised(scores, labels), args.repeats))
-    print("legacy API (tune + ErrorRates + DCF): %.3f s"
-          % best_time(lambda: legacy_api(scores, labels), args.repeats))
+    log.info("trials: %d  EER: %.4f %%  minDCF(0.05): %.4f", args.trials, eer, min_dcf)
+    log.info("compute_eer + compute_min_dcf:       %.3f s",
+             best_time(lambda: vectorised(scores, labels), args.repeats))
+    log.info("legacy API (tune + ErrorRates + DCF): %.3f s",
+             best_time(lambda: legacy_api(scores, labels), args.repeats))
 
     if args.loop_trials:
         small = make_trials(args.loop_trials, seed=1)
         fast = best_time(lambda: vectorised(*small), args.repeats)
         slow = best_time(lambda: python_loop(*small), 1)
-        print("%d trials: vectorised %.4f s, Python loop %.4f s"
-              % (args.loop_trials, fast, slow))
-        print("  (EER, minDCF) vectorised %s, loop %s"
-              % (vectorised(*small), python_loop(*small)))
+        log.info("%d trials: vectorised %.4f s, Python loop %.4f s", args.loop_trials, fast, slow)
+        log.info("  (EER, minDCF) vectorised %s, loop %s", vectorised(*small), python_loop(*small))
 
 
 if __name__ == "__main__":

@@ -32,13 +32,14 @@ That one file is what --eval, --verify, speakernet.embedder and the ONNX export
 """
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from speakernet import checkpoint
 from speakernet.errors import CheckpointError, UserError
+from tuneThreshold import compute_eer, detection_cost, error_rates_at
 
 log = logging.getLogger("evaluation")
 
@@ -106,13 +107,8 @@ class Calibration:
         return made
 
 
-def fit_linear(scores, labels, prior=0.5, max_iter=100, tol=1e-12):
-    """(scale, offset) minimising C_wxe at effective prior `prior` (module docstring), by
-    Newton's method with step halving on the convex two-parameter objective.
-
-    Raises UserError when the labelled trials lack a class, or when every target scores above
-    every non-target: the minimum is then at an infinite scale (no finite map)."""
-    s, is_tar = _labelled(scores, labels)
+def _check_fit_input(s, is_tar, prior):
+    """UserError unless a finite linear calibration can be fitted to these labelled scores."""
     n_tar = int(is_tar.sum())
     n_non = s.size - n_tar
     if n_tar == 0 or n_non == 0:
@@ -125,6 +121,17 @@ def fit_linear(scores, labels, prior=0.5, max_iter=100, tol=1e-12):
                         "finite map fits (the logistic fit diverges); use a larger or harder dev list")
     if not 0 < prior < 1:
         raise UserError(f"--calibration_prior must lie in (0, 1), got {prior}")
+    return n_tar, n_non
+
+
+def fit_linear(scores, labels, prior=0.5, max_iter=100, tol=1e-12):
+    """(scale, offset) minimising C_wxe at effective prior `prior` (module docstring), by
+    Newton's method with step halving on the convex two-parameter objective.
+
+    Raises UserError when the labelled trials lack a class, or when every target scores above
+    every non-target: the minimum is then at an infinite scale (no finite map)."""
+    s, is_tar = _labelled(scores, labels)
+    n_tar, n_non = _check_fit_input(s, is_tar, prior)
     # Centre and scale the scores for a well-conditioned Newton step.
     mu, sd = float(s.mean()), float(s.std()) or 1.0
     x = (s - mu) / sd
@@ -171,8 +178,6 @@ def fit_linear(scores, labels, prior=0.5, max_iter=100, tol=1e-12):
 
 def fit(scores, labels, prior, c_miss=1.0, c_fa=1.0, source=""):
     """Calibration fitted on labelled dev `scores` (fit_linear), with its dev figures."""
-    from tuneThreshold import compute_eer
-
     scale, offset = fit_linear(scores, labels, prior)
     s, is_tar = _labelled(scores, labels)
     calibration = Calibration(scale=scale, offset=offset, prior=float(prior), c_miss=float(c_miss),
@@ -242,26 +247,30 @@ def min_cllr(scores, labels):
 def act_dcf(llrs, labels, p_target, c_miss=1.0, c_fa=1.0):
     """Normalised DCF of the Bayes decisions of LLRs at `p_target` (accept iff llr >= threshold)."""
     llr, is_tar = _labelled(llrs, labels)
-    accept = llr >= bayes_threshold(p_target, c_miss, c_fa)
-    p_miss = np.count_nonzero(~accept & is_tar) / np.count_nonzero(is_tar)
-    p_fa = np.count_nonzero(accept & ~is_tar) / np.count_nonzero(~is_tar)
-    cost = c_miss * p_target * p_miss + c_fa * (1 - p_target) * p_fa
-    return float(cost / min(c_miss * p_target, c_fa * (1 - p_target)))
+    p_fa, p_miss = error_rates_at(llr, is_tar, bayes_threshold(p_target, c_miss, c_fa))
+    return detection_cost(p_miss, p_fa, p_target, c_miss, c_fa)
+
+
+@dataclass(frozen=True)
+class CalibratedMetrics:
+    """Figures of a list's LLRs under a calibration; None when the labelled trials lack a class."""
+    cllr: float = None
+    min_cllr: float = None
+    act_dcf: dict = field(default_factory=dict)       # '%g' % p_target -> actDCF
+
+    def as_dict(self):
+        return {"cllr": self.cllr, "min_cllr": self.min_cllr, "act_dcf": dict(self.act_dcf)}
 
 
 def calibrated_metrics(scores, labels, calibration, p_targets, c_miss=1.0, c_fa=1.0):
-    """{'cllr', 'min_cllr', 'act_dcf': {'%g' % p: value}} of `scores` under `calibration`;
-    values None when the labelled trials lack a class."""
+    """CalibratedMetrics of `scores` under `calibration`: Cllr, min Cllr, actDCF at each prior."""
     s, is_tar = _labelled(scores, labels)
-    result = {"cllr": None, "min_cllr": None, "act_dcf": {f"{p:g}": None for p in p_targets}}
     if is_tar.all() or not is_tar.any():
-        return result
+        return CalibratedMetrics(act_dcf={f"{p:g}": None for p in p_targets})
     llr = calibration.llr(s)
-    result["cllr"] = cllr(llr, is_tar)
-    result["min_cllr"] = min_cllr(s, is_tar)
-    for p in p_targets:
-        result["act_dcf"][f"{p:g}"] = act_dcf(llr, is_tar, p, c_miss, c_fa)
-    return result
+    return CalibratedMetrics(cllr=cllr(llr, is_tar), min_cllr=min_cllr(s, is_tar),
+                             act_dcf={f"{p:g}": act_dcf(llr, is_tar, p, c_miss, c_fa)
+                                      for p in p_targets})
 
 
 # ---------------------------------------------------------------------------- storage

@@ -36,10 +36,12 @@ def file_embeddings(crops, normalize=True):
 
 
 def embed_files(extract, files, lengths, root, normalize=True, keep_crops=False,
-                chunk=EXTRACT_CHUNK, origins=None):
-    """Call extract(files, lengths, root) a chunk of files at a time -> (files x D file
-    embeddings, files x crops x D crops or None). Crops are only kept when asked for. A file
-    with NaN/Inf samples stops it, named with its list line from `origins` when given."""
+                chunk=None, origins=None):
+    """Call extract(files, lengths, root) a chunk of files at a time (EXTRACT_CHUNK unless
+    given) -> (files x D file embeddings, files x crops x D crops or None). Crops are only kept
+    when asked for. A file with NaN/Inf samples stops it, named with its list line from
+    `origins` when given."""
+    chunk = chunk or EXTRACT_CHUNK
     embeddings, kept = [], []
     for start in range(0, len(files), chunk):
         try:
@@ -81,7 +83,7 @@ def shared_extract(extract):
     return run
 
 
-def cohort_embeddings(extract, cohort, chunk=EXTRACT_CHUNK):
+def cohort_embeddings(extract, cohort, chunk=None):
     """Speaker means of the cohort's file embeddings -> speakers x D tensor."""
     # Cohort paths already include the training root, so the root passed on is empty.
     emb, _ = embed_files(extract, cohort.files, cohort.lengths, "", normalize=True, chunk=chunk)

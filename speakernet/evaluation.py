@@ -1,15 +1,19 @@
-"""Evaluation after extraction: trial lists, metrics, AS-norm, score files, plots, export.
+"""Evaluation after extraction: score every trial list, normalise, measure, write the results.
 
-The trainer only turns audio into crop embeddings; everything after that lives here, so
---eval, validation during training and --extract share one path:
+The trainer only turns audio into crop embeddings; everything after that goes through here, so
+--eval, --calibrate and validation during training share one path:
 
     trial_set = load_trial_lists(paths, test_path)   # every file checked, before any extraction
     crops = extract(trial_set.files, trial_set.lengths, test_path)   # files x crops x D
     report = evaluate_lists(crops, trial_set, settings, out_dir=..., tag="epoch0010")
+    report.primary.eer, report.primary.min_dcf["0.05"], report.lists["vox1_O"].metrics["asnorm"]
 
-`Evaluation` bundles those steps with the AS-norm cohort. `extract(files, lengths, root)` is
-any callable returning files x crops x D crop embeddings, e.g. a closure over
-Trainer.extract, so nothing here depends on the trainer's internals.
+`Evaluation` bundles those steps with the AS-norm cohort and the calibration. `extract(files,
+lengths, root)` is any callable returning files x crops x D crop embeddings, e.g. a closure
+over Trainer.extract, so nothing here depends on the trainer's internals. The jobs live in
+their own modules: trial_sets (lists and cohort), embeddings (extraction in chunks, export),
+scoring and score_norm (scores, AS-norm), tuneThreshold (every metric), calibration (LLRs),
+result_files (the typed report and the files written).
 
 Scores follow scoring.score_trials: with cosine scoring (normalize=True) a trial's score is
 the mean cosine similarity over all crop pairs, i.e. the dot product of the two files' mean
@@ -19,32 +23,31 @@ thresholds follow tuneThreshold's rule: a trial is accepted when score >= thresh
 import argparse
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from speakernet import calibration as calibrating
 from speakernet import score_norm
 from DatasetLoader import read_train_list
+from speakernet.embeddings import cohort_embeddings, embed_files, file_embeddings
 from speakernet.errors import UserError
-from speakernet.scoring import score_trials
-from speakernet.embeddings import (EXTRACT_CHUNK, FileSet, check_writable, cohort_embeddings,  # noqa: F401
-                                   embed_files, export_embeddings, extract_to_npz, file_embeddings,
-                                   files_to_export, shared_extract)
-from speakernet.option_types import (ListOption, OptionValueError, count, parse_float_list,  # noqa: F401
-                                     probability_list, split_list)
-from speakernet.result_files import _write_new_text, unique_path, write_json, write_scores  # noqa: F401
-from speakernet.trial_sets import Cohort, TrialSet, list_names, load_trial_lists, select_cohort  # noqa: F401
-# The metrics core: every figure evaluation reports comes from tuneThreshold.
-from tuneThreshold import compute_metrics  # noqa: F401 (re-exported)
+from speakernet.option_types import OptionValueError, count, probability_list
+from speakernet.result_files import (EvaluationReport, ListResult, write_list_outputs,
+                                     write_report)
+from speakernet.scoring import pair_scores, system_scores
+from speakernet.trial_sets import load_trial_lists, select_cohort, with_dev_list
+from tuneThreshold import compute_metrics
+
+# Known by these names from here as well: the run folder's file naming (trainSpeakerNet) and
+# extraction shared across ranks (distributed callers).
+from speakernet.embeddings import shared_extract  # noqa: F401,E402
+from speakernet.result_files import unique_path  # noqa: F401,E402
 
 log = logging.getLogger(__name__)
 
-# Trials scored per step: the two gathered 1024 x 512 operands stay in the CPU cache, which
-# made this 3x faster than one big gather (and bounds memory on million-trial lists).
-SCORE_CHUNK = 1024
+COSINE_ONLY = "AS-norm needs cosine scoring; this objective scores by distance, so "
 
 
 # ---------------------------------------------------------------------------- options
@@ -162,45 +165,12 @@ class EvalSettings:
         return self.p_targets[0] if self.p_targets else 0.5
 
 
-def _pair_scores(embeddings, pairs, normalize):
-    """Scores of `pairs` from file embeddings (files x D, cosine scoring) or from crops
-    (files x crops x D, needed by distance scoring)."""
-    if embeddings.ndim == 3:
-        return score_trials(embeddings, pairs, normalize=normalize).double().numpy()
-    if not normalize:
-        raise ValueError("distance scoring (test_normalize False) needs the crop embeddings, "
-                         "files x crops x D, not file means")
-    emb = embeddings.numpy()
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    scores = np.empty(len(pairs))
-    for start in range(0, len(pairs), SCORE_CHUNK):
-        block = pairs[start:start + SCORE_CHUNK]
-        scores[start:start + len(block)] = np.einsum("ij,ij->i", emb[block[:, 0]], emb[block[:, 1]])
-    return scores
-
-
-# ---------------------------------------------------------------------------- metrics
-
-def format_metrics(metrics):
-    """One log fragment: 'EER 2.31%  minDCF(0.05) 0.1600  ...  FRR@FAR=1% 8.10%'."""
-    if metrics["eer"] is None:
-        return f"no EER ({metrics['targets']} target, {metrics['nontargets']} non-target trials)"
-    parts = [f"EER {metrics['eer']:.2f}%"]
-    parts += [f"minDCF({p}) {v['value']:.4f}" for p, v in metrics["min_dcf"].items()]
-    parts += [f"FRR@FAR={100 * float(t):g}% {v['frr']:.2f}%" for t, v in metrics["frr_at_far"].items()]
-    parts += [f"FAR@FRR={100 * float(t):g}% {v['far']:.2f}%" for t, v in metrics["far_at_frr"].items()]
-    calibrated = metrics.get("calibrated")
-    if calibrated and calibrated["cllr"] is not None:
-        parts += [f"actDCF({p}) {v:.4f}" for p, v in calibrated["act_dcf"].items()]
-        parts += [f"Cllr {calibrated['cllr']:.4f}", f"minCllr {calibrated['min_cllr']:.4f}"]
-    return "  ".join(parts)
-
-
 # ---------------------------------------------------------------------------- evaluation
 
 def evaluate_lists(embeddings, trial_set, settings, normalize=True, cohort=None, out_dir=None,
                    tag="", plots=True, calibration=None):
-    """Score every list of a TrialSet, optionally AS-normalised, and write the outputs.
+    """Score every list of a TrialSet, optionally AS-normalised, and write the outputs
+    -> EvaluationReport (each ListResult also holds its scores as numpy arrays).
 
     embeddings: files x crops x D crops of trial_set.files (or files x D file_embeddings
     with cosine scoring). cohort: speakers x D (cohort_embeddings) to add AS-norm with
@@ -208,12 +178,10 @@ def evaluate_lists(embeddings, trial_set, settings, normalize=True, cohort=None,
     scores_T_<name>.txt (and scores_T_<name>_asnorm.txt): 'score label file1 file2' lines,
     label '-' when unlabelled; det_T_<name>.png, hist_T_<name>.png (both systems); and
     results_T.json with every figure. Existing files are never overwritten (a numeric
-    suffix is added). Returns the report written to the JSON, where each list's entry also
-    holds its scores as numpy arrays under 'scores' (left out of the JSON).
+    suffix is added).
 
-    calibration: a calibration.Calibration of the raw scores, or None; with one, each list's
-    raw metrics also hold 'calibrated' (calibration.calibrated_metrics: Cllr, min Cllr and
-    actDCF at each p_target) and the report holds the map under 'calibration'.
+    calibration: a calibration.Calibration of the raw scores, or None; with one, each
+    ListResult also holds `calibrated` (Cllr, min Cllr and actDCF at each p_target).
     """
     started = time.perf_counter()
     embeddings = torch.as_tensor(embeddings).float()
@@ -224,87 +192,36 @@ def evaluate_lists(embeddings, trial_set, settings, normalize=True, cohort=None,
         if normalize:
             stats = score_norm.cohort_stats(embeddings, cohort, settings.asnorm_top_n)
         else:
-            log.warning("AS-norm needs cosine scoring; this objective scores by distance, so "
-                        "only raw scores are reported")
-    system_names = {"raw": "cosine" if normalize else "-distance", "asnorm": "AS-norm"}
-    report = {"tag": tag, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "settings": asdict(settings),
-              "files": len(trial_set.files), "lists": {}}
-    if calibration is not None:
-        report["calibration"] = calibration.to_dict()
+            log.warning(COSINE_ONLY + "only raw scores are reported")
+    report = EvaluationReport(tag=tag, time=time.strftime("%Y-%m-%dT%H:%M:%S"), settings=settings,
+                              files=len(trial_set.files), calibration=calibration)
     for name, path, trials in zip(trial_set.names, trial_set.paths, trial_set.lists):
-        scores = {"raw": _pair_scores(embeddings, trials.pairs, normalize)}
-        if stats is not None:
-            scores["asnorm"] = score_norm.apply_as_norm(scores["raw"], trials.pairs, *stats).numpy()
-        metrics = {system: compute_metrics(values, trials.labels, settings.p_targets, settings.c_miss,
-                                           settings.c_fa, settings.far_targets, settings.frr_targets)
-                   for system, values in scores.items()}
-        if calibration is not None:
-            metrics["raw"]["calibrated"] = calibrating.calibrated_metrics(
-                scores["raw"], trials.labels, calibration, settings.p_targets, settings.c_miss,
-                settings.c_fa)
-        entry = {"list": str(path), "trials": len(trials.labels), "metrics": metrics, "outputs": {},
-                 "scores": scores}
+        result = score_list(name, path, trials, embeddings, settings, normalize, stats, calibration)
         if out_dir is not None:
-            entry["outputs"] = _write_list_outputs(out_dir, tag, name, trials, scores, metrics,
-                                                   system_names, plots)
-        log.info("%s%s: %s%s (%d trials)", f"{tag} " if tag else "", name,
-                 format_metrics(metrics["raw"]),
-                 f" | AS-norm: {format_metrics(metrics['asnorm'])}" if "asnorm" in metrics else "",
-                 len(trials.labels))
-        report["lists"][name] = entry
-    report["seconds"] = time.perf_counter() - started
+            result.outputs = write_list_outputs(out_dir, tag, result, trials, normalize, plots)
+        log.info("%s%s: %s (%d trials)", f"{tag} " if tag else "", name, result.describe(),
+                 result.trials)
+        report.lists[name] = result
+    report.seconds = time.perf_counter() - started
     if out_dir is not None:
-        report["results_file"] = str(write_json(Path(out_dir) / _output_name("results", tag, ext=".json"),
-                                                report))
+        report.results_file = str(write_report(out_dir, report))
     return report
 
 
-def _output_name(kind, tag, name="", suffix="", ext=".txt"):
-    return "_".join(part for part in (kind, tag, name) if part) + suffix + ext
-
-
-def _write_list_outputs(out_dir, tag, name, trials, scores, metrics, system_names, plots):
-    from speakernet import plots as plotting      # matplotlib is only loaded when figures are wanted
-
-    out_dir = Path(out_dir)
-    outputs = {}
-    for system, values in scores.items():
-        suffix = "" if system == "raw" else f"_{system}"
-        key = "scores_file" if system == "raw" else f"scores_{system}_file"
-        outputs[key] = str(write_scores(out_dir / _output_name("scores", tag, name, suffix),
-                                        values, trials))
-    if not plots:
-        return outputs
-    shown = {system_names[s]: v for s, v in scores.items()}
-    title = f"{name} ({tag})" if tag else name
-    if metrics["raw"]["eer"] is not None:
-        outputs["det_png"] = str(plotting.plot_det(
-            shown, trials.labels, unique_path(out_dir / _output_name("det", tag, name, ext=".png")),
-            title=f"DET: {title}"))
-    thresholds = {system_names[s]: m["eer_threshold"] for s, m in metrics.items()}
-    outputs["hist_png"] = str(plotting.plot_score_histogram(
-        shown, trials.labels, unique_path(out_dir / _output_name("hist", tag, name, ext=".png")),
-        title=f"Scores: {title}", thresholds=thresholds))
-    return outputs
-
-
-def summary_record(report):
-    """Flat validation figures of a report for run_log.append_metrics:
-    {'val_eer/<list>': %, 'val_min_dcf@<p>/<list>': ..., and '_asnorm' variants}."""
-    record = {}
-    for name, entry in report["lists"].items():
-        for system, metrics in entry["metrics"].items():
-            suffix = "" if system == "raw" else f"_{system}"
-            record[f"val_eer{suffix}/{name}"] = metrics["eer"]
-            for p, value in metrics["min_dcf"].items():
-                record[f"val_min_dcf{suffix}@{p}/{name}"] = value["value"]
-            calibrated = metrics.get("calibrated")
-            if calibrated:
-                record[f"val_cllr/{name}"] = calibrated["cllr"]
-                record[f"val_min_cllr/{name}"] = calibrated["min_cllr"]
-                for p, value in calibrated["act_dcf"].items():
-                    record[f"val_act_dcf@{p}/{name}"] = value
-    return record
+def score_list(name, path, trials, embeddings, settings, normalize=True, cohort_stats=None,
+               calibration=None):
+    """The ListResult of one TrialList (without output files): scores of every system and
+    their figures."""
+    scores = system_scores(embeddings, trials.pairs, normalize, cohort_stats)
+    metrics = {system: compute_metrics(values, trials.labels, settings.p_targets, settings.c_miss,
+                                       settings.c_fa, settings.far_targets, settings.frr_targets)
+               for system, values in scores.items()}
+    calibrated = None
+    if calibration is not None:
+        calibrated = calibrating.calibrated_metrics(scores["raw"], trials.labels, calibration,
+                                                    settings.p_targets, settings.c_miss, settings.c_fa)
+    return ListResult(name=name, path=str(path), trials=len(trials.labels), metrics=metrics,
+                      scores=scores, calibrated=calibrated)
 
 
 class Evaluation:
@@ -328,7 +245,7 @@ class Evaluation:
         self.calibration = calibration
         self.dev_list, self.dev_trials = dev_list or None, None
         if self.dev_list:
-            self.trial_set, self.dev_trials = _with_dev_list(list_paths, self.dev_list, test_path)
+            self.trial_set, self.dev_trials = with_dev_list(list_paths, self.dev_list, test_path)
         else:
             self.trial_set = load_trial_lists(list_paths, test_path)
         self.cohort = None
@@ -359,7 +276,7 @@ class Evaluation:
                    calibration=calibration, dev_list=dev_list)
 
     def run(self, extract, normalize=True, tag="", score=True, on_calibrated=None):
-        """Embed the lists' files (and the cohort), score, write outputs -> report.
+        """Embed the lists' files (and the cohort), score, write outputs -> EvaluationReport.
 
         With score=False it only embeds and returns None: the other ranks of a distributed
         run, whose `extract` (shared_extract) needs every rank to take part. With a dev list
@@ -373,19 +290,19 @@ class Evaluation:
         if self.cohort is not None and normalize:
             cohort = cohort_embeddings(extract, self.cohort)
         elif self.cohort is not None:
-            log.warning("AS-norm needs cosine scoring; this objective scores by distance, so "
-                        "the cohort is not embedded and only raw scores are reported")
+            log.warning(COSINE_ONLY + "the cohort is not embedded and only raw scores are reported")
         extracted = time.perf_counter() - started
         if not score:
             return None
+        scored = embeddings if normalize else crops
         if self.dev_trials is not None:
-            self.calibration = self.fit_calibration(embeddings if normalize else crops, normalize)
+            self.calibration = self.fit_calibration(scored, normalize)
             if on_calibrated is not None:
                 on_calibrated(self.calibration)
-        report = evaluate_lists(embeddings if normalize else crops, trial_set, self.settings,
-                                normalize=normalize, cohort=cohort, out_dir=self.out_dir, tag=tag,
-                                plots=self.plots, calibration=self.calibration)
-        report["extract_seconds"] = extracted
+        report = evaluate_lists(scored, trial_set, self.settings, normalize=normalize, cohort=cohort,
+                                out_dir=self.out_dir, tag=tag, plots=self.plots,
+                                calibration=self.calibration)
+        report.extract_seconds = extracted
         log.info("evaluated %d files%s in %.1f s (embedding %.1f s)", len(trial_set.files),
                  f" and {len(self.cohort.files)} cohort files" if cohort is not None else "",
                  time.perf_counter() - started, extracted)
@@ -394,7 +311,7 @@ class Evaluation:
     def fit_calibration(self, embeddings, normalize=True):
         """The calibration of the dev list's raw scores (embeddings of trial_set.files)."""
         dev = self.dev_trials
-        scores = _pair_scores(torch.as_tensor(embeddings).float(), dev.pairs, normalize)
+        scores = pair_scores(torch.as_tensor(embeddings).float(), dev.pairs, normalize)
         try:
             fitted = calibrating.fit(scores, dev.labels, self.settings.fit_prior, self.settings.c_miss,
                                      self.settings.c_fa, source=self.dev_list)
@@ -407,24 +324,3 @@ class Evaluation:
             log.warning("the calibration's scale is not positive: on %s non-targets score higher than "
                         "targets, so the model is no better than chance there", self.dev_list)
         return fitted
-
-
-def _with_dev_list(list_paths, dev_list, test_path):
-    """(TrialSet of the --test_list lists over the files of those lists and the dev list,
-    the dev list's TrialList); files named by both are embedded once."""
-    paths = list(dict.fromkeys(split_list(list_paths)))
-    if not paths:
-        raise UserError("no trial list given (--test_list)")
-    if dev_list in paths:
-        log.warning("--calibrate %s is also a --test_list list: its actDCF and Cllr are measured on "
-                    "the trials the calibration was fitted to (optimistic)", dev_list)
-    combined = load_trial_lists(paths + [dev_list], test_path)
-    dev = combined.lists[combined.paths.index(dev_list)]
-    if not ((dev.labels == 1).any() and (dev.labels == 0).any()):
-        raise UserError(f"--calibrate {dev_list}: needs labelled target (1) and non-target (0) "
-                        f"trials ('label file1 file2' lines)")
-    lists = [combined.lists[combined.paths.index(p)] for p in paths]
-    return TrialSet(paths=paths, names=list_names(paths), lists=lists, files=combined.files,
-                    lengths=combined.lengths, origins=combined.origins), dev
-
-

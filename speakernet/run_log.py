@@ -9,7 +9,7 @@ Keys the curves know (anything else is kept in the file but not drawn):
     epoch                      x axis (records without one are numbered in order)
     loss, metric, lr           training loss, the objective's metric, learning rate
     data_wait                  share of training time spent waiting for data (0..1)
-    val_eer/<list>             validation EER in %, one line per list (evaluation.summary_record)
+    val_eer/<list>             validation EER in %, one line per list (EvaluationReport.summary_record)
     val_eer_asnorm/<list>      the same after AS-norm
     val_min_dcf@<p>/<list>     minDCF at prior p (and val_min_dcf_asnorm@<p>/<list>)
 """

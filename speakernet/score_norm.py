@@ -10,7 +10,7 @@ count ("adaptive"), so the statistics describe the impostors that actually compe
 
 Cohort scores must use the same bilinear form as the trial scores, otherwise s and mu live
 on different scales: here both are dot products of file embeddings (mean of unit crop
-embeddings, see evaluation.file_embeddings) with the cohort's speaker means. Everything is
+embeddings, see embeddings.file_embeddings) with the cohort's speaker means. Everything is
 one matrix product per chunk of files plus torch.topk; there is no per-trial loop.
 """
 import logging

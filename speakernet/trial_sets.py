@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from speakernet.audio import ListError, check_audio_files, list_lines, space_hint, warn_duplicates
+from speakernet.errors import UserError
 from speakernet.option_types import split_list
 
 log = logging.getLogger("evaluation")
@@ -117,6 +118,25 @@ def load_trial_lists(list_paths, test_path):
              for t, remap in zip(loaded, remaps)]
     return TrialSet(paths=paths, names=list_names(paths), lists=lists, files=files, lengths=lengths,
                     origins=origins)
+
+
+def with_dev_list(list_paths, dev_list, test_path):
+    """(TrialSet of the --test_list lists over the files of those lists and the dev list,
+    the dev list's TrialList); files named by both are embedded once."""
+    paths = list(dict.fromkeys(split_list(list_paths)))
+    if not paths:
+        raise UserError("no trial list given (--test_list)")
+    if dev_list in paths:
+        log.warning("--calibrate %s is also a --test_list list: its actDCF and Cllr are measured on "
+                    "the trials the calibration was fitted to (optimistic)", dev_list)
+    combined = load_trial_lists(paths + [dev_list], test_path)
+    dev = combined.lists[combined.paths.index(dev_list)]
+    if not ((dev.labels == 1).any() and (dev.labels == 0).any()):
+        raise UserError(f"--calibrate {dev_list}: needs labelled target (1) and non-target (0) "
+                        f"trials ('label file1 file2' lines)")
+    lists = [combined.lists[combined.paths.index(p)] for p in paths]
+    return TrialSet(paths=paths, names=list_names(paths), lists=lists, files=combined.files,
+                    lengths=combined.lengths, origins=combined.origins), dev
 
 
 # ---------------------------------------------------------------------------- cohort

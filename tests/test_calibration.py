@@ -173,9 +173,11 @@ def test_calibrated_metrics_and_storage_round_trip(tmp_path):
     assert fitted.dev_min_cllr <= fitted.dev_cllr
     assert fitted.eer_threshold is not None and fitted.trials == 600 and fitted.targets == 100
     figures = cal.calibrated_metrics(scores, labels, fitted, (0.05, 0.01))
-    assert set(figures["act_dcf"]) == {"0.05", "0.01"}
-    assert figures["cllr"] == pytest.approx(cllr_loop(fitted.llr(scores), labels))
-    assert cal.calibrated_metrics(scores[:100], labels[:100], fitted, (0.05,))["cllr"] is None
+    assert set(figures.act_dcf) == {"0.05", "0.01"}
+    assert figures.cllr == pytest.approx(cllr_loop(fitted.llr(scores), labels))
+    assert list(figures.as_dict()) == ["cllr", "min_cllr", "act_dcf"]
+    alone = cal.calibrated_metrics(scores[:100], labels[:100], fitted, (0.05,))
+    assert alone.cllr is None and alone.act_dcf == {"0.05": None}
     assert cal.Calibration.from_dict(json.loads(json.dumps(fitted.to_dict()))) == fitted
     with pytest.raises(CheckpointError, match="not a valid score calibration"):
         cal.Calibration.from_dict({"scale": "x", "offset": 0, "prior": 0.05}, "ck.model")

@@ -239,7 +239,7 @@ def _record_eval_shares(corpus_root, rank):
 
     evaluator = evaluation.Evaluation(f"{corpus_root}/test_list.txt", corpus_root, evaluation.EvalSettings())
     report = evaluator.run(evaluation.shared_extract(extract), score=rank == 0)
-    scores = None if report is None else next(iter(report["lists"].values()))["scores"]["raw"]
+    scores = None if report is None else report.primary.scores["raw"]
     return embedded, scores
 
 

@@ -1,4 +1,5 @@
-"""evaluation.py, score_norm.py, plots.py, run_log.py: against direct loops and sklearn."""
+"""evaluation.py and the modules it runs (trial_sets, embeddings, scoring, score_norm,
+result_files, plots, run_log), and tuneThreshold.compute_metrics: against direct loops and sklearn."""
 import argparse
 import json
 import math
@@ -11,16 +12,19 @@ import pytest
 import torch
 from sklearn.metrics import roc_curve
 
+from speakernet import embeddings
 from speakernet import evaluation as ev
+from speakernet import option_types
 from speakernet import plots
 import tuneThreshold
 from speakernet import run_log
 from speakernet import score_norm
+from speakernet import trial_sets
 from conftest import make_corpus
 from DatasetLoader import ListError, TrainList, read_train_list
 from speakernet.errors import UserError
 from speakernet.scoring import score_trials
-from tuneThreshold import compute_eer, compute_min_dcf
+from tuneThreshold import compute_eer, compute_metrics, compute_min_dcf
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DIM = 8
@@ -163,46 +167,54 @@ def test_eer_against_sklearn(seed):
     fnr = 1 - tpr
     i = np.argmin(np.abs(fnr - fpr))
     expected = 100 * max(fpr[i], fnr[i])
-    metrics = ev.compute_metrics(scores, labels)
-    assert metrics["eer"] == pytest.approx(expected, abs=1e-9)
-    assert (metrics["trials"], metrics["targets"]) == (len(labels), int(labels.sum()))
+    metrics = compute_metrics(scores, labels)
+    assert metrics.eer == pytest.approx(expected, abs=1e-9)
+    assert (metrics.trials, metrics.targets) == (len(labels), int(labels.sum()))
 
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_min_dcf_and_target_rates_against_loops(ties):
     scores, labels = random_trials(5, n=300, ties=ties)
-    metrics = ev.compute_metrics(scores, labels, p_targets=(0.05, 0.01), c_miss=1, c_fa=1,
-                                 far_targets=(0.01, 0.1), frr_targets=(0.05,))
+    metrics = compute_metrics(scores, labels, p_targets=(0.05, 0.01), c_miss=1, c_fa=1,
+                              far_targets=(0.01, 0.1), frr_targets=(0.05,))
     s, l = scores.tolist(), labels.tolist()
     for p in (0.05, 0.01):
-        assert metrics["min_dcf"][f"{p:g}"]["value"] == pytest.approx(dcf_loop(s, l, p), abs=1e-12)
+        assert metrics.min_dcf[f"{p:g}"].value == pytest.approx(dcf_loop(s, l, p), abs=1e-12)
     points = operating_points_loop(s, l)
     for target in (0.01, 0.1):
         # The lowest FRR with FAR within the target; of equal ones the lowest threshold.
         best = min((frr, threshold) for threshold, far, frr in points if far <= target)
-        got = metrics["frr_at_far"][f"{target:g}"]
-        assert got["frr"] == pytest.approx(100 * best[0])
-        assert got["threshold"] == pytest.approx(best[1])
-        assert got["far"] <= 100 * target + 1e-9
+        got = metrics.frr_at_far[f"{target:g}"]
+        assert got.frr == pytest.approx(100 * best[0])
+        assert got.threshold == pytest.approx(best[1])
+        assert got.far <= 100 * target + 1e-9
     # The lowest FAR with FRR within the target; of equal ones the highest threshold.
     best = min((far, -threshold) for threshold, far, frr in points if frr <= 0.05)
-    got = metrics["far_at_frr"]["0.05"]
-    assert got["far"] == pytest.approx(100 * best[0])
-    assert got["threshold"] == pytest.approx(-best[1])
-    assert got["frr"] <= 5 + 1e-9
+    got = metrics.far_at_frr["0.05"]
+    assert got.far == pytest.approx(100 * best[0])
+    assert got.threshold == pytest.approx(-best[1])
+    assert got.frr <= 5 + 1e-9
     # Exactly the figures of tuneThreshold's own functions (same points, same tie rules).
-    assert (metrics["eer"], metrics["eer_threshold"]) == compute_eer(scores, labels)
+    assert (metrics.eer, metrics.eer_threshold) == compute_eer(scores, labels)
     for p in (0.05, 0.01):
-        assert tuple(metrics["min_dcf"][f"{p:g}"].values()) == compute_min_dcf(scores, labels, p)
+        assert metrics.min_dcf[f"{p:g}"] == compute_min_dcf(scores, labels, p)
     # The costs enter minDCF: doubling the cost of a miss changes it as the loop says.
-    costly = ev.compute_metrics(scores, labels, p_targets=(0.05,), c_miss=2)
-    assert costly["min_dcf"]["0.05"]["value"] == pytest.approx(dcf_loop(s, l, 0.05, c_miss=2), abs=1e-12)
+    costly = compute_metrics(scores, labels, p_targets=(0.05,), c_miss=2)
+    assert costly.min_dcf["0.05"].value == pytest.approx(dcf_loop(s, l, 0.05, c_miss=2), abs=1e-12)
+    # The JSON layout of results_<tag>.json.
+    figures = metrics.as_dict()
+    assert list(figures) == ["trials", "targets", "nontargets", "unlabelled", "eer", "eer_threshold",
+                             "min_dcf", "frr_at_far", "far_at_frr"]
+    assert list(figures["frr_at_far"]["0.1"]) == ["frr", "far", "threshold"]
+    assert list(figures["far_at_frr"]["0.05"]) == ["far", "frr", "threshold"]
+    assert figures["min_dcf"]["0.05"] == {"value": metrics.min_dcf["0.05"].value,
+                                          "threshold": metrics.min_dcf["0.05"].threshold}
 
 
 def test_metrics_without_both_classes_are_none():
-    metrics = ev.compute_metrics([0.1, 0.5, 0.2], [1, 1, -1])
-    assert metrics["eer"] is None and metrics["min_dcf"]["0.05"]["value"] is None
-    assert (metrics["trials"], metrics["unlabelled"]) == (2, 1)
+    metrics = compute_metrics([0.1, 0.5, 0.2], [1, 1, -1])
+    assert metrics.eer is None and metrics.min_dcf["0.05"].value is None
+    assert (metrics.trials, metrics.unlabelled) == (2, 1)
 
 
 # ---------------------------------------------------------------------------- plots
@@ -246,42 +258,50 @@ def test_several_lists_in_one_call_equal_separate_calls(corpus, tmp_path):
     for path, name in ((first, "first"), (second, "second")):
         alone = ev.Evaluation(str(path), corpus.root, settings, out_dir=tmp_path / name,
                               cohort_list=train, plots=False).run(FakeExtractor(), tag="epoch0001")
-        assert list(alone["lists"]) == [name]
+        assert list(alone.lists) == [name]
         for system in ("raw", "asnorm"):
-            assert_same_figures(alone["lists"][name]["metrics"][system],
-                                joint["lists"][name]["metrics"][system])
-            np.testing.assert_allclose(alone["lists"][name]["scores"][system],
-                                       joint["lists"][name]["scores"][system], rtol=1e-6)
+            assert_same_figures(alone.lists[name].metrics[system].as_dict(),
+                                joint.lists[name].metrics[system].as_dict())
+            np.testing.assert_allclose(alone.lists[name].scores[system],
+                                       joint.lists[name].scores[system], rtol=1e-6)
         for output in ("scores_file", "scores_asnorm_file"):
-            assert Path(alone["lists"][name]["outputs"][output]).read_text() == \
-                Path(joint["lists"][name]["outputs"][output]).read_text()
+            assert Path(alone.lists[name].outputs[output]).read_text() == \
+                Path(joint.lists[name].outputs[output]).read_text()
     # AS-norm really changed the scores, and the JSON holds every list's figures.
-    entry = joint["lists"]["first"]
-    assert not np.allclose(entry["scores"]["raw"], entry["scores"]["asnorm"])
-    saved = json.loads(Path(joint["results_file"]).read_text())
+    entry = joint.lists["first"]
+    assert joint.primary is entry and entry.eer == entry.metrics["raw"].eer
+    assert list(entry.min_dcf) == ["0.05", "0.01"]
+    assert not np.allclose(entry.scores["raw"], entry.scores["asnorm"])
+    saved = json.loads(Path(joint.results_file).read_text())
     assert set(saved["lists"]) == {"first", "second"}
     assert saved["lists"]["second"]["metrics"]["asnorm"]["eer"] == pytest.approx(
-        joint["lists"]["second"]["metrics"]["asnorm"]["eer"])
+        joint.lists["second"].metrics["asnorm"].eer)
+    assert saved["lists"]["first"]["outputs"] == entry.outputs
+    record = joint.summary_record()
+    assert record["val_eer/first"] == entry.eer
+    second_asnorm = joint.lists["second"].metrics["asnorm"]
+    assert record["val_min_dcf_asnorm@0.01/second"] == second_asnorm.min_dcf["0.01"].value
     for output in ("det_png", "hist_png"):
-        assert_png(entry["outputs"][output])
+        assert_png(entry.outputs[output])
 
 
 def test_scores_follow_score_trials_and_outputs_are_never_overwritten(corpus, tmp_path):
-    trial_set = ev.load_trial_lists(str(corpus.test_list), corpus.root)
+    trial_set = trial_sets.load_trial_lists(str(corpus.test_list), corpus.root)
     crops = FakeExtractor()(trial_set.files, trial_set.lengths, corpus.root)
     settings = ev.EvalSettings()
     for normalize in (True, False):
         report = ev.evaluate_lists(crops, trial_set, settings, normalize=normalize)
         expected = score_trials(crops, trial_set.lists[0].pairs, normalize=normalize).numpy()
-        np.testing.assert_allclose(report["lists"]["test_list"]["scores"]["raw"], expected, rtol=1e-5)
+        np.testing.assert_allclose(report.lists["test_list"].scores["raw"], expected, rtol=1e-5)
+        assert report.results_file is None and report.lists["test_list"].outputs == {}
     out = tmp_path / "out"
     first = ev.evaluate_lists(crops, trial_set, settings, out_dir=out, tag="eval", plots=False)
     again = ev.evaluate_lists(crops, trial_set, settings, out_dir=out, tag="eval", plots=False)
-    paths = (first["lists"]["test_list"]["outputs"]["scores_file"],
-             again["lists"]["test_list"]["outputs"]["scores_file"])
+    paths = (first.lists["test_list"].outputs["scores_file"],
+             again.lists["test_list"].outputs["scores_file"])
     assert Path(paths[0]).name == "scores_eval_test_list.txt"
     assert paths[0] != paths[1] and Path(paths[0]).read_text() == Path(paths[1]).read_text()
-    assert first["results_file"] != again["results_file"]
+    assert first.results_file != again.results_file
 
 
 def test_unlabelled_trials_are_scored_but_not_counted(corpus, tmp_path):
@@ -292,16 +312,16 @@ def test_unlabelled_trials_are_scored_but_not_counted(corpus, tmp_path):
     path = write_list(tmp_path / "mixed.txt", labelled + unlabelled)
     evaluation = ev.Evaluation(str(path), corpus.root, ev.EvalSettings(), out_dir=tmp_path / "out")
     report = evaluation.run(FakeExtractor())
-    entry = report["lists"]["mixed"]
-    metrics = entry["metrics"]["raw"]
-    assert entry["trials"] == len(labelled) + len(unlabelled)
-    assert (metrics["trials"], metrics["unlabelled"]) == (len(labelled), len(unlabelled))
-    scores = entry["scores"]["raw"]
+    entry = report.lists["mixed"]
+    metrics = entry.raw
+    assert entry.trials == len(labelled) + len(unlabelled)
+    assert (metrics.trials, metrics.unlabelled) == (len(labelled), len(unlabelled))
+    scores = entry.scores["raw"]
     labels = np.array([label for label, _, _ in corpus.trials])
     fpr, tpr, _ = roc_curve(labels, scores[:len(labelled)], drop_intermediate=False)
     i = np.argmin(np.abs(1 - tpr - fpr))
-    assert metrics["eer"] == pytest.approx(100 * max(fpr[i], 1 - tpr[i]))
-    lines = Path(entry["outputs"]["scores_file"]).read_text().splitlines()
+    assert metrics.eer == pytest.approx(100 * max(fpr[i], 1 - tpr[i]))
+    lines = Path(entry.outputs["scores_file"]).read_text().splitlines()
     assert len(lines) == len(labelled) + len(unlabelled)
     assert [line.split()[1] for line in lines[len(labelled):]] == ["-"] * len(unlabelled)
     assert all(line.split()[1] in ("0", "1") for line in lines[:len(labelled)])
@@ -321,7 +341,7 @@ def test_a_missing_file_stops_before_any_extraction(corpus, tmp_path):
     # Problems in several lists are reported together.
     worse = write_list(tmp_path / "worse.txt", ["0 " + corpus.test_files[1] + " missing.wav"])
     with pytest.raises(ListError) as err:
-        ev.load_trial_lists(f"{bad},{worse}", corpus.root)
+        trial_sets.load_trial_lists(f"{bad},{worse}", corpus.root)
     assert f"{bad}:3" in str(err.value) and f"{worse}:1" in str(err.value)
 
 
@@ -329,14 +349,14 @@ def test_a_missing_file_stops_before_any_extraction(corpus, tmp_path):
 
 def test_cohort_selection_and_speaker_means(corpus):
     train = read_train_list(corpus.train_list, corpus.root)
-    cohort = ev.select_cohort(train, utts_per_speaker=2, max_speakers=4, seed=1)
+    cohort = trial_sets.select_cohort(train, utts_per_speaker=2, max_speakers=4, seed=1)
     assert len(cohort.speakers) == 4 and len(set(cohort.speakers)) == 4
     assert np.bincount(cohort.speaker).tolist() == [2, 2, 2, 2]
     for path, index in zip(cohort.files, cohort.speaker):
         assert speaker_of(path) == cohort.speakers[index]
-    again = ev.select_cohort(train, 2, 4, seed=1)                  # the same every evaluation
+    again = trial_sets.select_cohort(train, 2, 4, seed=1)                  # the same every evaluation
     assert again.files == cohort.files and np.array_equal(again.speaker, cohort.speaker)
-    means = ev.cohort_embeddings(FakeExtractor(), cohort, chunk=3)
+    means = embeddings.cohort_embeddings(FakeExtractor(), cohort, chunk=3)
     for index in range(4):
         members = [f for f, s in zip(cohort.files, cohort.speaker) if s == index]
         expected = torch.stack([torch.nn.functional.normalize(fake_crops(f), dim=-1).mean(0)
@@ -345,7 +365,7 @@ def test_cohort_selection_and_speaker_means(corpus):
     # A list without speakers: every utterance is a cohort speaker of its own.
     unlabelled = TrainList(files=train.files, lengths=train.lengths,
                            labels=np.full(len(train.files), -1), speakers=[])
-    assert len(ev.select_cohort(unlabelled, 5).files) == len(train.files)
+    assert len(trial_sets.select_cohort(unlabelled, 5).files) == len(train.files)
 
 
 # ---------------------------------------------------------------------------- export
@@ -353,47 +373,57 @@ def test_cohort_selection_and_speaker_means(corpus):
 def test_export_embeddings_round_trip(tmp_path):
     crops = torch.randn(5, 3, DIM, generator=torch.Generator().manual_seed(1))
     names = [f"id{i}/clip/0000{i}.wav" for i in range(5)]
-    path = ev.export_embeddings(tmp_path / "emb.npz", names, crops, speakers=list("aabbc"),
-                                keep_crops=True)
+    path = embeddings.export_embeddings(tmp_path / "emb.npz", names, crops, speakers=list("aabbc"),
+                                        keep_crops=True)
     with np.load(path) as data:
         assert data["names"].tolist() == names
         assert data["speakers"].tolist() == list("aabbc")
         unit = crops.numpy() / np.linalg.norm(crops.numpy(), axis=-1, keepdims=True)
         np.testing.assert_allclose(data["embeddings"], unit.mean(axis=1), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(data["crops"], crops.numpy())
-    again = ev.export_embeddings(tmp_path / "emb.npz", names, crops)
+    again = embeddings.export_embeddings(tmp_path / "emb.npz", names, crops)
     assert again != path and Path(path).exists()
     with np.load(again) as data:
         assert "crops" not in data.files and "speakers" not in data.files
 
 
 def test_extract_to_npz_in_chunks(corpus, tmp_path, monkeypatch):
-    trial_set = ev.load_trial_lists(str(corpus.test_list), corpus.root)
-    file_set = ev.FileSet(trial_set.files, trial_set.lengths, str(corpus.root), list(trial_set.files))
-    monkeypatch.setattr(ev, "EXTRACT_CHUNK", 5)
-    extract = FakeExtractor()
-    path = ev.extract_to_npz(tmp_path / "test.npz", extract, file_set, keep_crops=True)
+    trial_set = trial_sets.load_trial_lists(str(corpus.test_list), corpus.root)
+    file_set = embeddings.FileSet(trial_set.files, trial_set.lengths, str(corpus.root),
+                                  list(trial_set.files))
+    monkeypatch.setattr(embeddings, "EXTRACT_CHUNK", 5)
+    calls = []
+
+    class CountingExtractor(FakeExtractor):
+        def __call__(self, files, lengths, root):
+            calls.append(len(files))
+            return super().__call__(files, lengths, root)
+
+    extract = CountingExtractor()
+    path = embeddings.extract_to_npz(tmp_path / "test.npz", extract, file_set, keep_crops=True)
     whole = FakeExtractor()(trial_set.files, trial_set.lengths, corpus.root)
     with np.load(path) as data:
         assert data["names"].tolist() == trial_set.files
         np.testing.assert_allclose(data["crops"], whole.numpy())
-        np.testing.assert_allclose(data["embeddings"], ev.file_embeddings(whole).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(data["embeddings"], embeddings.file_embeddings(whole).numpy(),
+                                   rtol=1e-6)
     assert extract.seen == trial_set.files
+    assert max(calls) == 5 and sum(calls) == len(trial_set.files)
 
 
 def test_files_to_export(corpus, tmp_path):
     options = argparse.Namespace(extract=str(tmp_path / "out.npz"), extract_list=str(corpus.train_list),
                                  train_path=str(corpus.root), test_list=str(corpus.test_list),
                                  test_path=str(corpus.root))
-    file_set = ev.files_to_export(options)
+    file_set = embeddings.files_to_export(options)
     assert file_set.names == [path for _, path in corpus.train_lines]       # as in the list
     assert file_set.speakers == [speaker for speaker, _ in corpus.train_lines]
     assert all(Path(f).is_file() for f in file_set.files) and file_set.root == ""
     options.extract_list = ""
-    assert ev.files_to_export(options).names == corpus.test_files
+    assert embeddings.files_to_export(options).names == corpus.test_files
     (tmp_path / "out.npz").write_bytes(b"")
     with pytest.raises(UserError, match="exists"):
-        ev.files_to_export(options)
+        embeddings.files_to_export(options)
 
 
 # ---------------------------------------------------------------------------- run log
@@ -425,11 +455,11 @@ def test_run_log_appends_lines_and_draws_curves(tmp_path):
 
 def test_option_types_and_list_option():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--test_list", action=ev.ListOption, default="data/test_list.txt")
-    parser.add_argument("--dcf_p_target", type=ev.probability_list, default="0.05")
+    parser.add_argument("--test_list", action=option_types.ListOption, default="data/test_list.txt")
+    parser.add_argument("--dcf_p_target", type=option_types.probability_list, default="0.05")
     ev.add_arguments(parser)
     options = parser.parse_args([])
-    assert ev.split_list(options.test_list) == ["data/test_list.txt"]
+    assert option_types.split_list(options.test_list) == ["data/test_list.txt"]
     assert options.far_targets == (0.01,) and options.asnorm_top_n == 0
     options = parser.parse_args(["--test_list", "a.txt,b.txt", "--test_list", "c.txt",
                                  "--dcf_p_target", "0.05,0.01", "--frr_targets", ""])
@@ -437,10 +467,11 @@ def test_option_types_and_list_option():
     settings = ev.EvalSettings.from_options(argparse.Namespace(
         **vars(options), dcf_c_miss=1.0, dcf_c_fa=1.0, seed=1))
     assert settings.p_targets == (0.05, 0.01) and settings.frr_targets == ()
-    assert ev.parse_float_list(0.05) == (0.05,) and ev.parse_float_list([0.1, "0.2,0.3"]) == (0.1, 0.2, 0.3)
+    assert option_types.parse_float_list(0.05) == (0.05,)
+    assert option_types.parse_float_list([0.1, "0.2,0.3"]) == (0.1, 0.2, 0.3)
     for bad in ("0.05,x", "1.5"):
         with pytest.raises(ValueError):
-            ev.probability_list(bad)
+            option_types.probability_list(bad)
     with pytest.raises(SystemExit):
         parser.parse_args(["--far_targets", "2"])
 
@@ -465,12 +496,12 @@ def test_evaluation_with_trainer_extract(corpus, tmp_path):
     evaluation = ev.Evaluation(str(corpus.test_list), corpus.root, settings,
                                out_dir=tmp_path / "result", cohort_list=train, plots=False)
     report = evaluation.run(extract, tag="epoch0001")
-    entry = report["lists"]["test_list"]
-    assert entry["metrics"]["raw"]["trials"] == len(corpus.trials)
-    assert np.isfinite(entry["scores"]["asnorm"]).all()
+    entry = report.lists["test_list"]
+    assert entry.raw.trials == len(corpus.trials)
+    assert np.isfinite(entry.scores["asnorm"]).all()
     crops = extract(evaluation.trial_set.files, evaluation.trial_set.lengths, corpus.root)
     assert crops.shape == (len(corpus.test_files), 2, 16)
-    np.testing.assert_allclose(entry["scores"]["raw"],
+    np.testing.assert_allclose(entry.scores["raw"],
                                score_trials(crops, evaluation.trial_set.lists[0].pairs).numpy(),
                                rtol=1e-4, atol=1e-5)
     assert sorted(p.name for p in (tmp_path / "result").iterdir()) == [

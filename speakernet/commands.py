@@ -1,0 +1,123 @@
+"""The modes of trainSpeakerNet.py that use a trained model: --extract, --eval, --calibrate and
+--verify, with what they share with training (the run folder, the starting weights, the
+extract callable evaluation.py embeds through)."""
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from speakernet import calibration, checkpoint, evaluation
+from speakernet.embeddings import embed_files, extract_to_npz, files_to_export, shared_extract
+from speakernet.options import OptionError
+from SpeakerNet import Trainer
+
+log = logging.getLogger("trainSpeakerNet")
+
+
+# ---------------------------------------------------------------------------- shared with training
+
+def prepare_save_path(save_path, needed_bytes=0):
+    """Create save_path's folders and prove they are writable, with room for checkpoints."""
+    save_path = Path(save_path)
+    try:
+        for sub in ("model", "result"):
+            (save_path / sub).mkdir(parents=True, exist_ok=True)
+        probe = save_path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"0" * 1024)
+        probe.unlink()
+    except OSError as err:
+        raise OptionError(f"--save_path {save_path} is not writable: {err.strerror}") from None
+    free = shutil.disk_usage(save_path).free
+    if free < needed_bytes:
+        raise OptionError(f"--save_path {save_path}: only {free / 1e6:.0f} MB free, checkpoints "
+                          f"need about {needed_bytes / 1e6:.0f} MB; free some space")
+    return save_path
+
+
+def newest_checkpoint(save_path):
+    found = checkpoint.list_checkpoints(Path(save_path) / "model")
+    if not found:
+        raise OptionError(f"this needs --initial_model, or a checkpoint in {save_path}/model")
+    return found[-1][1]
+
+
+def load_initial_weights(model, source):
+    checkpoint.load_weights(model, checkpoint.model_state(checkpoint.load_file(source), model, source), source)
+
+
+def make_extractor(trainer, options):
+    """extract(files, lengths, root) -> files x crops x D, as evaluation.py expects; under
+    --distributed each rank embeds its share of the files and all ranks receive all."""
+    return shared_extract(
+        lambda files, lengths, root: trainer.extract(files, lengths, root, options.eval_frames,
+                                                     options.num_eval, options.nDataLoaderThread))
+
+
+def _loaded_trainer(options, model, device, rank, source):
+    """An evaluation-only Trainer over `model` with the weights of `source`."""
+    load_initial_weights(model, source)
+    return Trainer(model, None, None, None, device, options.mixedprec, is_main=rank == 0)
+
+
+# ---------------------------------------------------------------------------- modes
+
+def extract_only(options, model, device, rank=0):
+    """--extract: embeddings of a list's files (or of every trial-list file) to one .npz."""
+    file_set = files_to_export(options)
+    source = options.initial_model or newest_checkpoint(options.save_path)
+    extract = make_extractor(_loaded_trainer(options, model, device, rank, source), options)
+    normalize = model.contract.test_normalize
+    if rank != 0:      # embeds its share for rank 0, which writes the file
+        embed_files(extract, file_set.files, file_set.lengths, file_set.root, normalize=normalize,
+                    keep_crops=options.extract_crops)
+        return None
+    return extract_to_npz(options.extract, extract, file_set, keep_crops=options.extract_crops,
+                          normalize=normalize)
+
+
+def evaluate_only(options, model, device, rank=0):
+    """--eval: score the trial lists with --initial_model or the newest checkpoint (under
+    --distributed every rank embeds a share of the files; rank 0 scores and writes)
+    -> the EvaluationReport on rank 0, None on the others."""
+    evaluator = evaluation.Evaluation.from_options(options)
+    source = options.initial_model or newest_checkpoint(options.save_path)
+    trainer = _loaded_trainer(options, model, device, rank, source)
+    if rank == 0:
+        prepare_save_path(options.save_path)
+        log.info("evaluating %s on %s", source, ", ".join(map(str, evaluator.trial_set.paths)))
+    return evaluator.run(make_extractor(trainer, options), tag="eval", score=rank == 0,
+                         normalize=model.contract.test_normalize)
+
+
+def calibrate_only(options, model, device, rank=0):
+    """--calibrate DEV: fit score -> LLR on the dev list's scores, write the calibrated copy of
+    the checkpoint (<stem>.calibrated.model; the checkpoint itself is never changed) and
+    evaluate the --test_list lists with actDCF, Cllr and min Cllr (speakernet/calibration.py)."""
+    if options.distributed:
+        raise OptionError("--calibrate runs in one process; drop --distributed")
+    source = options.initial_model or newest_checkpoint(options.save_path)
+    target = calibration.calibrated_path(source)
+    calibration.check_new_file(target, source)            # before any embedding
+    evaluator = evaluation.Evaluation.from_options(options)
+    trainer = _loaded_trainer(options, model, device, rank, source)
+    prepare_save_path(options.save_path)
+    log.info("calibrating %s on %s; evaluating %s", source, options.calibrate,
+             ", ".join(map(str, evaluator.trial_set.paths)))
+    return evaluator.run(make_extractor(trainer, options), tag="eval",
+                         normalize=model.contract.test_normalize,
+                         on_calibrated=lambda fitted: calibration.write_calibrated_checkpoint(
+                             source, target, fitted, options))
+
+
+def verify_only(options, device):
+    """--verify A B: score two files with --initial_model (its own model and options) and log
+    the score, the LLR and the decision (speakernet/embedder.py)."""
+    from speakernet.embedder import Embedder
+
+    if not options.initial_model:
+        raise OptionError("--verify needs --initial_model CKPT (a checkpoint written by --calibrate "
+                          "gives an LLR and a decision)")
+    embedder = Embedder.from_checkpoint(options.initial_model, device=device)
+    result = embedder.verify(*options.verify, p_target=options.calibration_prior or None)
+    log.info("%s", result.describe())
+    return result

@@ -1,0 +1,68 @@
+"""Evaluation during training: the epoch's EvaluationReport, its line in result/scores.txt and
+metrics.jsonl, the training curves, and best.model by the first list's EER."""
+import logging
+import math
+
+import torch
+import torch.distributed as dist
+
+from speakernet import checkpoint, run_log
+from speakernet.commands import make_extractor
+
+log = logging.getLogger("trainSpeakerNet")
+
+
+class Validation:
+    """Evaluation during training: scores, metrics file, curves, the best checkpoint."""
+
+    def __init__(self, options, model, trainer, evaluator, save_path):
+        self.options = options
+        self.is_main = trainer.is_main
+        self.model = model
+        self.extract = make_extractor(trainer, options)
+        self.evaluator = evaluator
+        self.save_path = save_path
+        best = save_path / "model" / "best.model"
+        self.best_eer = math.inf
+        if best.exists():
+            try:
+                self.best_eer = checkpoint.load_file(best).get("eer", math.inf)
+            except checkpoint.CheckpointError as err:
+                log.warning("%s; the next evaluation replaces it", err)
+
+    def recorded(self, epoch):
+        """Whether metrics.jsonl holds the evaluation of `epoch` (rank 0 decides for all ranks)."""
+        metrics = self.save_path / "metrics.jsonl"
+        done = self.is_main and metrics.exists() and any(
+            r.get("epoch") == epoch and any(k.startswith("val_eer") for k in r)
+            for r in run_log.read_metrics(metrics))
+        if dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([int(done)])
+            dist.broadcast(flag, src=0)
+            done = bool(flag.item())
+        return done
+
+    def evaluate(self, epoch, stats=None):
+        """Evaluate the model as it is after `epoch` -> the EvaluationReport (None on the ranks
+        other than 0, which only embed their share)."""
+        normalize = self.model.contract.test_normalize
+        report = self.evaluator.run(self.extract, normalize=normalize, tag=f"epoch{epoch:04d}",
+                                    score=self.is_main)
+        if not self.is_main:
+            return None
+        first = report.primary
+        min_dcf = next(iter(first.min_dcf.values()), None)
+        with open(self.save_path / "result" / "scores.txt", "a", encoding="utf-8") as handle:
+            handle.write(f"epoch {epoch}, EER {first.eer}, MinDCF {min_dcf}\n")
+        if stats is not None:
+            metrics = self.save_path / "metrics.jsonl"
+            run_log.append_metrics(metrics, {"epoch": epoch, **stats, **report.summary_record()})
+            run_log.plot_training_curves(metrics, self.save_path / "training_curves.png")
+        return report
+
+    def keep_best(self, state, report):
+        """Copy the checkpoint to best.model when the first list's EER improves."""
+        eer = report.primary.eer
+        if eer is not None and eer < self.best_eer:
+            self.best_eer = eer
+            checkpoint.save_atomic({**state, "eer": eer}, self.save_path / "model" / "best.model")
