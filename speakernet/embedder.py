@@ -8,8 +8,8 @@
 
 The encoder is rebuilt from the options stored in the checkpoint (the run's resolved options),
 so no config is needed. Embeddings follow the evaluation protocol of those options exactly
-(DatasetLoader.TestDataset and speakernet.embeddings.file_embeddings): --num_eval evenly spaced
-crops of --eval_frames (files shorter than a crop wrapped around), or the whole file with
+(speakernet.eval_crops.TestDataset and speakernet.embeddings.file_embeddings): --num_eval
+evenly spaced crops of --eval_frames (files shorter than a crop wrapped around), or the whole file with
 --eval_frames 0; a file's embedding is the mean of its unit crop embeddings, and a score is
 the dot product of two of them (cosine scoring). Objectives that score by distance
 (test_normalize False) keep the crops, and a score is minus the mean crop-pair distance.
@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models._padded import pad_waveforms, padded_batch, supports_padded_batches
 from speakernet.eval_crops import MIN_WHOLE_FILE, eval_crop_starts
 from speakernet import calibration as calibrating
 from speakernet import checkpoint
@@ -132,7 +133,7 @@ class Embedder:
                         f"array or tensor of 16 kHz samples, or a list of these")
 
     def crops(self, audio):
-        """crops x samples tensor of one waveform, as DatasetLoader.TestDataset cuts them."""
+        """crops x samples tensor of one waveform, as speakernet.eval_crops.TestDataset cuts them."""
         if self.eval_frames == 0:
             if len(audio) < MIN_WHOLE_FILE:
                 audio = np.pad(audio, (0, MIN_WHOLE_FILE - len(audio)), mode="wrap")
@@ -153,13 +154,29 @@ class Embedder:
 
     def embed(self, x):
         """The file embedding (D: the mean of the unit crop embeddings; the plain crop mean
-        for distance-scored objectives) of one input, or files x D for a list of inputs."""
-        if isinstance(x, (list, tuple)):
-            if not x:
-                raise UserError("embed() got an empty list")
-            return torch.stack([self.embed(item) for item in x])
-        crops = self.crop_embeddings(x)
-        return (F.normalize(crops, dim=-1) if self.normalize else crops).mean(dim=0)
+        for distance-scored objectives) of one input, or files x D for a list of inputs, a few
+        per forward pass (2 on a CPU, 20 on a GPU, as Trainer.extract)."""
+        if not isinstance(x, (list, tuple)):
+            return self._embed_together([x])[0]
+        if not x:
+            raise UserError("embed() got an empty list")
+        per_pass = 20 if self.device.type == "cuda" else 2
+        return torch.cat([self._embed_together(x[i:i + per_pass]) for i in range(0, len(x), per_pass)])
+
+    @torch.no_grad()
+    def _embed_together(self, items):
+        """len(items) x D in one forward pass: crops of one length stacked, whole files (eval_frames
+        0) zero-padded in a padded batch (models/_padded.py), or one at a time without support."""
+        crops = [self.crops(self.load(item)) for item in items]
+        if self.eval_frames:
+            emb = self.encoder(torch.cat(crops).to(self.device)).float().cpu().unflatten(0, (len(items), -1))
+        elif len(items) > 1 and supports_padded_batches(self.encoder):
+            wavs, lengths, _ = pad_waveforms([(c, n) for n, c in enumerate(crops)])
+            with padded_batch(self.encoder, lengths.to(self.device)):
+                emb = self.encoder(wavs.to(self.device)).float().cpu().unsqueeze(1)
+        else:
+            emb = torch.stack([self.encoder(c.to(self.device)).float().cpu() for c in crops])
+        return (F.normalize(emb, dim=-1) if self.normalize else emb).mean(dim=1)
 
     def score(self, a, b):
         """The score --eval gives the trial (a, b): cosine of the mean unit crop embeddings

@@ -1,10 +1,8 @@
 """The README's "Using a trained model" Python example, run verbatim on a trained run's best.model
 (the demo's layout: exps/demo/model/best.model, with a.wav, b.wav, b.flac and c.wav beside it)."""
-import os
 import re
 from pathlib import Path
 
-import numpy as np
 import soundfile
 import torch
 
@@ -20,9 +18,9 @@ def readme_example():
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_the_readme_api_example_runs_as_written(tmp_path):
+def test_the_readme_api_example_runs_as_written(tmp_path, monkeypatch):
     corpus = make_corpus(tmp_path / "corpus", train_speakers=4, train_utts=3, test_speakers=3, test_utts=2)
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     assert trainSpeakerNet.main(train_argv(corpus, "exps/demo", max_epoch=1)) == 0
     assert Path("exps/demo/model/best.model").exists()
     files = [corpus.root / f for f in corpus.test_files]
@@ -35,8 +33,8 @@ def test_the_readme_api_example_runs_as_written(tmp_path):
     embedder, e = namespace["embedder"], namespace["e"]
     assert e.dim() == 1 and namespace["E"].shape == (3, e.shape[0])
     # b.flac holds b.wav's samples: the same embedding; c.wav as an array: the file's.
-    assert torch.allclose(namespace["E"][1], embedder.embed("b.wav"), atol=1e-6)
-    assert torch.allclose(namespace["E"][2], embedder.embed("c.wav"), atol=1e-6)
+    assert torch.allclose(namespace["E"][1], embedder.embed("b.wav"), atol=1e-5)
+    assert torch.allclose(namespace["E"][2], embedder.embed("c.wav"), atol=1e-5)
     a, b = embedder.embed("a.wav"), embedder.embed("b.wav")
     assert abs(namespace["s"] - float(a @ b)) < 1e-5
     decision = namespace["decision"]
