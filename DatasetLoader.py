@@ -1,12 +1,8 @@
-"""Training data, from list lines to batches: the training list, crop reads, the
-speaker-balanced sampler that plans every batch of an epoch, and the dataset that reads a
-planned batch straight into its tensors.
-
-A training step's data path: the sampler plans every batch (which files, how many frames each
-view, where each crop starts, at which speed, which noise), loader workers read just those
-crops with partial reads (or from int16 packs, speakernet/packed_audio.py) into preallocated
-N x V x samples arrays (`TrainDataset.__getitems__`), and the batch reaches the trainer as
-(views, labels, extras, frames): frames, the sampler's crop lengths, travel with it.
+"""Training data, from list lines to batches: the training list, the speaker-balanced sampler
+that plans every batch of an epoch (files, frames per view, crop offsets, speed, noise), and
+the dataset whose loader workers read just those crops, by partial reads or from int16 packs
+(speakernet/packed_audio.py), into preallocated N x V x samples arrays. A batch reaches the
+trainer as (views, labels, extras, frames): frames, the sampler's crop lengths, travel with it.
 """
 import argparse
 import logging
@@ -14,13 +10,11 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import soundfile
 import torch
 from torch.utils.data import Dataset
 
-from speakernet.audio import (ListError, NonFiniteAudio, PathTable, check_audio_files,  # noqa: F401
-                              check_finite, crop_samples, list_lines, pack_exists, pack_prefix, space_hint,
-                              warn_duplicates)
+from speakernet.audio import (ListError, NonFiniteAudio, PathTable, check_audio_files,  # noqa: F401 (re-exported)
+                              crop_samples, list_lines, pack_exists, pack_prefix, read_crop, space_hint, warn_duplicates)
 from speakernet.augment import read_batch_augmentation, speed_change, speed_read_length
 from speakernet.errors import UserError
 
@@ -70,20 +64,6 @@ def read_train_list(list_path, train_path, need_labels=True, allow_outside=False
         speakers, labels = speakers.tolist(), labels.astype(np.int64)
     return TrainList(files=PathTable(files, prefix=os.path.join(str(train_path), "")), lengths=lengths, labels=labels, speakers=speakers, source=str(list_path),
                      line_numbers=np.array(lines, dtype=np.int32))
-
-
-# ---------------------------------------------------------------------------- audio reads
-
-def read_crop(path, total, start, length):
-    """`length` samples from `start`, reading only that span; shorter files wrap around."""
-    if total < length:
-        audio, _ = soundfile.read(path, dtype="float32", always_2d=False)
-        return np.pad(check_finite(audio, path), (0, length - len(audio)), mode="wrap")
-    audio, _ = soundfile.read(path, start=start, frames=length, dtype="float32", always_2d=False)
-    check_finite(audio, path, start)
-    if len(audio) < length:          # header overstated the length: stay shape-stable
-        audio = np.pad(audio, (0, length - len(audio)), mode="wrap")
-    return audio
 
 
 

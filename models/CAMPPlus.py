@@ -38,7 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models._layers import as_image, check_encoder_type, use_channels_last, with_spec_augment
+from models._layers import as_image, check_encoder_type, use_channels_last
+from models._specaugment import with_spec_augment
 from models.ResNet import (BasicBlock, TemporalStatsPooling, make_stage,
                            mean_normalised_log_mels, strided_size)
 

@@ -18,10 +18,13 @@ results table: 6.2 M and 14.7 M). Input: 80 log-mels (default) or 80 MFCCs as in
 """
 import torch
 import torch.nn as nn
+import torchaudio
 
 from speakernet.errors import UserError
 from models._ecapa_blocks import Conv1dReluBn, SERes2NetBlock
-from models._layers import ChannelAttentiveStatsPooling, LogMelFrontend, MFCCFrontend, check_encoder_type, with_spec_augment
+from models._layers import (HOP, N_FFT, SAMPLE_RATE, WINDOW, ChannelAttentiveStatsPooling, FrontEnd, LogMelFrontend,
+                            check_encoder_type)
+from models._specaugment import with_spec_augment
 
 DILATIONS = (2, 3, 4)
 RES2NET_SCALE = 8
@@ -45,6 +48,28 @@ def add_arguments(parser):
     parser.add_argument("--input_features", type=str, default="fbank", choices=("fbank", "mfcc"),
                         help="ECAPA-TDNN input: log-mel filterbanks or MFCCs (the paper's), "
                              "--n_mels of them")
+
+
+class MFCCFrontend(FrontEnd):
+    """Waveform (B x samples) -> instance-normalised MFCCs (B x n_mfcc x frames).
+
+    ECAPA-TDNN's input in Desplanques et al. 2020 (80 MFCCs, 25 ms window, 10 ms step). The
+    log is always taken (MFCCs are cepstra of log energies), with the same 1e-6 floor as the
+    log-mels rather than torchaudio's dB scaling, whose top_db clamp depends on the loudest
+    utterance of the batch. Cepstral mean and variance normalisation by instance norm.
+    """
+
+    def __init__(self, n_mfcc=80):
+        super().__init__()
+        self.mfcc = torchaudio.transforms.MFCC(
+            sample_rate=SAMPLE_RATE, n_mfcc=n_mfcc, log_mels=True,
+            melkwargs=dict(n_fft=N_FFT, win_length=WINDOW, hop_length=HOP,
+                           window_fn=torch.hamming_window, n_mels=n_mfcc))
+        self.instancenorm = nn.InstanceNorm1d(n_mfcc)
+        self.spec_augment = None
+
+    def compute_features(self, wav):
+        return self.instancenorm(self.mfcc(wav))
 
 
 def build_frontend(input_features, n_mels, log_input):

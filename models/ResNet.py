@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models._layers import (LogMelFrontend, TimePooling, as_image, check_encoder_type, use_channels_last,
-                            with_spec_augment)
+from models._layers import LogMelFrontend, TimePooling, as_image, check_encoder_type, use_channels_last
+from models._specaugment import with_spec_augment
 
 # The paper's defaults when the user sets neither YAML nor command line (resnet.yaml).
 OPTION_DEFAULTS = {"nOut": 256, "n_mels": 80, "log_input": True, "encoder_type": "TSTP"}

@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from speakernet.errors import UserError
-from models._layers import LogMelFrontend, build_pooling, with_spec_augment
+from models._layers import LogMelFrontend, build_pooling
+from models._specaugment import with_spec_augment
 
 N_MELS = 40
 EMBED_CHANNELS = 512

@@ -56,6 +56,18 @@ def to_float(audio):
     return audio.float()
 
 
+def read_crop(path, total, start, length):
+    """`length` samples from `start`, reading only that span; shorter files wrap around."""
+    if total < length:
+        audio, _ = soundfile.read(path, dtype="float32", always_2d=False)
+        return np.pad(check_finite(audio, path), (0, length - len(audio)), mode="wrap")
+    audio, _ = soundfile.read(path, start=start, frames=length, dtype="float32", always_2d=False)
+    check_finite(audio, path, start)
+    if len(audio) < length:          # header overstated the length: stay shape-stable
+        audio = np.pad(audio, (0, length - len(audio)), mode="wrap")
+    return audio
+
+
 def pack_prefix(path):
     """Where a pack of a list (data/train_list.txt -> data/train_list.pack) or of a folder
     (data/musan_split -> data/musan_split.pack) is written and looked for."""

@@ -94,7 +94,7 @@ class CentralCrops:
 
     def __getitem__(self, i):
         import torch
-        from DatasetLoader import read_crop
+        from speakernet.audio import read_crop
         total = int(self.lengths[i])
         start = max(total - self.length, 0) // 2
         return torch.from_numpy(read_crop(self.files[i], total, start, self.length))
@@ -107,7 +107,7 @@ def logmel_statistics(files, lengths, frames, workers=0, batch=64):
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from DatasetLoader import crop_samples
+    from speakernet.audio import crop_samples
 
     melspec = torchaudio.transforms.MelSpectrogram(
         sample_rate=SAMPLE_RATE, n_fft=512, win_length=400, hop_length=160,

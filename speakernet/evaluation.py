@@ -89,7 +89,7 @@ def add_arguments(parser):
                    help="effective target prior of the calibration fit, and of --verify's "
                         "decision (0 = the first --dcf_p_target for the fit, the calibration's "
                         "own prior for --verify)")
-    g.add_argument("--verify", nargs=2, metavar=("WAV1", "WAV2"), default="", action=VerifyAction,
+    g.add_argument("--verify", nargs=2, metavar=("WAV1", "WAV2"), default="",
                    help="score two audio files with --initial_model and log score, LLR and the "
                         "decision (the model and its options come from the checkpoint)")
     return g
@@ -104,23 +104,6 @@ def prior_or_zero(value):
     if not (number == 0 or 0 < number < 1):
         raise OptionValueError(f"{value} is not a prior in (0, 1) (or 0 for the default)")
     return number
-
-
-class VerifyAction(argparse.Action):
-    """--verify A B. The encoder and its options come from the checkpoint, so --model and
-    --trainfunc, which the option check requires of every other mode, may be left out: when
-    they are empty they are set to a marker that only the --verify branch sees (it never
-    builds a model from them)."""
-
-    MARKER = "(from --initial_model)"
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, list(values))
-        for name in ("model", "trainfunc"):
-            # Only where the option has its (empty) default: options.py's scan of the explicit
-            # command-line values parses without defaults and must not see the marker.
-            if hasattr(namespace, name) and not getattr(namespace, name):
-                setattr(namespace, name, self.MARKER)
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,14 @@ from speakernet import evaluation
 from speakernet import packed_audio
 from speakernet import plugins
 import DatasetLoader as sampler
-from models import _layers as frontend
+from models import _specaugment as spec_augment
 from speakernet.errors import OptionError  # noqa: F401 (re-exported)
 from speakernet.atomic import write_text
 from speakernet.config_file import load_config  # noqa: F401 (re-exported)
 from speakernet.option_types import ListOption, probability_list, split_list
 
 # Modules that declare options of their own (add_arguments): each owner keeps its options.
-OPTION_OWNERS = (augment, frontend, packed_audio, sampler, evaluation)
+OPTION_OWNERS = (augment, spec_augment, packed_audio, sampler, evaluation)
 COMPONENT_OPTIONS = {"model": "models", "trainfunc": "loss", "optimizer": "optimizer",
                      "scheduler": "scheduler"}
 

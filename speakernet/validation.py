@@ -61,8 +61,10 @@ class Validation:
         return report
 
     def keep_best(self, state, report):
-        """Copy the checkpoint to best.model when the first list's EER improves."""
+        """Copy the checkpoint to best.model when the first list's EER improves, with that EER
+        and its raw-score threshold (what Embedder.verify decides by without a calibration)."""
         eer = report.primary.eer
         if eer is not None and eer < self.best_eer:
             self.best_eer = eer
-            checkpoint.save_atomic({**state, "eer": eer}, self.save_path / "model" / "best.model")
+            checkpoint.save_atomic({**state, "eer": eer, "eer_threshold": report.primary.eer_threshold},
+                                   self.save_path / "model" / "best.model")

@@ -6,8 +6,9 @@ import torch
 
 from speakernet import plugins
 from speakernet.errors import UserError
-from models._layers import (LogMelFrontend, LogSpectrogramFrontend, MFCCFrontend, SpecAugment,
-                             spec_augment_from_options)
+from models._layers import LogMelFrontend, LogSpectrogramFrontend
+from models._specaugment import SpecAugment, spec_augment_from_options
+from models.ECAPA_TDNN import MFCCFrontend
 from speakernet.options import parse_options
 
 # Options each encoder needs beyond the defaults (ECAPA-TDNN only has attentive statistics).
