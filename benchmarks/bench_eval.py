@@ -114,10 +114,10 @@ def write_random_files(root, seconds, seed=0):
     return files, np.array([int(s * 16000) for s in seconds])
 
 
-def bench_whole_files(n_files, repeats):
+def bench_whole_files(n_files, repeats, device="cpu"):
     """Whole-file embeddings of 1-20 s files: one per pass against padded length buckets."""
-    model = SpeakerNet(MainModel(nOut=512, log_input=True), torch.nn.Identity())
-    trainer = Trainer(model, None, None, None, torch.device("cpu"), is_main=False)
+    model = SpeakerNet(MainModel(nOut=512, log_input=True), torch.nn.Identity()).to(device)
+    trainer = Trainer(model, None, None, None, torch.device(device), is_main=False)
     seconds = np.random.default_rng(1).uniform(1.0, 20.0, n_files)
     with tempfile.TemporaryDirectory() as root:
         files, lengths = write_random_files(root, seconds)
@@ -201,6 +201,7 @@ def main():
     parser.add_argument("--skip-extract", action="store_true", help="skip the model part")
     parser.add_argument("--whole-files", type=int, default=0,
                         help="only time whole-file extraction of this many 1-20 s files")
+    parser.add_argument("--device", default="cpu", help="for --whole-files: cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -211,9 +212,9 @@ def main():
     report.propagate = False
     if args.threads:
         torch.set_num_threads(args.threads)
-    report.info(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    report.info(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}")
     if args.whole_files:
-        bench_whole_files(args.whole_files, max(1, min(args.repeats, 3)))
+        bench_whole_files(args.whole_files, max(1, min(args.repeats, 3)), args.device)
         return
     if not args.skip_extract:
         bench_extraction(args.files, args.seconds, max(1, min(args.repeats, 3)))

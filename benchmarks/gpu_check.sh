@@ -6,6 +6,7 @@
 #   (c) training segments/s and the data-wait share of Fast ResNet-34 + angleproto at the paper's
 #       batch (200 speakers x 2 x 2 s), 8 loader workers, packs, without and with --augment
 #   (d) extraction files/s (--eval, 10 crops of 3 s per file)
+#   (e) whole-file extraction of 1-20 s files: one per pass against padded length buckets
 #     bash benchmarks/gpu_check.sh [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,4 +49,7 @@ python3 trainSpeakerNet.py --eval --config configs/demo.yaml "${data[@]}" --devi
     --initial_model "$work/fp32/model/model000000001.model" --save_path "$work/eval" >"$work/eval.log" 2>&1
 grep -aoE "evaluated [0-9]+ files in [0-9.]+ s \(embedding [0-9.]+ s\)" "$work/eval.log" \
     | awk '{gsub(/[()]/, ""); printf "  %s files embedded in %s s: %.1f files/s\n", $2, $8, $2 / $8}'
+
+echo "== (e) whole files, one per pass against padded length buckets"
+python3 benchmarks/bench_eval.py --whole-files 200 --device cuda --repeats 2
 echo "gpu check passed"

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from speakernet import plugins
 from speakernet.errors import UserError
-from speakernet.atomic import temporary_path
+from speakernet.atomic import atomic_path, temporary_path
 from speakernet.audio import SAMPLE_RATE
 from models._bench import compare_engines
 from models._export import (ONNX_CHECKS, ONNX_MIN_SAMPLES, ONNX_OPSET, ONNX_TOLERANCE,
@@ -202,9 +202,9 @@ def run(argv):
 # ---------------------------------------------------------------------------- writing exports
 
 def open_output(output, overwrite):
-    """A temporary file beside `output` (closed, empty) that the export is written to and then
-    renamed over `output`: refuses an existing file first, and fails here, before the slow
-    build and trace, when the folder cannot be written."""
+    """The temporary file beside `output` (closed, empty) that atomic_path then writes the
+    export to: refuses an existing file first, and fails here, before the slow build and
+    trace, when the folder cannot be written."""
     if os.path.isdir(output):
         raise UserError(f"--output {output} is a folder (give a file path)")
     if os.path.lexists(output) and not overwrite:
@@ -222,16 +222,12 @@ def export_torchscript_file(args, model_kwargs):
     """--export MODEL: build, load, trace to a temporary file, compare it with the eager model
     on another length, and only then rename it to --output. The result line is the
     command's output (stdout)."""
-    tmp = open_output(args.output, args.overwrite)
-    try:
+    open_output(args.output, args.overwrite)
+    with atomic_path(os.path.abspath(args.output)) as tmp:   # only a complete, checked export lands
         encoder = build_encoder(args.export, model_kwargs, args.initial_model)
-        exported = export_torchscript(encoder, tmp)
+        exported = export_torchscript(encoder, str(tmp))
         check_samples = samples_for(331) + 17         # another, odd length than traced
         diff = max_abs_difference(encoder, exported, check_samples)
-        os.replace(tmp, args.output)                  # only a complete, checked export lands
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     print(f"exported {args.export} ({count_parameters(encoder):,} parameters) to {args.output}; "
           f"max abs difference to eager on {check_samples} samples: {diff:.3g}")
 
@@ -239,15 +235,11 @@ def export_torchscript_file(args, model_kwargs):
 def export_onnx_file(args, model_kwargs):
     """--export MODEL --format onnx: build, load, export to a temporary file, check it with
     onnxruntime, and only then rename it to --output."""
-    tmp = open_output(args.output, args.overwrite)
-    try:
+    open_output(args.output, args.overwrite)
+    with atomic_path(os.path.abspath(args.output)) as tmp:   # only a complete, checked export lands
         encoder = build_encoder(args.export, model_kwargs, args.initial_model)
-        export_onnx(encoder, tmp, args.export, metadata=onnx_metadata(args.export, args.initial_model))
-        rows = check_onnx(encoder, tmp, args.export)
-        os.replace(tmp, args.output)                  # only a complete, checked export lands
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        export_onnx(encoder, str(tmp), args.export, metadata=onnx_metadata(args.export, args.initial_model))
+        rows = check_onnx(encoder, str(tmp), args.export)
     worst = max(rows, key=lambda r: r[2])
     log.info("exported %s (%s parameters) to %s as ONNX (opset %d, dynamic batch and time); "
              "onnxruntime vs eager on %d inputs: max abs difference %.3g, lowest cosine %.7f",

@@ -17,23 +17,31 @@ def temporary_path(path):
 
 
 @contextmanager
-def atomic_file(path, mode="wb", fsync=False, encoding=None):
-    """A file handle to write `path` through: renamed over `path` when the block ends, deleted
-    (and the error passed on) when it raises."""
+def atomic_path(path):
+    """A temporary path beside `path`, for writers that take a file name (torch.jit.save, the
+    ONNX exporter, ffmpeg): renamed over `path` when the block ends, deleted (and the error
+    passed on) when it raises."""
     path = Path(path)
     tmp = temporary_path(path)
     try:
-        with open(tmp, mode, encoding=encoding) as handle:
-            yield handle
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
+        yield tmp
         os.replace(tmp, path)
     finally:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:              # a read-only file system refuses the clean-up too
             pass
+
+
+@contextmanager
+def atomic_file(path, mode="wb", fsync=False, encoding=None):
+    """A file handle to write `path` through, as atomic_path."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=encoding) as handle:
+            yield handle
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
 
 
 def write_text(path, text):

@@ -37,3 +37,20 @@ def test_cuda_and_cpu_embeddings_agree(corpus, tmp_path):
     import numpy as np
     a, b = (np.load(outputs[d])["embeddings"] for d in ("cpu", "cuda"))
     assert np.abs(a - b).max() < 1e-3
+
+
+def test_a_padded_batch_on_cuda_embeds_each_file_as_alone_on_the_cpu():
+    import torch.nn.functional as F
+    from models.ResNetSE34L import MainModel
+    from models._padded import pad_waveforms, padded_batch
+
+    torch.manual_seed(0)
+    model = MainModel(nOut=64).eval()
+    waves = [0.1 * torch.randn(int(s * 16000)) for s in (1.0, 4.2, 11.0)]
+    with torch.no_grad():
+        alone = torch.stack([model(w[None])[0] for w in waves])
+        batch, lengths, _ = pad_waveforms([(w[None], i) for i, w in enumerate(waves)])
+        model.to("cuda")
+        with padded_batch(model, lengths.to("cuda")):
+            together = model(batch.to("cuda")).cpu()
+    assert F.cosine_similarity(alone, together).min() >= 0.9999

@@ -16,6 +16,7 @@ import zlib
 
 from tqdm import tqdm
 
+from speakernet.atomic import atomic_file
 from speakernet.prep.common import PrepError, log, write_atomic
 
 # Published checksums (VoxCeleb's and OpenSLR's lists) of the archives voxceleb_trainer uses;
@@ -272,23 +273,22 @@ def concatenate(args):
         if missing:
             raise PrepError("%s: missing %s in %s; download them first (--download)"
                             % (out_name, ", ".join(missing), args.save_path))
-        tmp, h = out + ".tmp", hashlib.md5()
-        with open(tmp, "wb") as dst, byte_bar(sum(map(os.path.getsize, parts)), out_name) as bar:
+        h = hashlib.md5()
+        # Renamed to `out` only when the MD5 matches; a mismatch leaves nothing behind.
+        with atomic_file(out) as dst, byte_bar(sum(map(os.path.getsize, parts)), out_name) as bar:
             for part in parts:
                 with open(part, "rb") as src:
                     for block in blocks(src):
                         dst.write(block)
                         h.update(block)
                         bar.update(len(block))
-        if expected and h.hexdigest() != expected:
-            os.remove(tmp)
-            bad = [os.path.basename(p) for p in parts
-                   if known.get(os.path.basename(p)) and md5_of(p) != known[os.path.basename(p)]]
-            raise PrepError("%s: MD5 of the joined parts is %s, expected %s; %s" % (
-                out_name, h.hexdigest(), expected,
-                "bad parts: %s (delete and download them again)" % ", ".join(bad) if bad else
-                "check that all of %s are complete (%d found)" % (pattern, len(parts))))
-        os.replace(tmp, out)
+            if expected and h.hexdigest() != expected:
+                bad = [os.path.basename(p) for p in parts
+                       if known.get(os.path.basename(p)) and md5_of(p) != known[os.path.basename(p)]]
+                raise PrepError("%s: MD5 of the joined parts is %s, expected %s; %s" % (
+                    out_name, h.hexdigest(), expected,
+                    "bad parts: %s (delete and download them again)" % ", ".join(bad) if bad else
+                    "check that all of %s are complete (%d found)" % (pattern, len(parts))))
         remember_md5(out, h.hexdigest())
         print("Joined %d parts into %s%s (the parts can be deleted)"
               % (len(parts), out_name, " (MD5 verified)" if expected else ""))
@@ -338,11 +338,10 @@ def extract_archive(archive, dest, select=lambda name: name, desc=None):
             bar.update(size if count else 0)
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open_member() as src, open(path + ".tmp", "wb") as dst:
+        with open_member() as src, atomic_file(path) as dst:
             for block in blocks(src):
                 dst.write(block)
                 bar.update(len(block) if count else 0)
-        os.replace(path + ".tmp", path)
         written += 1
 
     try:
