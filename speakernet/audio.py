@@ -1,11 +1,11 @@
 """Audio files and the lists that name them: the project's audio constants, the one conversion
-between frames and samples, list lines, compact path tables, and the validation of every file
-a list names before any training time is spent.
+between frames and samples, crop reads, pack locations, list lines, compact path tables, and
+the validation of every file a list names before any training time is spent.
 
 Crops are counted in 10 ms frames of a 25 ms window, as voxceleb_trainer does: a crop of F
 frames holds F * 160 + 240 samples at 16 kHz.
 
-Validation: Headers (readable, 16 kHz, mono, non-empty) are checked once, in parallel, and cached in a
+Headers (readable, 16 kHz, mono, non-empty) are checked once, in parallel, and cached in a
 binary manifest beside the list (`<list>.manifest.npz`: numpy arrays of lengths, sizes and
 modification times, and the modification time of every folder holding a listed file). A later
 start with the same list and unchanged folders takes the lengths as they are, without a stat
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------- constants and conversions
+
 SAMPLE_RATE = 16000
 HOP = 160                      # samples per 10 ms frame
 WINDOW_EXTRA = 240             # a 25 ms window is 400 samples: 240 more than one hop
@@ -125,6 +126,7 @@ def warn_duplicates(list_path, entries, lines, what):
 
 
 # --------------------------------------------------------------------------------- path tables
+
 class PathTable:
     """Read-only sequence of paths `prefix + entry` (an absolute entry stands alone): the
     entries' UTF-8 bytes in one buffer, with offsets."""
