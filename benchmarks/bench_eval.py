@@ -12,7 +12,7 @@ Usage:
    and GPU defaults), and
    the reference's per-file loop (whole float64 read, one pass per file) on the same model.
    Whole files (eval_frames 0) of 1-20 s: files/s one per forward pass (batch_files 1) and in
-   padded length buckets of 4, 8 and 20 files (models/_padded.py), the same model and files.
+   padded length buckets of 2, 4, 8 and 20 files (models/_padded.py), the same model and files.
 2. Scoring 37,720 random trials over 4,874 files (VoxCeleb1-O's size) from random crop
    embeddings: score_trials from crops, and from the file embeddings evaluation.py keeps.
 3. AS-norm of those trials against 5,994 cohort speakers (VoxCeleb2's), top 300.
@@ -122,7 +122,7 @@ def bench_whole_files(n_files, repeats, device="cpu"):
     with tempfile.TemporaryDirectory() as root:
         files, lengths = write_random_files(root, seconds)
         settings = {f"batch_files {b}": (lambda b=b: trainer.extract(files, lengths, root, 0, 1, 0, batch_files=b))
-                    for b in (1, 4, 8, 20)}
+                    for b in (1, 2, 4, 8, 20)}
         first = trainer.extract(files, lengths, root, 0, 1, 0, batch_files=1)
         last = trainer.extract(files, lengths, root, 0, 1, 0, batch_files=20)
         cosine = torch.nn.functional.cosine_similarity(first[:, 0], last[:, 0]).min().item()
