@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from speakernet.audio import (ListError, NonFiniteAudio, PathTable, check_audio_files,  # noqa: F401 (re-exported)
+from speakernet.audio import (ChangedAudio, ListError, NonFiniteAudio, PathTable, check_audio_files,  # noqa: F401 (re-exported)
                               crop_samples, list_lines, pack_exists, pack_prefix, read_crop, space_hint, warn_duplicates)
 from speakernet.augment import read_batch_augmentation, speed_change, speed_read_length
 from speakernet.errors import UserError
@@ -172,9 +172,23 @@ class SpeakerBalancedSampler:
                 log.warning("%d speakers have fewer than nPerSpeaker=%d utterances and are skipped",
                             skipped, self.views)
             what = f"speakers with at least nPerSpeaker={self.views} utterances"
+            needed = self.groups_per_batch * self.world_size
+            if usable < needed and (usable == 0 or needed <= len(counts)):     # not a batch_size problem
+                self._too_few_utterances(usable, len(counts), int(counts.max(initial=0)))
         if usable < self.groups_per_batch * self.world_size:
             raise UserError(f"--batch_size {self.groups_per_batch} (x {self.world_size} ranks) is "
                              f"larger than the {usable} {what} in the training list; lower --batch_size")
+
+    def _too_few_utterances(self, usable, speakers, most):
+        """No speaker, or fewer than a batch needs while all of them would fill it, has
+        --nPerSpeaker utterances."""
+        if usable == 0:
+            raise UserError(f"no speaker has enough utterances for --nPerSpeaker {self.views}: the most "
+                            f"any of the {speakers} speakers has is {most}; lower --nPerSpeaker to at most {most}")
+        raise UserError(f"only {usable} of the {speakers} speakers have at least --nPerSpeaker {self.views} "
+                        f"utterances (the most any has is {most}), fewer than --batch_size "
+                        f"{self.groups_per_batch} (x {self.world_size} ranks); lower --nPerSpeaker "
+                        f"(or --batch_size)")
 
     def set_epoch(self, epoch, skip_batches=0):
         """Plan `epoch`; its iterations start after `skip_batches` of this rank's batches
@@ -348,13 +362,13 @@ class TrainDataset(Dataset):
         run's batched noise and RIRs (None when clean); frames is every view's crop length."""
         try:
             return self._read_batch(requests)
-        except NonFiniteAudio as err:
+        except (NonFiniteAudio, ChangedAudio) as err:
             raise self._located(err) from None
 
     def _located(self, err):
         """`err` with the list line of its file (noise and RIR files are named by path alone)."""
         try:
-            return NonFiniteAudio(f"{self.train_list.origin(self.files.index(err.path))}: {err}", err.path)
+            return type(err)(f"{self.train_list.origin(self.files.index(err.path))}: {err}", err.path)
         except ValueError:
             return err
 

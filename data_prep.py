@@ -17,11 +17,12 @@ Every step shows progress, resumes after an interrupt and never rewrites a finis
 """
 import argparse
 import logging
+import math
 import os
-import sys
 
+from speakernet.errors import UserError
 from speakernet.prep.baseline import baseline_eer, mean_log_mel, mel_filterbank
-from speakernet.prep.common import PrepError
+from speakernet.prep.common import PrepError, blocking_file, log, os_error_line
 from speakernet.prep.convert import convert, prepare_augment
 from speakernet.prep.fetch import concatenate, download, extract
 from speakernet.prep.lists import check, make_list
@@ -107,6 +108,69 @@ def add_list_options(c):
     c.add_argument("--list_format", choices=("auto", "train", "trial"), default="auto", help="of --list")
 
 
+# The numeric options: option -> (lowest, highest), None for an open end; every value must also
+# be finite. Checked before anything is written. The synthesizer's bounds keep its arithmetic
+# finite (a --channel_strength of 50 or an SNR of -400 dB overflows) and its lists usable (a
+# trial list needs a target and a non-target trial).
+EVERY_MODE_RANGES = {"workers": (1, None)}
+SYNTHETIC_RANGES = {
+    "seed": (0, None), "num_train_speakers": (1, None), "utts_per_speaker": (1, None),
+    "num_test_speakers": (2, None), "test_utts_per_speaker": (2, None), "min_dur": (0.5, 60),
+    "max_dur": (0.5, 60), "num_trials": (2, None), "channel_strength": (0, 10),
+    "noise_snr_range": (-50, 100), "reverb_prob": (0, 1), "num_noise": (1, None), "num_babble": (1, None),
+    "num_music": (1, None), "num_rirs": (1, None)}
+DOWNLOAD_RANGES = {"retries": (1, None), "timeout": (0.1, None)}
+
+
+class BadInputExit(SystemExit):
+    """Exit status 2 once a bad input's one line is logged; str() gives that line to callers of
+    main() (tests, benchmarks)."""
+
+    def __init__(self, message):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+def check_ranges(args, ranges):
+    """PrepError naming the first option of `ranges` with a value outside its range or not finite."""
+    for name, (low, high) in ranges.items():
+        value = getattr(args, name)
+        numbers = value if isinstance(value, list) else [value]
+        if all(math.isfinite(x) and (low is None or x >= low) and (high is None or x <= high) for x in numbers):
+            continue
+        wanted = "at least %g" % low if high is None else "between %g and %g" % (low, high)
+        if not all(map(math.isfinite, numbers)):
+            wanted = "a finite number " + wanted
+        raise PrepError("--%s %s: %s %s" % (name, " ".join("%g" % x for x in numbers),
+                                            "each value must be" if len(numbers) > 1 else "must be", wanted))
+
+
+def check_synthetic_options(args):
+    check_ranges(args, SYNTHETIC_RANGES)
+    if args.min_dur > args.max_dur:
+        raise PrepError("--min_dur %g is above --max_dur %g (give min_dur <= max_dur, in seconds)"
+                        % (args.min_dur, args.max_dur))
+    low, high = args.noise_snr_range
+    if low > high:
+        raise PrepError("--noise_snr_range %g %g: the first value is the low end (give LOW HIGH, e.g. %g %g)"
+                        % (low, high, high, low))
+
+
+def check_output_folder(path, option="--save_path"):
+    """PrepError, before anything is written, when a file stands where the folder `path` (or a
+    folder above it) must be."""
+    blocker = blocking_file(path)
+    if blocker is None:
+        return
+    if blocker == os.path.abspath(path):
+        raise PrepError("%s %s is a file, not a folder (give a folder, new or existing)" % (option, path))
+    raise PrepError("%s %s cannot be made: %s is a file, not a folder (choose another %s, or move that file "
+                    "away)" % (option, path, blocker, option))
+
+
 def check_one_mode(p, args, steps):
     modes = [m for m, on in (("--synthetic", args.synthetic), ("--baseline", args.baseline),
                              ("the real-data steps", steps), ("--make_list", args.make_list),
@@ -116,58 +180,78 @@ def check_one_mode(p, args, steps):
                 "--concatenate, --extract, --convert, --augment); got %s" % (", ".join(modes) or "none"))
 
 
-def run_real_data(p, args, steps):
-    """The real-data steps, --make_list or --check; a failure ends the program with one line."""
-    try:
-        if steps:
-            args.save_path = args.save_path or "data"
-            for step in steps:
-                REAL_DATA_STEPS[step](args)
-        elif args.make_list:
-            if not args.list_out:
-                p.error("--make_list needs --list_out FILE")
-            make_list(args)
-        else:
-            check(args)
-    except PrepError as err:
-        sys.exit("error: %s" % err)
-    except OSError as err:            # a path that is not there or cannot be written: names it
-        sys.exit("error: %s" % err)
-    except KeyboardInterrupt:
-        sys.exit("interrupted: finished files are kept; run the same command again to resume")
+def run_real_data(args, steps):
+    """The real-data steps, --make_list or --check."""
+    if steps:
+        args.save_path = args.save_path or "data"
+        check_ranges(args, DOWNLOAD_RANGES)
+        check_output_folder(args.save_path)
+        for step in steps:
+            REAL_DATA_STEPS[step](args)
+    elif args.make_list:
+        if not args.list_out:
+            raise PrepError("--make_list needs --list_out FILE (where the list is written)")
+        make_list(args)
+    else:
+        check(args)
 
 
-def write_synthetic(p, args):
+def write_synthetic(args):
     """--synthetic: the corpus and its noise sets; its trial list is then the baseline's."""
     if not args.save_path:
-        p.error("--synthetic needs --save_path")
-    if min(args.num_test_speakers, args.test_utts_per_speaker) < 2 \
-            or not 0.5 <= args.min_dur <= args.max_dur:
-        p.error("need 2+ test speakers with 2+ utterances each, and 0.5 <= min_dur <= max_dur")
-    if min(args.num_noise, args.num_babble, args.num_music, args.num_rirs) < 1:
-        p.error("--num_noise, --num_babble, --num_music and --num_rirs need 1 or more each")
+        raise PrepError("--synthetic needs --save_path (the folder to write the corpus to)")
+    check_synthetic_options(args)
+    check_output_folder(args.save_path)
     generate_synthetic(args)
     generate_noise_sets(args)
     args.test_list = os.path.join(args.save_path, "test_list.txt")
     args.test_path = os.path.join(args.save_path, "wav")
 
 
-def main(argv=None):
-    p = build_parser()
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    steps = [s for s in REAL_DATA_STEPS if getattr(args, s)]
-    check_one_mode(p, args, steps)
-    if steps or args.make_list or args.check:
-        run_real_data(p, args, steps)
-        return
-    if args.synthetic:
-        write_synthetic(p, args)
-    elif not (args.test_list and args.test_path):
-        p.error("--baseline needs --test_list and --test_path")
+def report_baseline(args):
+    if not (args.test_list and args.test_path):
+        raise PrepError("--baseline needs --test_list FILE and --test_path DIR (the folder its paths are "
+                        "relative to)")
+    if not os.path.isdir(args.test_path):
+        raise PrepError("--test_path %s: no such folder (the folder the paths of --test_list %s are "
+                        "relative to)" % (args.test_path, args.test_list))
     eer = baseline_eer(args.test_list, args.test_path)
     # The result line is the command's output (stdout); progress goes to the log.
     print("Baseline EER (mean log-mel, cosine): %.2f%% on %s" % (eer, args.test_list))
+
+
+def run(p, args):
+    steps = [s for s in REAL_DATA_STEPS if getattr(args, s)]
+    check_one_mode(p, args, steps)
+    check_ranges(args, EVERY_MODE_RANGES)
+    if steps or args.make_list or args.check:
+        run_real_data(args, steps)
+        return
+    if args.synthetic:
+        write_synthetic(args)
+    report_baseline(args)
+
+
+def main(argv=None):
+    """The command line. A bad input ends it with one logged line and exit status 2 (BadInputExit),
+    an interrupt with 130; finished files are kept either way."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        run(p, args)
+    except UserError as err:
+        message = str(err)
+    except OSError as err:                # a path that is not there or cannot be written: names it
+        message = os_error_line(err)
+    except KeyboardInterrupt:
+        log.error("interrupted: finished files are kept; run the same command again to resume")
+        raise SystemExit(130) from None
+    else:
+        return
+    log.error("%s", message)
+    raise BadInputExit(message)
+
 
 if __name__ == "__main__":
     main()

@@ -32,6 +32,7 @@ from speakernet.commands import (calibrate_only, evaluate_only, extract_only,  #
                                  load_initial_weights, make_extractor, newest_checkpoint,
                                  prepare_save_path, verify_only)
 from speakernet.validation import Validation
+from speakernet.embedder import resolve_device  # also checks Embedder's device
 from speakernet.augment import Augmenter, CollateAndMix, planner_from_options
 from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, check_speed_classes, collate_views, read_train_list,
                            speed_factors, training_packs)
@@ -44,15 +45,6 @@ RUN_LOG_HANDLER = "speakernet-run-log"
 
 
 # ---------------------------------------------------------------------------- set-up
-
-def resolve_device(name, local_rank=0):
-    if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
 
 def seed_everything(seed):
     seed %= 2 ** 32               # numpy's legacy seeding takes 32 bits (seed x 100003 + epoch)
@@ -122,6 +114,7 @@ class TrainingData:
     mix_in_workers: bool
     planner: object
     evaluator: object = None
+    signature: dict = None            # resume.list_signature, kept in every checkpoint
 
 
 def build_data(options, model, device, rank, world_size):
@@ -166,7 +159,8 @@ def build_training_data(options, model, device, rank, world_size):
                         collate_fn=CollateAndMix() if mix_in_workers else collate_views,
                         pin_memory=device.type == "cuda", persistent_workers=options.nDataLoaderThread > 0,
                         prefetch_factor=4 if options.nDataLoaderThread > 0 else None)
-    return TrainingData(train_list, sampler, loader, mix_in_workers, planner)
+    return TrainingData(train_list, sampler, loader, mix_in_workers, planner,
+                        signature=resume.list_signature(train_list))
 
 
 def build_trainer(options, model, device, data, is_main):
@@ -182,26 +176,34 @@ def build_trainer(options, model, device, data, is_main):
                    max_bad_steps=options.max_bad_steps)
 
 
-def resume_or_start(options, model, trainer, model_dir):
-    """Load the newest readable checkpoint (checked against the options) or --initial_model;
-    -> the ResumePoint, or None for a fresh start."""
+def resume_or_start(options, model, trainer, model_dir, signature):
+    """Load the newest readable checkpoint (checked against the options and the training list's
+    `signature`) or --initial_model; -> the ResumePoint, or None for a fresh start."""
     point = resume.find_resume_point(model_dir)
     if point is None:
         if options.initial_model:
             load_initial_weights(model, options.initial_model)
         return None
     resume.check_options(options, point)
+    resume.check_training_list(point, signature, options.train_list)
     checkpoint.load_weights(model, point.state["model"], point.path)
-    trainer.load_state_dict(point.state["trainer"])
-    checkpoint.restore_rng(point.state["rng"])
+    try:
+        trainer.load_state_dict(point.state["trainer"])
+        checkpoint.restore_rng(point.state["rng"])
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+        raise checkpoint.CheckpointError(
+            f"{point.path} holds a training state this run cannot restore ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'missing entry'}); the file was altered or "
+            f"written by another version: move it away to resume from the checkpoint before it, or "
+            f"use another --save_path") from None
     return point
 
 
-def epoch_state(options, model, trainer, epoch, **extra):
+def epoch_state(options, model, trainer, data, epoch, **extra):
     """Everything a resume needs, as saved in a checkpoint."""
     return {"format": checkpoint.FORMAT, "epoch": epoch, "model": model.state_dict(),
             "trainer": trainer.state_dict(), "rng": checkpoint.capture_rng(),
-            "options": dict(vars(options)), **extra}
+            "options": dict(vars(options)), "train_list": data.signature, **extra}
 
 
 def train(options, model, device, rank, world_size):
@@ -213,10 +215,11 @@ def train(options, model, device, rank, world_size):
     if is_main:
         state_bytes = 4 * sum(p.numel() for p in model.parameters())
         prepare_save_path(save_path, needed_bytes=8 * state_bytes)
+        run_log.check_run_files(save_path)
     with run_lock.locked(save_path, enabled=is_main):
         if is_main:
             checkpoint.remove_stale_temporaries(model_dir)
-        point = resume_or_start(options, model, trainer, model_dir)
+        point = resume_or_start(options, model, trainer, model_dir, data.signature)
         if is_main:
             start_run_log(options, save_path, model, data.train_list, device, point)
         return epoch_loop(options, model, trainer, data, save_path, point)
@@ -256,12 +259,13 @@ def epoch_loop(options, model, trainer, data, save_path, point):
         # Reseeding from (seed, epoch) makes every epoch reproducible on its own, so a resumed
         # run matches an uninterrupted one whatever evaluation consumed in between.
         seed_everything(options.seed * 100003 + epoch)
-        within = point.state if point and point.partial and epoch == point.start_epoch else None
+        within = (point.state if point and point.partial and point.plan_applies
+                  and epoch == point.start_epoch else None)
         data.sampler.set_epoch(epoch, skip_batches=within["batch"] if within else 0)
 
         def save_mid_epoch(batch, totals, epoch=epoch):
             if mid_epoch.due(batch):
-                mid_epoch.save(epoch_state(options, model, trainer, epoch, batch=batch, totals=totals))
+                mid_epoch.save(epoch_state(options, model, trainer, data, epoch, batch=batch, totals=totals))
 
         stats = trainer.train_epoch(data.loader, epoch, resume=within, after_step=save_mid_epoch)
         if is_main:
@@ -274,7 +278,7 @@ def epoch_loop(options, model, trainer, data, save_path, point):
         if epoch % options.test_interval == 0 or epoch == options.max_epoch:
             state = None
             if is_main:
-                state = epoch_state(options, model, trainer, epoch, stats=stats)
+                state = epoch_state(options, model, trainer, data, epoch, stats=stats)
                 checkpoint.save_atomic(state, checkpoint.checkpoint_path(model_dir, epoch))
                 mid_epoch.superseded()
             # Every rank embeds a share of the evaluation files; rank 0 scores and writes.
@@ -366,6 +370,15 @@ def main(argv=None):
     except FloatingPointError as err:
         log.error("%s; the last good checkpoint is kept", err)
         return 3
+    except OSError as err:
+        if err.errno is None:
+            raise
+        # A write refused mid-run (a full disk, a folder turned read-only): what was written
+        # before stays, and checkpoints are only ever replaced whole.
+        log.error("%s: %s; nothing written before is lost (free some space or fix the folder's "
+                  "permissions, then run the same command to resume)", err.filename or "a run file",
+                  err.strerror or err)
+        return 2
     except (KeyboardInterrupt, Interrupted) as err:
         name, code = ("SIGTERM", 143) if isinstance(err, Interrupted) else ("SIGINT", 130)
         training = options is not None and not (options.eval or options.extract)

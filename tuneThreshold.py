@@ -392,3 +392,147 @@ def det_curve(scores, labels):
     _, miss, fa, n_tar, n_non = _operating_points(scores, is_target)
     _, eer = _eer_point(*_eer_rates(miss, fa, n_tar, n_non))
     return fa / n_non, miss / n_tar, eer / 100
+
+
+# ---------------------------------------------------------------------------- confidence intervals
+
+@dataclass(frozen=True)
+class Intervals:
+    """Percentile bootstrap intervals of EER (%) and minDCF per prior (keyed as in Metrics)."""
+    level: float
+    replicates: int
+    eer: tuple
+    min_dcf: dict
+
+    def as_dict(self):
+        return {"level": self.level, "replicates": self.replicates, "method": BOOTSTRAP_METHOD,
+                "eer": list(self.eer), "min_dcf": {p: list(v) for p, v in self.min_dcf.items()}}
+
+
+BOOTSTRAP_METHOD = "two-way file bootstrap (Poisson weights per file, trial weight = product)"
+
+
+def bootstrap_intervals(scores, labels, enroll, test, p_targets=(0.05, 0.01), c_miss=1.0, c_fa=1.0,
+                        replicates=300, level=0.95, seed=0):
+    """Confidence intervals of EER and minDCF that respect the trials' dependence -> Intervals.
+
+    Trials are not independent: every file takes part in many of them, so resampling trials
+    alone understates the spread. Each replicate draws a Poisson(1) weight per file (the
+    Poisson form of resampling files with replacement) and weights each trial by the product
+    of its two files' weights: the pairs the resampled files form, the multiway bootstrap of
+    crossed data (Owen & Eckles 2012, "Bootstrapping data arrays of arbitrary order"; for
+    biometric pairs, Bolle, Ratha & Pankanti 2004, "Error analysis of pattern recognition
+    systems -- the subsets bootstrap"). It is conservative: where each file is in one trial
+    only, the interval is up to sqrt(3) times the trial bootstrap's.
+
+    `enroll` and `test` name each trial's two files (strings, or integer ids). Trials labelled
+    -1 are left out. The scores are sorted once; a replicate gathers its trial weights, sums
+    them per block of the sorted trials, and finds EER and minDCF from the block sums,
+    recounting exactly only the blocks that can hold the optimum (_WeightedPoints).
+    """
+    _validate_costs(p_targets[0] if p_targets else 0.5, c_miss, c_fa)
+    if not 0 < level < 1 or replicates < 10:
+        raise ValueError(f"level must lie in (0, 1) and replicates be at least 10, got {level}, {replicates}")
+    labels = np.asarray(labels)
+    keep = labels >= 0
+    file_a, file_b = _file_indices(np.asarray(enroll)[keep], np.asarray(test)[keep])
+    scores, is_target = _validate(np.asarray(scores, dtype=np.float64)[keep], labels[keep])
+    points = _WeightedPoints(scores, is_target)
+    order = points.order
+    a, b = file_a[order], file_b[order]
+    n_files = max(int(a.max()), int(b.max())) + 1
+    rng = np.random.default_rng(seed)
+    eers, dcfs = [], {_key(p): [] for p in p_targets}
+    for _ in range(replicates):
+        # Poisson(1) counts stay far below 256, so products fit 16 bits (half the memory
+        # traffic of float32 in the gathers, which dominate).
+        weights = np.minimum(rng.poisson(1.0, size=n_files), 255).astype(np.uint16)
+        if not points.reweight(np.take(weights, a) * np.take(weights, b)):
+            continue                          # the replicate lost every target or non-target
+        eers.append(points.eer())
+        for p in p_targets:
+            dcfs[_key(p)].append(points.min_dcf(p, c_miss, c_fa))
+    tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+    return Intervals(level=level, replicates=len(eers),
+                     eer=tuple(float(v) for v in np.percentile(eers, tails)),
+                     min_dcf={p: tuple(float(v) for v in np.percentile(values, tails))
+                              for p, values in dcfs.items()})
+
+
+class _WeightedPoints:
+    """Operating points of sorted trials under integer trial weights, from block sums.
+
+    Misses grow and false alarms fall along the sorted trials, so a block's sums bound every
+    point inside it: the EER crossing is found between block boundaries and minDCF's optimum
+    can only lie in blocks whose lower bound beats the best cost seen. Only those blocks are
+    recounted trial by trial, at the ends of runs of tied scores (the operating points).
+    """
+    BLOCK = 1024
+
+    def __init__(self, scores, is_target):
+        self.order = np.argsort(scores, kind="stable")
+        self.target = is_target[self.order].astype(np.uint16)
+        _, self.group_end, _, _ = _sorted_cumulative(scores, is_target)
+        self.starts = np.arange(0, len(scores), self.BLOCK)
+
+    def reweight(self, trial_weights):
+        """Take a replicate's weights (sorted order); False when a class has no weight."""
+        self.weights, self.weighted_target = trial_weights, trial_weights * self.target
+        self.cum_all = self._prefix(np.add.reduceat(trial_weights, self.starts, dtype=np.int64))
+        self.cum_tar = self._prefix(np.add.reduceat(self.weighted_target, self.starts, dtype=np.int64))
+        self.n_tar = self.cum_tar[-1]
+        self.n_non = self.cum_all[-1] - self.n_tar
+        return self.n_tar > 0 and self.n_non > 0
+
+    @staticmethod
+    def _prefix(block_sums):
+        """Weight before each block boundary (0 before the first), as floats."""
+        return np.concatenate(([0.0], np.cumsum(block_sums, dtype=np.float64)))
+
+    def _block_points(self, first, last):
+        """(miss, fa) at every operating point after a trial of blocks first..last-1; the
+        accept-all point is added when the span starts at the first trial."""
+        lo, hi = int(self.starts[first]), min(int(self.starts[last]) if last < len(self.starts) else len(self.weights), len(self.weights))
+        ends = self.group_end[lo:hi]
+        tar = self.cum_tar[first] + np.cumsum(self.weighted_target[lo:hi], dtype=np.float64)[ends]
+        all_ = self.cum_all[first] + np.cumsum(self.weights[lo:hi], dtype=np.float64)[ends]
+        non = all_ - tar
+        if first == 0:
+            tar, non = np.concatenate(([0.0], tar)), np.concatenate(([0.0], non))
+        return tar, self.n_non - non
+
+    def eer(self):
+        gap_at_boundaries = self.cum_tar / self.n_tar - (self.n_non - (self.cum_all - self.cum_tar)) / self.n_non
+        crossing = int(np.searchsorted(gap_at_boundaries, 0.0))
+        blocks = len(self.starts)
+        first, last = max(crossing - 2, 0), min(crossing + 1, blocks)
+        miss, fa = self._block_points(first, last)
+        fnr, fpr = _eer_rates(miss, fa, self.n_tar, self.n_non)
+        i, eer = _eer_point(fnr, fpr)
+        at_edge = (i == 0 and first > 0) or (i == len(fnr) - 1 and last < blocks)
+        if at_edge or len(fnr) == 0:          # a long run of tied scores: count every block
+            miss, fa = self._block_points(0, blocks)
+            _, eer = _eer_point(*_eer_rates(miss, fa, self.n_tar, self.n_non))
+        return eer
+
+    def min_dcf(self, p_target, c_miss, c_fa):
+        alpha, beta = c_miss * p_target / self.n_tar, c_fa * (1 - p_target) / self.n_non
+        fa_at = self.n_non - (self.cum_all - self.cum_tar)
+        lower = alpha * self.cum_tar[:-1] + beta * fa_at[1:]        # per block
+        best = min(beta * self.n_non, alpha * self.n_tar)             # accept all, reject all
+        candidates = np.flatnonzero(lower < best)
+        for block in candidates[np.argsort(lower[candidates], kind="stable")]:
+            if lower[block] >= best:
+                break
+            miss, fa = self._block_points(int(block), int(block) + 1)
+            if len(miss):
+                best = min(best, float(np.min(alpha * miss + beta * fa)))
+        return best / _cost_floor(p_target, c_miss, c_fa)
+
+
+def _file_indices(enroll, test):
+    """Both columns of file names as indices into their union (integer ids are kept)."""
+    if enroll.dtype.kind in "iu" and test.dtype.kind in "iu":
+        return enroll.astype(np.int64), test.astype(np.int64)
+    _, inverse = np.unique(np.concatenate([enroll.astype(str), test.astype(str)]), return_inverse=True)
+    return inverse[:len(enroll)], inverse[len(enroll):]

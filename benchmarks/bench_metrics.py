@@ -7,8 +7,9 @@ Usage:
                                        [--loop-trials 20000]
 
 Prints the best-of-N wall time of the vectorised helpers (compute_eer +
-compute_min_dcf) and of the legacy API path (tuneThresholdfromScore +
-ComputeErrorRates + ComputeMinDcf). For scale it also times a plain Python
+compute_min_dcf), of the legacy API path (tuneThresholdfromScore +
+ComputeErrorRates + ComputeMinDcf) and of the 95% bootstrap intervals of EER and
+two minDCFs (300 replicates, trials drawn over --files files). For scale it also times a plain Python
 loop over trials on a smaller set (--loop-trials 0 skips it).
 """
 
@@ -84,6 +85,8 @@ def main():
     parser.add_argument("--trials", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--loop-trials", type=int, default=20_000)
+    parser.add_argument("--files", type=int, default=40_000,
+                        help="how many files the trials pair up")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
@@ -94,6 +97,14 @@ def main():
              best_time(lambda: vectorised(scores, labels), args.repeats))
     log.info("legacy API (tune + ErrorRates + DCF): %.3f s",
              best_time(lambda: legacy_api(scores, labels), args.repeats))
+
+    rng = np.random.default_rng(2)
+    enroll, test = rng.integers(0, args.files, args.trials), rng.integers(0, args.files, args.trials)
+    intervals = tt.bootstrap_intervals(scores, labels, enroll, test)
+    log.info("95%% interval: EER %.3f-%.3f %%, minDCF(0.05) %.4f-%.4f (%d replicates)",
+             *intervals.eer, *intervals.min_dcf["0.05"], intervals.replicates)
+    log.info("bootstrap_intervals (EER, minDCF 0.05 and 0.01): %.3f s",
+             best_time(lambda: tt.bootstrap_intervals(scores, labels, enroll, test), min(args.repeats, 3)))
 
     if args.loop_trials:
         small = make_trials(args.loop_trials, seed=1)

@@ -50,6 +50,7 @@ loss/aamsoftmax.py's 'weight', so checkpoints of either load into the other.
 Large-margin fine-tuning (configs/ResNet34_wespeaker_LM.yaml) turns the penalty off
 (--intertopk_k 0), as wespeaker's do_lm does.
 """
+import logging
 import math
 
 import torch
@@ -66,6 +67,10 @@ from speakernet.errors import OptionError
 OPTION_DEFAULTS = {"margin": 0.2, "scale": 32.0}
 
 EXP_RAMP_FLOOR = 1e-3      # wespeaker / 3D-Speaker MarginScheduler: final_val of the exp ramp
+# Sub-centres per class: Deng et al. 2020 try up to 10; the weight holds nClasses x K rows.
+MAX_SUBCENTRES = 100
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser):
@@ -92,6 +97,16 @@ def ramp_ratio(progress, shape):
     return progress
 
 
+def penalised_classes(intertopk_k, num_classes):
+    """The inter-top-k penalty's k: at most the classes other than the target (warned)."""
+    others = num_classes - 1
+    if intertopk_k > others:
+        log.warning("--intertopk_k %d is more than the %d classes other than the target "
+                    "(--nClasses %d); using %d", intertopk_k, others, num_classes, others)
+        return others
+    return intertopk_k
+
+
 class LossFunction(Objective):
     needs = Needs(classifier=True)
     test_normalize = True
@@ -100,8 +115,9 @@ class LossFunction(Objective):
                  intertopk_margin=0.06, aam_initial_margin=None, aam_curriculum_epochs=0,
                  aam_ramp_epochs=0, aam_ramp_shape="linear", **kwargs):
         super().__init__()
-        if subcenter_k < 1:
-            raise OptionError(f"--subcenter_k must be at least 1 (1: no sub-centres), got {subcenter_k}")
+        if not 1 <= subcenter_k <= MAX_SUBCENTRES:
+            raise OptionError(f"--subcenter_k must lie in [1, {MAX_SUBCENTRES}] (1: no sub-centres; "
+                              f"wespeaker: 3), got {subcenter_k}")
         if intertopk_k < 0 or intertopk_margin < 0:
             raise OptionError("--intertopk_k and --intertopk_margin must be 0 or more (0 disables "
                               "the inter-top-k penalty)")
@@ -111,7 +127,7 @@ class LossFunction(Objective):
             raise OptionError(f"--aam_ramp_shape '{aam_ramp_shape}': choose linear or exp")
         self.num_classes = nClasses
         self.k = subcenter_k
-        self.top_k = min(intertopk_k, nClasses - 1)
+        self.top_k = penalised_classes(intertopk_k, nClasses)
         self.final_margin = margin
         self.initial_margin = margin if aam_initial_margin is None else aam_initial_margin
         self.curriculum_epochs = aam_curriculum_epochs

@@ -32,6 +32,7 @@ it is complete and checked (a temporary file beside --output, renamed over it).
 """
 import argparse
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -135,6 +136,22 @@ def chosen_encoders(parser, argv):
     return names
 
 
+# Counts of each mode that must be at least 1.
+POSITIVE_COUNTS = {"profile": ("batch", "frames", "iterations"), "bench": ("files", "rounds"),
+                   "export": ()}
+POSITIVE_MODEL_OPTIONS = ("nOut", "n_mels")
+
+
+def check_counts(args):
+    mode = "profile" if args.profile else "bench" if args.bench else "export"
+    for name in POSITIVE_COUNTS[mode]:
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.bench and not (math.isfinite(args.seconds) and args.seconds * SAMPLE_RATE >= ONNX_MIN_SAMPLES):
+        raise UserError(f"--seconds must be a number of at least {ONNX_MIN_SAMPLES / SAMPLE_RATE:g} "
+                        f"(one 25 ms window), got {args.seconds:g}")
+
+
 def check_export_arguments(parser, args):
     if not args.output:
         parser.error("--export needs --output FILE.pt (or FILE.onnx with --format onnx)")
@@ -144,25 +161,55 @@ def check_export_arguments(parser, args):
                         "pass --random_weights to export an untrained network")
 
 
-def read_config(path):
-    from speakernet.config_file import load_config
-    try:                                # a folder or a binary file: load_config may let these by
-        return load_config(path)
-    except (OSError, UnicodeDecodeError) as err:
-        why = err.strerror or err if isinstance(err, OSError) else "not a UTF-8 text file"
-        raise UserError(f"--config {path}: {why} (give a run's options.yaml)") from None
+def read_config(path, model):
+    """The --config keys, checked as the trainer checks them: each an option of the trainer or of
+    a component it loads (the encoder `model` of --export/--bench, which wins over the file's
+    `model` as the command line does for the trainer, and the file's other components), each
+    value of its option's type. A misspelt key is an OptionError naming the closest option."""
+    from speakernet import options as trainer_options
+    config = trainer_options.load_config(path)
+    if model and config.get("model") not in (None, model):
+        log.warning("%s holds the options of a %s run; building %s with them, as asked",
+                    path, config["model"], model)
+    parser = trainer_options.build_parser()
+    chosen = {"model": model} if model else {}
+    for option, kind in trainer_options.COMPONENT_OPTIONS.items():
+        name = chosen.get(option, config.get(option, parser.get_default(option)))
+        if name:
+            module = plugins.load_module(kind, str(name))
+            if hasattr(module, "add_arguments"):
+                module.add_arguments(parser.add_argument_group(f"{kind}/{name}.py"))
+    return trainer_options._checked_config(parser, config, path)
+
+
+def check_model_options(kwargs):
+    """The model options' numbers, from --config or the command line: finite, sizes positive."""
+    for key, value in kwargs.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{key} must be a finite number, got {value}")
+    for key in POSITIVE_MODEL_OPTIONS:
+        if key in kwargs and kwargs[key] < 1:
+            raise UserError(f"--{key} must be at least 1, got {kwargs[key]}")
 
 
 def model_options(args, dests):
     """MainModel keyword arguments: every key of --config (as the trainer passes them), then
     the model options given on the command line."""
-    kwargs = read_config(args.config) if args.config else {}
+    model = args.export or args.bench
+    kwargs = read_config(args.config, model) if args.config else {}
     kwargs.update({d: getattr(args, d) for d in dests if getattr(args, d) is not None})
+    check_model_options(kwargs)
     return kwargs
 
 
 def build_encoder(name, model_kwargs, initial_model):
-    encoder = plugins.factory("models", name)(**model_kwargs)
+    try:
+        encoder = plugins.factory("models", name)(**model_kwargs)
+    except (ValueError, TypeError, RuntimeError) as err:     # e.g. a layer of negative size
+        if isinstance(err, UserError):
+            raise
+        raise UserError(f"{name} cannot be built with these options ({str(err).strip()}); check the "
+                        f"model options (--config and the command line)") from None
     if initial_model:
         load_encoder_weights(encoder, initial_model)
     return encoder
@@ -186,6 +233,7 @@ def run(argv):
     args = parser.parse_args(argv)
     if args.export:
         check_export_arguments(parser, args)
+    check_counts(args)
     model_kwargs = model_options(args, dests)
     if args.profile:
         profile(names, model_kwargs, resolve_device(args.device), args.batch, args.frames,
@@ -250,9 +298,6 @@ def export_onnx_file(args, model_kwargs):
 # ---------------------------------------------------------------------------- benchmark
 
 def bench_command(args, model_kwargs):
-    if args.seconds * SAMPLE_RATE < ONNX_MIN_SAMPLES or args.files < 1 or args.rounds < 1:
-        raise UserError("--bench needs --seconds of at least 0.025, --files and --rounds of "
-                        "at least 1")
     onnx_runtime()
     encoder = build_encoder(args.bench, model_kwargs, args.initial_model)
     bench(args.bench, encoder, args.seconds, args.files, args.rounds)

@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from speakernet import plugins
 from speakernet.audio import crop_samples
+from speakernet.errors import UserError
 
 log = logging.getLogger("models")
 
@@ -70,8 +71,18 @@ def synchronize(device):
 
 
 def resolve_device(name):
+    """torch.device of --device (auto, cpu, cuda or cuda:N); UserError for any other name, or
+    CUDA on a machine without it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    index = name.partition(":")[2] if name.startswith("cuda:") else ""
+    if name not in ("cpu", "cuda") and not index.isdigit():
+        raise UserError(f"--device '{name}': use auto, cpu, cuda or cuda:N")
+    if name != "cpu":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(index or 0) >= available:
+            raise UserError(f"--device {name}: this machine has {available} CUDA devices; use --device cpu "
+                            f"or another index")
     return torch.device(name)
 
 
@@ -89,9 +100,14 @@ def profile(names, model_kwargs, device, batch, frames, iterations):
             continue
         params = count_parameters(model)
         macs = count_macs(model, two_seconds)
-        rate = training_throughput(model.to(device), batch, samples_for(frames), device, iterations)
-        rows.append((name, f"{params / 1e6:10.3f} {params:>12,} {macs / 1e9:10.3f} {rate:14.1f}"))
+        try:
+            rate = f"{training_throughput(model.to(device), batch, samples_for(frames), device, iterations):14.1f}"
+        except torch.OutOfMemoryError:
+            rate = f"out of memory on {device}: lower --batch or --frames"
+        rows.append((name, f"{params / 1e6:10.3f} {params:>12,} {macs / 1e9:10.3f} {rate}"))
         del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     print(f"device {device}, forward+backward on {batch} x {frames} frames, "
           f"MACs for 2 s ({two_seconds} samples)")
     print(f"{'model':<14} {'params (M)':>10} {'params':>12} {'GMACs/2 s':>10} {'segments/s':>14}")

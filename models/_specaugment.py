@@ -5,11 +5,20 @@ The masks are drawn per sample on the training device and applied only in traini
 options ask for. It holds no parameters, so checkpoints are the same with and without it.
 """
 import argparse
+import logging
 
 import torch
 import torch.nn as nn
 
 from speakernet.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Masks of each kind per sample: Park et al. 2019 use at most 2; each mask costs a batch x
+# masks x size comparison, so a count like 10**9 would exhaust memory.
+MAX_MASKS = 100
+# (option, value, size) of the widths already reported as wider than the features.
+_reported_clamps = set()
 
 
 def add_arguments(parser):
@@ -68,12 +77,21 @@ class SpecAugment(nn.Module):
     def forward(self, feats):
         if not self.training:
             return feats
+        _report_clamp("specaug_max_freq", self.max_freq, feats.shape[1], "feature bins")
+        _report_clamp("specaug_max_time", self.max_time, feats.shape[2], "frames of the training crops")
         freq, time = self.draw_masks(feats.shape[0], feats.shape[1], feats.shape[2], feats.device)
         return feats.masked_fill(freq.unsqueeze(2) | time.unsqueeze(1), 0.0)
 
     def extra_repr(self):
         return (f"time_masks={self.time_masks}, max_time={self.max_time}, freq_masks={self.freq_masks}, "
                 f"max_freq={self.max_freq}, prob={self.prob}")
+
+
+def _report_clamp(option, width, size, what):
+    """Warn, once per process for each value and size, that masks of `width` are cut to `size`."""
+    if width > size and (option, width, size) not in _reported_clamps:
+        _reported_clamps.add((option, width, size))
+        log.warning("--%s %d is more than the %d %s; using %d", option, width, size, what, size)
 
 
 def spec_augment_from_options(specaugment=False, specaug_time_masks=1, specaug_freq_masks=1,
@@ -86,6 +104,10 @@ def spec_augment_from_options(specaugment=False, specaug_time_masks=1, specaug_f
     for name, value in counts.items():
         if value < 0:
             raise UserError(f"--{name} must be 0 or more, got {value}")
+    for name in ("specaug_time_masks", "specaug_freq_masks"):
+        if counts[name] > MAX_MASKS:
+            raise UserError(f"--{name} must be at most {MAX_MASKS} (masks per sample; Park et al. "
+                            f"2019 use 1 or 2), got {counts[name]}")
     if not 0 <= specaug_prob <= 1:
         raise UserError(f"--specaug_prob must be between 0 and 1, got {specaug_prob}")
     return SpecAugment(time_masks=specaug_time_masks, freq_masks=specaug_freq_masks,

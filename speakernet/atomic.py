@@ -5,6 +5,7 @@ to a temporary file beside its target and renamed over it: a crash leaves the pr
 intact. Temporary names are `.NAME.PID.tmp`, so a later start can tell a dead writer's file
 (checkpoint.remove_stale_temporaries).
 """
+import errno
 import math
 import os
 from contextlib import contextmanager
@@ -42,6 +43,18 @@ def atomic_file(path, mode="wb", fsync=False, encoding=None):
             if fsync:
                 handle.flush()
                 os.fsync(handle.fileno())
+
+
+def make_folders(folder):
+    """mkdir -p `folder`. A file standing where it or a parent must be a folder is named in the
+    error's strerror (mkdir's own 'File exists' or 'Not a directory' does not name it)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (Path(folder), *Path(folder).parents) if p.exists() and not p.is_dir()), None)
+        if blocker is None:
+            raise
+        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder") from None
 
 
 def write_text(path, text):

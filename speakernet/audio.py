@@ -11,8 +11,9 @@ modification times, and the modification time of every folder holding a listed f
 start with the same list and unchanged folders takes the lengths as they are, without a stat
 call per file: adding, removing or replacing a file (a rename) changes its folder's time.
 A file rewritten in place does not; `--recheck_audio` checks every file's size and time again
-and rereads the headers of those that changed. The lengths let the loader place crops without
-opening a file twice.
+and rereads the headers of those that changed (a read that finds fewer samples than the cached
+length, a sign of such a rewrite, stops with ChangedAudio, which says so). The lengths let the loader place crops without
+opening a file twice. A manifest that cannot be read is rebuilt, with a warning.
 """
 import logging
 import multiprocessing
@@ -26,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from speakernet.atomic import atomic_file
-from speakernet.errors import ListError, NonFiniteAudio  # noqa: F401 (re-exported)
+from speakernet.errors import ChangedAudio, ListError, NonFiniteAudio  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,25 @@ def to_float(audio):
 
 
 def read_crop(path, total, start, length):
-    """`length` samples from `start`, reading only that span; shorter files wrap around."""
+    """`length` samples from `start`, reading only that span; shorter files wrap around.
+    `total` is the file's cached length: ChangedAudio when the file no longer has it."""
     if total < length:
         audio, _ = soundfile.read(path, dtype="float32", always_2d=False)
+        if len(audio) != total:
+            raise changed_audio(path, f"{len(audio)} samples", total)
         return np.pad(check_finite(audio, path), (0, length - len(audio)), mode="wrap")
     audio, _ = soundfile.read(path, start=start, frames=length, dtype="float32", always_2d=False)
-    check_finite(audio, path, start)
-    if len(audio) < length:          # header overstated the length: stay shape-stable
-        audio = np.pad(audio, (0, length - len(audio)), mode="wrap")
-    return audio
+    if len(audio) < length:
+        raise changed_audio(path, f"it ends at sample {start + len(audio)}", total)
+    return check_finite(audio, path, start)
+
+
+def changed_audio(path, found, total):
+    """ChangedAudio for a read that disagrees with the cached length `total`: the file was
+    rewritten in place after its header was cached, which only --recheck_audio notices (a crop
+    would otherwise hold samples the file no longer has, or fail inside numpy)."""
+    return ChangedAudio(f"{path}: {found}, but its cached header says {total} samples: the file changed "
+                        f"after its list was checked; run again with --recheck_audio", path=str(path))
 
 
 def pack_prefix(path):
@@ -90,6 +101,9 @@ def list_lines(list_path):
     try:
         with open(list_path, encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
+                if "\0" in line:        # else a path with it fails later as 'embedded null byte'
+                    raise ListError(f"{list_path}:{number}: NUL byte in the line; the list is damaged "
+                                    f"or not a text file (rewrite that line)")
                 columns = line.split()
                 if columns:
                     yield number, columns
@@ -160,6 +174,11 @@ class PathTable:
 
     def __eq__(self, other):
         return list(self) == list(other)
+
+    def update_digest(self, digest):
+        """Feed the entries (as listed, without the prefix) to a hashlib object, in one pass."""
+        digest.update(self._offsets.tobytes())
+        digest.update(self._data.tobytes())
 
     def index(self, path):
         for i, candidate in enumerate(self):
@@ -375,16 +394,58 @@ def _list_signature(list_path, root):
 
 
 def _load_manifest(manifest_path, list_path, root, count):
-    """The manifest's arrays when it was written for this list and root, else None."""
+    """The manifest's arrays when it was written for this list and root, else None. A manifest
+    that cannot be read or holds arrays that do not fit (a truncated file, another program's
+    writes) is only a lost cache: warned about, and rebuilt by the caller."""
     try:
-        with np.load(manifest_path, allow_pickle=False) as saved:
+        arrays = load_npz(manifest_path)
+        problem = _signature_problem(arrays)
+        if problem is None:
             signature, resolved = _list_signature(list_path, root)
-            if (not np.array_equal(saved["signature"], signature) or str(saved["root"]) != resolved
-                    or len(saved["lengths"]) != count):
-                return None
-            return {key: saved[key] for key in ("lengths", "sizes", "mtimes", "folders", "folder_mtimes")}
-    except (OSError, ValueError, KeyError):
+            if not np.array_equal(arrays["signature"], signature) or str(arrays["root"]) != resolved:
+                return None                   # written for another list, root or version
+            problem = _file_arrays_problem(arrays, count)
+    except FileNotFoundError:                # the first start
         return None
+    except Exception as err:  # zipfile, zlib and numpy raise many types for a damaged file
+        problem = f"{type(err).__name__}: {str(err).strip() or 'unreadable'}"
+    if problem is None:
+        return {key: arrays[key] for key in ("lengths", "sizes", "mtimes", "folders", "folder_mtimes")}
+    log.warning("%s is damaged (%s); checking every header again and rewriting it", manifest_path, problem)
+    return None
+
+
+def load_npz(path):
+    """Every array of the .npz file `path`, read now, so that a damaged member fails here; no
+    pickled objects (loading them could run code)."""
+    with np.load(path, allow_pickle=False) as saved:
+        return {key: saved[key] for key in saved.files}
+
+
+def arrays_problem(arrays, expected):
+    """Why `arrays` do not hold each key of `expected` as an array of its numpy kind ('i'
+    integers, 'U' text) and shape, or None."""
+    for key, (kind, shape) in expected.items():
+        if key not in arrays:
+            return f"no '{key}'"
+        if arrays[key].dtype.kind != kind or arrays[key].shape != shape:
+            return f"'{key}' is {arrays[key].dtype} of shape {arrays[key].shape}, expected {shape}"
+    return None
+
+
+def _signature_problem(arrays):
+    return arrays_problem(arrays, {"signature": ("i", (3,)), "root": ("U", ())})
+
+
+def _file_arrays_problem(arrays, count):
+    """What is wrong with the per-file and per-folder arrays of a manifest of `count` files."""
+    folders = arrays.get("folders", np.empty(0)).size
+    problem = arrays_problem(arrays, {"lengths": ("i", (count,)), "sizes": ("i", (count,)),
+                                      "mtimes": ("i", (count,)), "folders": ("U", (folders,)),
+                                      "folder_mtimes": ("i", (folders,))})
+    if problem is None and (arrays["lengths"] <= 0).any():
+        problem = "lengths below 1 sample"
+    return problem
 
 
 def _save_manifest(manifest_path, list_path, root, lengths, sizes, mtimes, folders):

@@ -28,10 +28,14 @@ Where the map is kept: `--calibrate DEV_TRIALS` never changes the checkpoint it 
 it writes a copy, `<checkpoint stem>.calibrated.model` beside it (calibrated_path), holding
 the same weights, the options of the calibrating run and `calibration` (Calibration.to_dict).
 That one file is what --eval, --verify, speakernet.embedder and the ONNX export
-(metadata_props "speakernet.calibration") read. An existing file of that name is refused.
+(metadata_props "speakernet.calibration") read. Calibrating a calibrated copy again writes
+`<stem>.calibrated.2.model` (then .3, ...), never over its input. An existing file of that
+name is refused.
 """
 import logging
 import math
+import numbers
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +49,8 @@ log = logging.getLogger("evaluation")
 
 LOG2 = math.log(2.0)
 VERSION = 1
+# The stem of a calibrated copy: <base>.calibrated, or <base>.calibrated.<N> once recalibrated.
+CALIBRATED_STEM = re.compile(r"(?P<base>.+)\.calibrated(?:\.(?P<count>\d+))?")
 
 
 def logit(p):
@@ -54,6 +60,21 @@ def logit(p):
 def bayes_threshold(p_target, c_miss=1.0, c_fa=1.0):
     """The LLR above which accepting costs less than rejecting: log(c_fa (1 - p) / (c_miss p))."""
     return math.log(c_fa * (1 - p_target)) - math.log(c_miss * p_target)
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_decision(p_target, c_miss, c_fa):
+    """(p_target, c_miss, c_fa) as floats when bayes_threshold can use them: a prior in (0, 1)
+    and positive costs (as --dcf_c_miss and --dcf_c_fa are checked); else one-line UserError."""
+    if not (_is_number(p_target) and 0 < p_target < 1):
+        raise UserError(f"p_target must lie in (0, 1) (the prior of a target trial), got {p_target!r}")
+    for name, cost in (("c_miss", c_miss), ("c_fa", c_fa)):
+        if not (_is_number(cost) and cost > 0):
+            raise UserError(f"{name} must be a positive finite number (a cost; --dcf_{name}), got {cost!r}")
+    return float(p_target), float(c_miss), float(c_fa)
 
 
 def _labelled(scores, labels):
@@ -97,11 +118,11 @@ class Calibration:
         try:
             fields = {k: stored[k] for k in cls.__dataclass_fields__ if k in stored}
             made = cls(**fields)
-            values = (made.scale, made.offset, made.prior)
+            values = (made.scale, made.offset, made.prior, made.c_miss, made.c_fa)
             ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
         except (TypeError, KeyError):
             ok = False
-        if not ok or not 0 < made.prior < 1:
+        if not ok or not 0 < made.prior < 1 or min(made.c_miss, made.c_fa) <= 0:
             raise CheckpointError(f"{source}: its 'calibration' entry is not a valid score calibration "
                                   f"(calibrate again with --calibrate DEV_TRIALS)")
         return made
@@ -276,11 +297,15 @@ def calibrated_metrics(scores, labels, calibration, p_targets, c_miss=1.0, c_fa=
 # ---------------------------------------------------------------------------- storage
 
 def calibrated_path(source):
-    """Where --calibrate writes the calibrated copy of checkpoint `source`:
-    <stem>.calibrated.model beside it (a stem already ending in .calibrated is not doubled)."""
+    """Where --calibrate writes the calibrated copy of checkpoint `source`: <stem>.calibrated.model
+    beside it; for a copy calibrated before (<base>.calibrated[.N].model) <base>.calibrated.<N+1>.model,
+    so the suffix never stacks and the input is never the target."""
     source = Path(source)
     stem = source.name[:-len(".model")] if source.name.endswith(".model") else source.stem
-    return source.with_name(f"{stem.removesuffix('.calibrated')}.calibrated.model")
+    earlier = CALIBRATED_STEM.fullmatch(stem)
+    if earlier is None:
+        return source.with_name(f"{stem}.calibrated.model")
+    return source.with_name(f"{earlier['base']}.calibrated.{int(earlier['count'] or 1) + 1}.model")
 
 
 def check_new_file(path, source):

@@ -1,8 +1,10 @@
 """Checkpoint files: atomic writes, safe loads, and voxceleb_trainer compatibility."""
 import logging
+import math
 import os
 import random
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -51,10 +53,27 @@ def save_atomic(obj, path):
     try:
         with atomic_file(path, fsync=True) as handle:
             torch.save(obj, handle)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
         kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-        raise CheckpointError(f"cannot write {path}: {err.strerror or err}; {kept} (free some space "
-                              f"in {path.parent} and run again to resume)") from None
+        raise CheckpointError(f"cannot write {path}: {_write_failure(path, err)}; {kept} (free some "
+                              f"space in {path.parent} and run again to resume)") from None
+
+
+# Less than this free after a failed write means the disk is full.
+FULL_DISK_BYTES = 1 << 20
+
+
+def _write_failure(path, err):
+    """Why a checkpoint write failed, in words. torch's archive writer reports a short write (a
+    full disk) as a RuntimeError about stream positions, without the system's error."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    try:
+        full = shutil.disk_usage(path.parent).free < FULL_DISK_BYTES
+    except OSError:
+        full = False
+    first_line = (str(err).splitlines() or [""])[0]
+    return "No space left on device" if full else f"the write failed ({first_line})"
 
 
 def remove_stale_temporaries(folder):
@@ -96,9 +115,65 @@ def load_file(path):
         what = "a directory, not a checkpoint file" if path.is_dir() else "not found"
         raise CheckpointError(f"checkpoint {path}: {what} (check --initial_model)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{path} is not a readable checkpoint: {_why_unreadable(path, err)}") from None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        problem = _malformed_entry(obj)
+        if problem:
+            raise CheckpointError(f"{path} is not a usable checkpoint: {problem} (the file was altered "
+                                  f"or damaged; use another checkpoint)")
+    return obj
+
+
+def _is_count(value, least):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_plain(value):
+    """An option value as the trainer stores it: text, a number, a flag, None, or a list of them."""
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(item) for item in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _is_rng_state(value):
+    return (isinstance(value, dict) and isinstance(value.get("python"), (list, tuple))
+            and len(value["python"]) == 3 and isinstance(value.get("numpy"), (list, tuple))
+            and len(value["numpy"]) == 5 and isinstance(value["numpy"][1], torch.Tensor)
+            and isinstance(value.get("torch"), torch.Tensor) and value["torch"].dtype == torch.uint8)
+
+
+# What each entry of this project's checkpoints must be, where present: a file that loads under
+# weights_only can still hold a string where a tensor belongs, which would fail deep in torch.
+ENTRY_CHECKS = {
+    "model": ("a dict of tensors",
+              lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                                    for k, t in v.items())),
+    "epoch": ("a whole number of at least 1", lambda v: _is_count(v, 1)),
+    "batch": ("a whole number of at least 1", lambda v: _is_count(v, 1)),
+    "options": ("a dict of option values",
+                lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_plain(x) for k, x in v.items())),
+    "trainer": ("a dict with a step count", lambda v: isinstance(v, dict) and _is_count(v.get("step"), 0)),
+    "rng": ("the random-generator states", _is_rng_state),
+    "stats": ("a dict", lambda v: isinstance(v, dict)),
+    "totals": ("a dict", lambda v: isinstance(v, dict)),
+    "eer": ("a finite number", _is_number),
+    "eer_threshold": ("a finite number", lambda v: v is None or _is_number(v)),
+    "train_list": ("a list signature", lambda v: isinstance(v, dict) and isinstance(v.get("sha256"), str)),
+}
+
+
+def _malformed_entry(obj):
+    """'its X is not Y' for the first entry of a project checkpoint that has the wrong kind, or None."""
+    for key, (expected, valid) in ENTRY_CHECKS.items():
+        if key in obj and not valid(obj[key]):
+            return f"its '{key}' entry is not {expected} (found {type(obj[key]).__name__})"
+    return None
 
 
 def _why_unreadable(path, err):
@@ -124,6 +199,9 @@ def model_state(obj, model, source="the checkpoint"):
         return obj["model"]
     if isinstance(obj, dict) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
+    if isinstance(obj, dict) and set(obj) == {"model"} and isinstance(obj["model"], dict):
+        # voxceleb_trainer's released weights (RawNet3's model.pt): the bare encoder's state.
+        obj = {"__S__." + key: value for key, value in obj["model"].items()}
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{source} is not a state dict of tensors (give a checkpoint written "
                               f"by this project or voxceleb_trainer)")

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from speakernet import calibration, checkpoint, evaluation
+from speakernet.atomic import make_folders
 from speakernet.embeddings import embed_files, extract_to_npz, files_to_export, shared_extract
 from speakernet.options import OptionError
 from SpeakerNet import Trainer
@@ -21,7 +22,7 @@ def prepare_save_path(save_path, needed_bytes=0):
     save_path = Path(save_path)
     try:
         for sub in ("model", "result"):
-            (save_path / sub).mkdir(parents=True, exist_ok=True)
+            make_folders(save_path / sub)
         probe = save_path / f".write-test-{os.getpid()}"
         probe.write_bytes(b"0" * 1024)
         probe.unlink()
@@ -91,7 +92,8 @@ def evaluate_only(options, model, device, rank=0):
 
 def calibrate_only(options, model, device, rank=0):
     """--calibrate DEV: fit score -> LLR on the dev list's scores, write the calibrated copy of
-    the checkpoint (<stem>.calibrated.model; the checkpoint itself is never changed) and
+    the checkpoint (calibration.calibrated_path: <stem>.calibrated.model, or .calibrated.N.model
+    for a copy calibrated before; the checkpoint itself is never changed) and
     evaluate the --test_list lists with actDCF, Cllr and min Cllr (speakernet/calibration.py)."""
     if options.distributed:
         raise OptionError("--calibrate runs in one process; drop --distributed")
@@ -111,13 +113,20 @@ def calibrate_only(options, model, device, rank=0):
 
 def verify_only(options, device):
     """--verify A B: score two files with --initial_model (its own model and options) and log
-    the score, the LLR and the decision (speakernet/embedder.py)."""
+    the score, the LLR and the decision (speakernet/embedder.py) -> the Verification; a
+    checkpoint without a calibration or a stored threshold (an epoch checkpoint) gives the score
+    alone, with a warning saying which checkpoints decide -> the score."""
     from speakernet.embedder import Embedder
 
     if not options.initial_model:
         raise OptionError("--verify needs --initial_model CKPT (a checkpoint written by --calibrate "
                           "gives an LLR and a decision)")
     embedder = Embedder.from_checkpoint(options.initial_model, device=device)
+    if not embedder.decides:
+        score = embedder.score(*options.verify)
+        log.info("score %.6f", score)
+        log.warning("%s", embedder.no_decision())
+        return score
     result = embedder.verify(*options.verify, p_target=options.calibration_prior or None)
     log.info("%s", result.describe())
     return result

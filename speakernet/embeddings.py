@@ -11,10 +11,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from DatasetLoader import read_train_list
-from speakernet.audio import NonFiniteAudio
+from speakernet.audio import ChangedAudio, NonFiniteAudio
 from speakernet.eval_crops import locate_bad_audio
 from speakernet.errors import UserError
-from speakernet.atomic import atomic_file
+from speakernet.atomic import atomic_file, make_folders
 from speakernet.result_files import unique_path
 from speakernet.trial_sets import load_trial_lists
 
@@ -39,14 +39,14 @@ def embed_files(extract, files, lengths, root, normalize=True, keep_crops=False,
                 chunk=None, origins=None):
     """Call extract(files, lengths, root) a chunk of files at a time (EXTRACT_CHUNK unless
     given) -> (files x D file embeddings, files x crops x D crops or None). Crops are only kept
-    when asked for. A file with NaN/Inf samples stops it, named with its list line from
-    `origins` when given."""
+    when asked for. A file with NaN/Inf samples, or shorter than its cached length, stops it,
+    named with its list line from `origins` when given."""
     chunk = chunk or EXTRACT_CHUNK
     embeddings, kept = [], []
     for start in range(0, len(files), chunk):
         try:
             crops = extract(files[start:start + chunk], lengths[start:start + chunk], root)
-        except NonFiniteAudio as err:
+        except (NonFiniteAudio, ChangedAudio) as err:
             raise locate_bad_audio(err, root, files, origins) from None
         embeddings.append(file_embeddings(crops, normalize))
         if keep_crops:
@@ -130,11 +130,11 @@ def check_writable(folder, what):
     folder = Path(folder)
     probe = folder / f".write-test-{os.getpid()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folders(folder)
         probe.write_bytes(b"0")
         probe.unlink()
     except OSError as err:
-        raise UserError(f"cannot write {what}: {err.strerror or err} in {folder} "
+        raise UserError(f"cannot write {what} in {folder}: {err.strerror or err} "
                         f"(choose a writable folder)") from None
 
 
@@ -166,7 +166,7 @@ def _write_npz(path, names, embeddings, crops, speakers):
         arrays["speakers"] = np.array([str(s) for s in speakers])
     path = unique_path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(path.parent)
         with atomic_file(path) as handle:        # a file object: numpy adds no second .npz suffix
             np.savez(handle, **arrays)
     except OSError as err:

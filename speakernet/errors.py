@@ -29,6 +29,14 @@ class NonFiniteAudio(ListError):
         self.path = path
 
 
+class ChangedAudio(ListError):
+    """A file shorter than its cached header says: changed in place since its list was checked."""
+
+    def __init__(self, message, path=None):
+        super().__init__(message)
+        self.path = path
+
+
 class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not fit the model; the message says why."""
 

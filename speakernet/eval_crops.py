@@ -7,7 +7,7 @@ import soundfile
 import torch
 from torch.utils.data import Dataset
 
-from speakernet.audio import NonFiniteAudio, check_finite, crop_samples, resolve
+from speakernet.audio import changed_audio, check_finite, crop_samples, resolve
 from speakernet.errors import message_of
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class TestDataset(Dataset):
 
     def __getitem__(self, index):
         audio, _ = soundfile.read(self.paths[index], dtype="float32", always_2d=False)
+        if len(audio) != self.lengths[index]:        # whole-file batches are planned from it
+            raise changed_audio(self.paths[index], f"{len(audio)} samples", int(self.lengths[index]))
         check_finite(audio, self.paths[index])
         if self.eval_frames == 0:
             if len(audio) < MIN_WHOLE_FILE:
@@ -61,11 +63,12 @@ class TestDataset(Dataset):
 
 
 def locate_bad_audio(err, root, files, origins):
-    """NonFiniteAudio `err` (possibly re-raised from a loader worker) with the list line of its
-    file, found among `files` under `root` (as TestDataset reads them) with `origins`."""
+    """NonFiniteAudio or ChangedAudio `err` (possibly re-raised from a loader worker) with the
+    list line of its file, found among `files` under `root` (as TestDataset reads them) with
+    `origins`."""
     message = message_of(err)
     for name, origin in zip(files, origins or ()):
         path = _join(root, name)
         if message.startswith(f"{path}:"):
-            return NonFiniteAudio(f"{origin}: {message}", path)
-    return NonFiniteAudio(message, getattr(err, "path", None))
+            return type(err)(f"{origin}: {message}", path)
+    return type(err)(message, getattr(err, "path", None))

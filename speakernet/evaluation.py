@@ -21,6 +21,7 @@ unit crop embeddings (`file_embeddings`). Rates in results (EER, FAR, FRR) are i
 thresholds follow tuneThreshold's rule: a trial is accepted when score >= threshold.
 """
 import argparse
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -140,6 +141,15 @@ class EvalSettings:
                    cohort_speakers=options.cohort_speakers, seed=options.seed,
                    calibration_prior=getattr(options, "calibration_prior", 0.0) or 0.0)
 
+    def within_cohort(self, speakers):
+        """These settings with asnorm_top_n at most the cohort's `speakers` (warned here, once,
+        rather than at every evaluation)."""
+        if self.asnorm_top_n <= speakers:
+            return self
+        log.warning("--asnorm_top_n %d is more than the %d speakers of the AS-norm cohort; using %d",
+                    self.asnorm_top_n, speakers, speakers)
+        return dataclasses.replace(self, asnorm_top_n=speakers)
+
     @property
     def fit_prior(self):
         """The effective prior calibrations are fitted at."""
@@ -237,6 +247,7 @@ class Evaluation:
                 raise UserError("AS-norm (--asnorm_top_n) needs a cohort: give --train_list")
             self.cohort = select_cohort(cohort_list, settings.cohort_utts,
                                         settings.cohort_speakers, settings.seed)
+            self.settings = settings.within_cohort(len(self.cohort.speakers))
 
     @classmethod
     def from_options(cls, options, train_list=None):

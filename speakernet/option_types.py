@@ -1,13 +1,28 @@
 """Option types shared by the entry points and the modules that declare options: lists of
 numbers or files given comma-separated, repeated, or as YAML lists."""
 import argparse
+import reprlib
 
 from speakernet.errors import UserError
+
+# How much of a value a one-line message quotes: a YAML value may be a list of millions of
+# items, or one that aliases repeat a billion times, which a full repr would expand.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 8
+_SHORT.maxlevel = 2
+QUOTED_CHARS = 160
 
 
 class OptionValueError(argparse.ArgumentTypeError, UserError):
     """A bad option value. argparse shows the message on the command line; options.py's YAML
     check catches it as a ValueError (UserError is one)."""
+
+
+def quoted(value):
+    """repr(value) for a message: one line of at most QUOTED_CHARS characters."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS - 3] + "..."
 
 
 def parse_float_list(value):
@@ -24,7 +39,8 @@ def parse_float_list(value):
             try:
                 numbers.append(float(item))
             except ValueError:
-                raise OptionValueError(f"'{item.strip()}' in '{value}' is not a number "
+                within = f" in '{value}'" if item.strip() != str(value).strip() else ""
+                raise OptionValueError(f"'{item.strip()}'{within} is not a number "
                                        f"(expected comma-separated numbers, e.g. 0.05,0.01)") from None
     return tuple(numbers)
 

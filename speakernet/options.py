@@ -20,10 +20,12 @@ from speakernet import packed_audio
 from speakernet import plugins
 import DatasetLoader as sampler
 from models import _specaugment as spec_augment
+from models._layers import N_FFT
 from speakernet.errors import OptionError  # noqa: F401 (re-exported)
 from speakernet.atomic import write_text
+from speakernet.audio import HOP, SAMPLE_RATE
 from speakernet.config_file import load_config  # noqa: F401 (re-exported)
-from speakernet.option_types import ListOption, probability_list, split_list
+from speakernet.option_types import ListOption, OptionValueError, probability_list, quoted, split_list
 
 # Modules that declare options of their own (add_arguments): each owner keeps its options.
 OPTION_OWNERS = (augment, spec_augment, packed_audio, sampler, evaluation)
@@ -31,6 +33,30 @@ COMPONENT_OPTIONS = {"model": "models", "trainfunc": "loss", "optimizer": "optim
                      "scheduler": "scheduler"}
 
 log = logging.getLogger(__name__)
+
+FRAMES_PER_HOUR = 3600 * SAMPLE_RATE // HOP
+# Upper bounds of the options that size what is allocated: each far above any recipe's value,
+# so that a typo such as --max_frames 1000000000000 is one line here rather than numpy or torch
+# asking for petabytes. {option: (largest value, what it is measured against)}.
+UPPER_BOUNDS = {
+    "max_frames": (FRAMES_PER_HOUR, "an hour of audio; recipes train on 2-3 s crops"),
+    "eval_frames": (FRAMES_PER_HOUR, "an hour of audio; 0 scores whole files of any length"),
+    "num_eval": (1000, "crops per file; voxceleb_trainer takes 10"),
+    "nOut": (8192, "an embedding size; published encoders use 128 to 512"),
+    "nClasses": (1_000_000, "speakers; the largest public corpora have about 100 000"),
+    "n_mels": (N_FFT // 2 + 1, f"the frequency bins of the front end's {N_FFT}-point FFT; more "
+                               f"bands than bins leave bands empty"),
+    "nDataLoaderThread": (256, "worker processes, each with its own copy of the loader"),
+}
+# Audio held at once, in frames: a training batch (every view of every group), or the crops
+# of one file at evaluation. Ten hours of 16 kHz float samples are 2.3 GB.
+MAX_FRAMES_AT_ONCE = 10 * FRAMES_PER_HOUR
+# Speech files summed into one babble crop, each read from disk (voxceleb_trainer: 3 to 7).
+MAX_BABBLE = 100
+# Path options that mean nothing when empty: an empty --save_path would write the run into the
+# current folder, an empty --train_list fail later without naming the option.
+REQUIRED_PATHS = {"save_path": "folder", "train_list": "file", "train_path": "folder",
+                  "test_path": "folder", "musan_path": "folder", "rir_path": "folder"}
 
 
 # Flags take --name / --no-name (voxceleb_trainer's YAML files give them as true/false).
@@ -219,14 +245,19 @@ def _checked_config(parser, config, path):
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
     checked = {}
     for key, value in config.items():
+        if key == "config":
+            # The file is read once, before any of its keys: a 'config' key inside it can
+            # neither include another file nor replace this one.
+            raise OptionError(f"{path}: 'config' cannot be set inside a config (one file cannot "
+                              f"include another); copy the options of {quoted(value)} into it")
         if key not in actions:
             hint = difflib.get_close_matches(str(key), list(actions), n=1, cutoff=0.5)
             nearest = f"; did you mean '{hint[0]}'?" if hint else ""
-            raise OptionError(f"{path}: unknown option '{key}'{nearest}")
+            raise OptionError(f"{path}: unknown option {quoted(str(key))}{nearest}")
         action = actions[key]
         if isinstance(action, argparse.BooleanOptionalAction):
             if not isinstance(value, bool):
-                raise OptionError(f"{path}: '{key}' must be true or false, got {value!r}")
+                raise OptionError(f"{path}: '{key}' must be true or false, got {quoted(value)}")
         elif action.type is not None:
             value = _convert(path, key, action, value)
         checked[key] = value
@@ -234,27 +265,55 @@ def _checked_config(parser, config, path):
 
 
 def _convert(path, key, action, value):
-    """A YAML value converted to the option's type (each element for list options)."""
+    """A YAML value converted to the option's type (each element for list options); an error
+    names the file, the key and the element that does not fit."""
     if isinstance(action, ListOption):
-        return split_list(value)
-    if action.type is probability_list and isinstance(value, (list, float, int)):
-        return action.type(value if isinstance(value, list) else [value])
+        return _path_list(path, key, value)
+    if action.type is probability_list:
+        return _typed(path, key, probability_list, value, "fractions in (0, 1)")
     many = action.nargs not in (None, "?")
-    expected = f"a list of {action.nargs} {action.type.__name__}" if many else action.type.__name__
-    items = value if many else [value]
+    size = f"{action.nargs} " if isinstance(action.nargs, int) else ""
+    expected = f"a list of {size}{action.type.__name__}" if many else action.type.__name__
     if many and (not isinstance(value, list) or isinstance(action.nargs, int) and len(value) != action.nargs):
-        raise OptionError(f"{path}: '{key}' expects {expected}, got {value!r}")
+        raise OptionError(f"{path}: '{key}' expects {expected}, got {quoted(value)}")
+    if not many:
+        return _typed(path, key, action.type, value, expected)
     converted = []
-    for item in items:
-        if isinstance(item, (bool, list, dict)) or item is None:
-            raise OptionError(f"{path}: '{key}' expects {expected}, got {value!r}")
-        if action.type is int and isinstance(item, float) and not item.is_integer():
-            raise OptionError(f"{path}: '{key}' expects a whole number, got {value!r}")
+    for number, item in enumerate(value, 1):
         try:
-            converted.append(action.type(item))
-        except (TypeError, ValueError):
-            raise OptionError(f"{path}: '{key}' expects {expected}, got {value!r}") from None
-    return converted if many else converted[0]
+            converted.append(_typed(path, key, action.type, item, action.type.__name__))
+        except OptionError:
+            raise OptionError(f"{path}: '{key}' expects {expected}; item {number} of "
+                              f"{quoted(value)} is {quoted(item)}") from None
+    return converted
+
+
+def _typed(path, key, kind, value, expected):
+    """kind(value) for a YAML scalar; OptionError naming file and key when it does not fit.
+    An OptionValueError of the type's own (probability_list, count, ...) says what is wrong."""
+    takes_lists = kind is probability_list             # '0.05,0.01', 0.05 or [0.05, 0.01]
+    if value is None or isinstance(value, (bool, dict)) or isinstance(value, list) and not takes_lists:
+        raise OptionError(f"{path}: '{key}' expects {expected}, got {quoted(value)}")
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise OptionError(f"{path}: '{key}' expects a whole number, got {quoted(value)}")
+    try:
+        return kind(value)
+    except OptionValueError as err:
+        raise OptionError(f"{path}: '{key}': {err}") from None
+    except (TypeError, ValueError):
+        raise OptionError(f"{path}: '{key}' expects {expected}, got {quoted(value)}") from None
+
+
+def _path_list(path, key, value):
+    """A ListOption's YAML value (a comma-separated string, or a list of them) -> paths."""
+    items = value if isinstance(value, list) else [value]
+    for number, item in enumerate(items, 1):
+        if not isinstance(item, str):
+            which = f"item {number} of {quoted(value)} is" if isinstance(value, list) else "got"
+            hint = " (quote a path that reads as a number)" if isinstance(item, (int, float)) else ""
+            raise OptionError(f"{path}: '{key}' expects file paths (a string or a list of strings); "
+                              f"{which} {quoted(item)}{hint}")
+    return split_list(items)
 
 
 def _float_actions(parser):
@@ -295,6 +354,36 @@ def _check_augmentation(options):
     if options.aug_babble[0] < 1:
         raise OptionError(f"--aug_babble {options.aug_babble[0]} {options.aug_babble[1]}: babble "
                           f"sums at least 1 speech file (voxceleb_trainer: 3 7)")
+    if options.aug_babble[1] > MAX_BABBLE:
+        raise OptionError(f"--aug_babble {options.aug_babble[0]} {options.aug_babble[1]}: babble sums "
+                          f"at most {MAX_BABBLE} speech files, each read per crop (voxceleb_trainer: 3 7)")
+
+
+def _check_sizes(options):
+    """The size options stay below UPPER_BOUNDS, and the audio they make one step hold below
+    MAX_FRAMES_AT_ONCE."""
+    for name, (largest, measure) in UPPER_BOUNDS.items():
+        value = getattr(options, name)
+        if value > largest:
+            raise OptionError(f"--{name} {value} is more than {largest} ({measure}); lower it")
+    for factors in (("batch_size", "nPerSpeaker", "max_frames"), ("num_eval", "eval_frames")):
+        frames = math.prod(getattr(options, name) for name in factors)
+        if frames > MAX_FRAMES_AT_ONCE:
+            product = " x ".join(f"--{name} {getattr(options, name)}" for name in factors)
+            raise OptionError(f"{product} is {frames / FRAMES_PER_HOUR:.1f} hours of audio at once, "
+                              f"more than {MAX_FRAMES_AT_ONCE // FRAMES_PER_HOUR}; lower one of them")
+
+
+def _check_paths(options):
+    """No path option is empty (REQUIRED_PATHS, --config, --verify's files)."""
+    named = [(f"--{name}", getattr(options, name), kind) for name, kind in REQUIRED_PATHS.items()]
+    if getattr(options, "config", None) is not None:
+        named.append(("--config", options.config, "file"))
+    named += [("--verify", path, "file") for path in getattr(options, "verify", None) or ()]
+    for option, value, kind in named:
+        if not str(value).strip():
+            hint = " ('.' for the current one)" if kind == "folder" else ""
+            raise OptionError(f"{option} is empty; give a {kind}{hint}")
 
 
 def _check_components(options):
@@ -348,6 +437,8 @@ def validate(options, parser=None):
             raise OptionError(f"--{name} must be positive (a cost), got {getattr(options, name):g}")
     if options.seed < 0:
         raise OptionError(f"--seed must be 0 or more, got {options.seed}")
+    _check_sizes(options)
+    _check_paths(options)
     _check_augmentation(options)
     _check_components(options)
     if options.device != "auto" and not (options.device in ("cpu", "cuda") or

@@ -4,11 +4,14 @@ of the new start agree with it, and the mid-epoch checkpoints that make a crash 
 Progress is (completed epochs, batches of the next epoch): an epoch checkpoint of epoch E is
 (E, 0), a mid-epoch checkpoint after k batches of epoch E is (E - 1, k); the largest wins.
 """
+import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from speakernet import checkpoint
 from speakernet.errors import ResumeConflict
@@ -31,6 +34,9 @@ RESUMABLE = frozenset({
 class ResumePoint:
     state: dict
     path: Path
+    # False when the training list changed since a mid-epoch checkpoint: its epoch plan no
+    # longer applies, so that epoch restarts from its first batch.
+    plan_applies: bool = True
 
     @property
     def partial(self):
@@ -107,6 +113,43 @@ def check_options(options, point):
                              f"with --initial_model {point.path} to begin from these weights)")
     if changed:
         log.info("resuming with changed options, which take effect now: %s", ", ".join(changed))
+
+
+def list_signature(train_list):
+    """What the epoch plan is drawn from, as kept in every checkpoint: the list's entries (paths
+    relative to --train_path, which may move), speakers, labels and lengths."""
+    digest = hashlib.sha256()
+    train_list.files.update_digest(digest)
+    digest.update("\0".join(map(str, train_list.speakers)).encode("utf-8"))
+    for array in (train_list.labels, train_list.lengths):
+        digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    return {"sha256": digest.hexdigest(), "utterances": len(train_list.files),
+            "speakers": len(train_list.speakers)}
+
+
+def _described(signature):
+    speakers = f" of {signature['speakers']} speakers" if signature.get("speakers") else ""
+    return f"{signature.get('utterances')} utterances{speakers}"
+
+
+def check_training_list(point, signature, list_path):
+    """Compare the training list with the one the checkpoint was trained on. A changed list
+    cannot continue a mid-epoch plan: that epoch restarts from its first batch over the new
+    list, with a warning; after an epoch checkpoint the next epochs simply use the new list.
+    Checkpoints written before lists were signed are not checked."""
+    saved = point.state.get("train_list")
+    if not isinstance(saved, dict) or saved.get("sha256") == signature["sha256"]:
+        return
+    change = f"{_described(saved)} -> {_described(signature)}"
+    if point.partial:
+        point.plan_applies = False
+        log.warning("the training list %s changed since %s was written (%s): its plan for epoch %d "
+                    "no longer applies, so epoch %d restarts from its first batch with the weights "
+                    "of that checkpoint", list_path, point.path, change, point.start_epoch,
+                    point.start_epoch)
+    else:
+        log.warning("the training list %s changed since %s was written (%s); the epochs from %d on "
+                    "are planned over the new list", list_path, point.path, change, point.start_epoch)
 
 
 class MidEpochCheckpoints:

@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from speakernet.atomic import json_safe
+from speakernet.errors import UserError
 from speakernet.plots import save_png
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,25 @@ PANELS = (
     ("validation EER (%)", lambda key: key.startswith("val_eer"), False, 1),
     ("validation minDCF", lambda key: key.startswith("val_min_dcf"), False, 1),
 )
+
+
+# The files a training run keeps in its save_path, and what each holds.
+RUN_FILES = {"train.log": "log", "metrics.jsonl": "metrics", "training_curves.png": "training curves",
+             "result/scores.txt": "scores", "model/best.model": "best checkpoint"}
+
+
+def check_run_files(save_path):
+    """Refuse, before any training, a save_path where something other than a plain file sits
+    at the name of a file the run appends to or replaces (it would fail only at its first write)."""
+    for name, what in RUN_FILES.items():
+        path = Path(save_path) / name
+        if path.exists() and not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise UserError(f"{path} is {kind}, where the run keeps its {what}; move it out of the "
+                            f"way, or use another --save_path")
+
+
+_REPORTED = set()          # (metrics file, line) already warned about
 
 
 def append_metrics(path, record):
@@ -54,17 +74,19 @@ def append_metrics(path, record):
 
 
 def read_metrics(path):
-    """Every record of a JSON-lines metrics file; a malformed line (a crash mid-write) is
-    skipped with a warning rather than failing the run."""
+    """Every record of a JSON-lines metrics file; a malformed line (a crash mid-write, bytes
+    that are not UTF-8) is skipped with a warning rather than failing the run."""
     records = []
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s:%d: not a JSON record, skipped", path, number)
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                if (str(path), number) not in _REPORTED:      # the file is read at every evaluation
+                    _REPORTED.add((str(path), number))
+                    log.warning("%s:%d: not a JSON record, skipped", path, number)
                 continue
             if isinstance(record, dict):
                 records.append(record)

@@ -40,8 +40,8 @@ def cohort_stats(file_emb, cohort_emb, top_n, chunk=4096):
     if top_n < 1:
         raise ValueError(f"AS-norm top_n must be at least 1, got {top_n}")
     if top_n > cohort_emb.shape[0]:
-        log.warning("AS-norm top_n %d is larger than the cohort of %d speakers; using all of them",
-                    top_n, cohort_emb.shape[0])
+        log.warning("AS-norm top_n %d is more than the %d speakers of the cohort; using %d",
+                    top_n, cohort_emb.shape[0], cohort_emb.shape[0])
         top_n = cohort_emb.shape[0]
     means, stds = [], []
     for block in file_emb.split(chunk):

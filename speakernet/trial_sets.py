@@ -25,8 +25,10 @@ class TrialList:
     origins: list = None         # 'list:line' where each file first appears, for messages
 
 
-def read_trial_list(list_path, test_path, allow_outside=False):
-    """Parse `label a b` (or unlabelled `a b`) trial lines; validate each unique file once."""
+def parse_trial_lines(list_path):
+    """(labels, file pairs, line numbers) of `label a b` (or unlabelled `a b`) trial lines.
+    A repeated trial is a warning (it counts again); one labelled both 1 and 0 is an error
+    naming both lines, since no score can be right for it."""
     labels, ends, lines = [], [], []
     for number, columns in list_lines(list_path):
         if len(columns) == 3 and columns[0] in ("0", "1"):
@@ -41,7 +43,28 @@ def read_trial_list(list_path, test_path, allow_outside=False):
         lines.append(number)
     if not ends:
         raise ListError(f"{list_path}: the trial list is empty")
-    warn_duplicates(list_path, [tuple(sorted(pair)) for pair in ends], lines, "trial")
+    trials = [tuple(sorted(pair)) for pair in ends]
+    refuse_contradictions(list_path, trials, labels, lines)
+    warn_duplicates(list_path, trials, lines, "trial")
+    return labels, ends, lines
+
+
+def refuse_contradictions(list_path, trials, labels, lines):
+    """ListError naming the first trial labelled 1 on one line and 0 on another."""
+    if len(set(trials)) == len(trials):            # no repeats at all: the usual case
+        return
+    first = {}                                     # (trial, label) -> its first line
+    for trial, label, line in zip(trials, labels, lines):
+        other = first.get((trial, 1 - label)) if label >= 0 else None
+        if other is not None:
+            raise ListError(f"{list_path}:{line}: the trial '{' '.join(trial)}' is labelled {label} here "
+                            f"and {1 - label} on line {other}; correct or delete one of the two lines")
+        first.setdefault((trial, label), line)
+
+
+def read_trial_list(list_path, test_path, allow_outside=False):
+    """Parse the trial lines (parse_trial_lines); validate each unique file once."""
+    labels, ends, lines = parse_trial_lines(list_path)
     files, first_line, index = [], [], {}
     for number, pair in zip(lines, ends):
         for name in pair:
@@ -83,15 +106,26 @@ def list_names(paths):
     return names
 
 
+def unique_lists(list_paths):
+    """The trial list paths (str, comma-separated str or list), each once: a list named twice
+    is read and scored once, with a warning."""
+    named = split_list(list_paths)
+    if not named:
+        raise ListError("no trial list given (--test_list)")
+    paths = list(dict.fromkeys(named))
+    if len(paths) < len(named):
+        repeated = next(p for p in paths if named.count(p) > 1)
+        log.warning("--test_list names %s %d times; it is scored once", repeated, named.count(repeated))
+    return paths
+
+
 def load_trial_lists(list_paths, test_path):
     """Read and validate every list (str, comma-separated str or list of paths) -> TrialSet.
 
     Every file of every list is checked before this returns; problems in all lists are
     reported together as one ListError naming each list and line.
     """
-    paths = list(dict.fromkeys(split_list(list_paths)))     # a list named twice is read once
-    if not paths:
-        raise ListError("no trial list given (--test_list)")
+    paths = unique_lists(list_paths)
     loaded, problems = [], []
     for path in paths:
         try:
@@ -123,13 +157,11 @@ def load_trial_lists(list_paths, test_path):
 def with_dev_list(list_paths, dev_list, test_path):
     """(TrialSet of the --test_list lists over the files of those lists and the dev list,
     the dev list's TrialList); files named by both are embedded once."""
-    paths = list(dict.fromkeys(split_list(list_paths)))
-    if not paths:
-        raise UserError("no trial list given (--test_list)")
+    paths = unique_lists(list_paths)
     if dev_list in paths:
         log.warning("--calibrate %s is also a --test_list list: its actDCF and Cllr are measured on "
                     "the trials the calibration was fitted to (optimistic)", dev_list)
-    combined = load_trial_lists(paths + [dev_list], test_path)
+    combined = load_trial_lists(paths + [dev_list] if dev_list not in paths else paths, test_path)
     dev = combined.lists[combined.paths.index(dev_list)]
     if not ((dev.labels == 1).any() and (dev.labels == 0).any()):
         raise UserError(f"--calibrate {dev_list}: needs labelled target (1) and non-target (0) "

@@ -12,6 +12,15 @@ from speakernet.commands import make_extractor
 log = logging.getLogger("trainSpeakerNet")
 
 
+def _stored_eer(state, path):
+    """The EER best.model was chosen by (inf when it holds none)."""
+    eer = state.get("eer", math.inf) if isinstance(state, dict) else None
+    if isinstance(eer, bool) or not isinstance(eer, (int, float)) or math.isnan(eer):
+        raise checkpoint.CheckpointError(f"{path} holds no valid EER (altered or not written by this "
+                                         f"project)")
+    return float(eer)
+
+
 class Validation:
     """Evaluation during training: scores, metrics file, curves, the best checkpoint."""
 
@@ -26,7 +35,7 @@ class Validation:
         self.best_eer = math.inf
         if best.exists():
             try:
-                self.best_eer = checkpoint.load_file(best).get("eer", math.inf)
+                self.best_eer = _stored_eer(checkpoint.load_file(best), best)
             except checkpoint.CheckpointError as err:
                 log.warning("%s; the next evaluation replaces it", err)
 

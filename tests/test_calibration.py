@@ -184,7 +184,8 @@ def test_calibrated_metrics_and_storage_round_trip(tmp_path):
     with pytest.raises(CheckpointError, match="not a valid score calibration"):
         cal.Calibration.from_dict({"scale": 1.0, "offset": 0.0, "prior": 1.5}, "ck.model")
     assert cal.calibrated_path("a/model000000004.model") == Path("a/model000000004.calibrated.model")
-    assert cal.calibrated_path("a/b.calibrated.model") == Path("a/b.calibrated.model")
+    # A calibrated copy calibrated again: numbered, never its own input.
+    assert cal.calibrated_path("a/b.calibrated.model") == Path("a/b.calibrated.2.model")
 
 
 # ---------------------------------------------------------------------------- end to end

@@ -17,7 +17,7 @@ def run(*argv):
         data_prep.main([str(a) for a in argv])
     except SystemExit as err:
         assert err.code not in (0, None)
-        return str(err.code)
+        return str(err)
     return None
 
 
@@ -69,7 +69,7 @@ def test_make_list_refuses_paths_with_whitespace(tmp_path):
     write_wav(root / "id2/vid/a b.wav", samples())
     out = tmp_path / "train_list.txt"
     err = run("--make_list", root, "--list_out", out)
-    assert err == (f"error: --make_list {root}: 2 file paths contain whitespace, the first 'id1/my vid/1.wav' "
+    assert err == (f"--make_list {root}: 2 file paths contain whitespace, the first 'id1/my vid/1.wav' "
                    f"(rename those files and folders without spaces)")
     assert not out.exists()
     out.write_text("keep me\n")
@@ -95,7 +95,7 @@ def test_list_that_is_not_utf8_is_one_error(tmp_path):
     bad = tmp_path / "list.txt"
     bad.write_bytes(b"spk a/v/1.wav\nspk \xff\xfe.wav\n")
     assert run("--check", tmp_path / "data", "--list", bad) == (
-        f"error: --list {bad}: byte 18 is not UTF-8 (save the list as UTF-8 text)")
+        f"--list {bad}: byte 18 is not UTF-8 (save the list as UTF-8 text)")
 
 
 def test_check_of_a_folder_named_like_a_glob_pattern(tmp_path):

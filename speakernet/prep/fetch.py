@@ -17,6 +17,7 @@ import zlib
 from tqdm import tqdm
 
 from speakernet.atomic import atomic_file
+from speakernet.audio import list_lines
 from speakernet.prep.common import PrepError, log, write_atomic
 
 # Published checksums (VoxCeleb's and OpenSLR's lists) of the archives voxceleb_trainer uses;
@@ -96,14 +97,10 @@ def remember_md5(path, digest):
 def read_checksum_list(path):
     """[(URL or file name, MD5 or None)] from 'URL MD5', 'MD5 filename' (md5sum) or 'URL' lines."""
     entries = []
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except OSError as err:
-        raise PrepError("cannot read the list %s (%s)" % (path, err.strerror))
-    for number, line in enumerate(lines, 1):
-        cols = line.split()
-        if not cols or cols[0].startswith("#"):
+    for number, cols in list_lines(path):       # a missing file, a folder, not UTF-8: one error
+        if cols[0].startswith("#"):
             continue
+        line = " ".join(cols)
         sums = [c for c in cols if MD5_RE.match(c)]
         names = [c.lstrip("*") for c in cols if not MD5_RE.match(c)]   # md5sum marks binary mode with *
         if len(names) != 1 or len(sums) > 1:
@@ -244,12 +241,11 @@ def concatenate(args):
     known = checksums(args)
     if args.concat_list:                                     # voxceleb_trainer's lists/files.txt
         jobs = []
-        for number, line in enumerate(open(args.concat_list, encoding="utf-8"), 1):
-            cols = line.split()
-            if cols and not cols[0].startswith("#"):
+        for number, cols in list_lines(args.concat_list):
+            if not cols[0].startswith("#"):
                 if len(cols) not in (2, 3) or len(cols) == 3 and not MD5_RE.match(cols[2]):
                     raise PrepError("%s:%d: expected 'PARTS_PATTERN OUTPUT [MD5]', got %r"
-                                    % (args.concat_list, number, line.strip()))
+                                    % (args.concat_list, number, " ".join(cols)))
                 jobs.append((cols[0], cols[1], cols[2].lower() if len(cols) == 3 else known.get(cols[1])))
     else:
         jobs = [(pattern, out, known.get(out)) for pattern, out in CONCATENATE]

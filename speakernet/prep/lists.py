@@ -14,10 +14,16 @@ from speakernet.prep.common import SHOW, SR, PrepError, log, write_atomic
 
 # ---- lists
 def make_list(args):
-    """train_list lines 'speaker speaker/video/utt.wav' for every speaker/video/utt.wav under DIR."""
+    """train_list lines 'speaker speaker/video/utt.wav' for every speaker/video/utt.wav under DIR.
+
+    Files the trainer would refuse (unreadable, empty, not 16 kHz, not mono) are left out, with
+    one warning that counts them and names the first: the list written is one the trainer
+    accepts, and --check DIR lists every such file."""
     root = args.make_list
     if not os.path.isdir(root):
         raise PrepError("--make_list %s: no such folder" % root)
+    if os.path.isdir(args.list_out):
+        raise PrepError("--list_out %s is a folder (give the path of the list file to write)" % args.list_out)
     lines, stray = [], 0
     speakers = sorted(e.name for e in os.scandir(root) if e.is_dir())
     for spk in tqdm(speakers, desc="listing", unit="speaker"):
@@ -40,10 +46,12 @@ def make_list(args):
     if spaced:
         raise PrepError("--make_list %s: %d file paths contain whitespace, the first '%s' (rename those "
                         "files and folders without spaces)" % (root, len(spaced), spaced[0]))
-    lines = ["%s %s" % entry for entry in lines]
+    lines = ["%s %s" % entry for entry in usable_entries(lines, root)]
     text = "".join(line + "\n" for line in lines)
     if os.path.exists(args.list_out):
-        if open(args.list_out, encoding="utf-8").read() == text:
+        with open(args.list_out, "rb") as old:
+            same = old.read() == text.encode("utf-8")
+        if same:
             print("%s is already up to date (%d utterances)" % (args.list_out, len(lines)))
             return
         if not args.overwrite:
@@ -53,6 +61,24 @@ def make_list(args):
     write_atomic(args.list_out, lines)
     print("Wrote %s: %d utterances of %d speakers (train_path %s)"
           % (args.list_out, len(lines), len({line.split()[0] for line in lines}), root))
+
+
+def usable_entries(entries, root):
+    """The (speaker, path) entries whose audio header passes the trainer's check; warns once,
+    with a count and the first, about the others."""
+    def problem(entry):
+        return _read_header(os.path.join(root, entry[1]))[3]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        problems = list(tqdm(pool.map(problem, entries), total=len(entries), desc="checking headers",
+                             unit="file", leave=False))
+    bad = [(path, why) for (_, path), why in zip(entries, problems) if why]
+    if len(bad) == len(entries):
+        raise PrepError("none of the %d .wav files under %s is usable, e.g. %s: %s" % (len(bad), root, *bad[0]))
+    if bad:
+        log.warning("%d .wav files under %s are left out of the list because the trainer refuses them, "
+                    "the first %s: %s (data_prep.py --check %s lists them all)", len(bad), root, *bad[0], root)
+    return [entry for entry, why in zip(entries, problems) if not why]
 
 
 # ---- check

@@ -293,7 +293,7 @@ def generate_synthetic(args):
         log.info("%s already holds this corpus; not generating it again", root)
         return
     refuse_other_outputs(args, old, config, lists,
-                         "error: %s already holds a different corpus (%s); pass --overwrite to replace it",
+                         "%s already holds a different corpus (%s); pass --overwrite to replace it",
                          "replacing the corpus in %s")
     for f in lists:                                        # lists mark a finished corpus: drop them first
         if os.path.exists(f):

@@ -284,7 +284,7 @@ def generate_noise_sets(args):
     if old == config and done:
         log.info("%s already holds these augmentation sets; not generating them again", root)
     else:
-        refuse_other_outputs(args, old, config, folders, "error: %s already holds different musan/ or rirs/ "
+        refuse_other_outputs(args, old, config, folders, "%s already holds different musan/ or rirs/ "
                              "sets (%s); pass --overwrite to replace them", "replacing the augmentation sets in %s")
         if old is not None and old != config:                # only ever delete what we synthesised
             for folder in folders:

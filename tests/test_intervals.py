@@ -1,0 +1,101 @@
+"""Bootstrap intervals of EER and minDCF (tuneThreshold.bootstrap_intervals): each replicate's
+figures equal those of the trial list written out with its weights, and the intervals cover a
+known EER at their nominal rate on score sets whose trials share files."""
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+import tuneThreshold
+from tuneThreshold import _WeightedPoints, bootstrap_intervals, compute_eer, compute_min_dcf
+
+
+def crossed_trials(rng, files=80, trials=3000, separation=3.0, file_sd=1.0, noise_sd=0.5):
+    """Trials over a pool of files whose scores share a random offset per file, so trials that
+    share a file are correlated. Scores are Gaussian with the same spread for both classes,
+    so the population EER is known: Phi(-separation / (2 sd))."""
+    offset = rng.normal(0, file_sd, files)
+    a, b = rng.integers(0, files, trials), rng.integers(0, files, trials)
+    labels = (rng.random(trials) < 0.3).astype(int)
+    scores = separation * labels + offset[a] + offset[b] + rng.normal(0, noise_sd, trials)
+    sd = math.sqrt(2 * file_sd ** 2 + noise_sd ** 2)
+    return scores, labels, a, b, 100 * norm.cdf(-separation / (2 * sd))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_each_replicate_equals_the_expanded_trial_list(monkeypatch, tied):
+    """Block sums and the blocks recounted give the figures of the trials repeated by weight."""
+    monkeypatch.setattr(_WeightedPoints, "BLOCK", 16)       # many blocks on a small list
+    rng = np.random.default_rng(3)
+    scores, labels, a, b, _ = crossed_trials(rng, files=40, trials=700)
+    if tied:
+        scores = np.round(scores, 1)                          # long runs of equal scores
+    points = _WeightedPoints(scores, labels == 1)
+    for _ in range(25):
+        file_weights = rng.poisson(1.0, 40)
+        trial_weights = file_weights[a] * file_weights[b]
+        assert points.reweight(trial_weights[points.order].astype(np.uint16))
+        expanded_scores = np.repeat(scores, trial_weights)
+        expanded_labels = np.repeat(labels, trial_weights)
+        assert points.eer() == pytest.approx(compute_eer(expanded_scores, expanded_labels)[0], abs=1e-9)
+        for p in (0.05, 0.01):
+            expected = compute_min_dcf(expanded_scores, expanded_labels, p_target=p).value
+            assert points.min_dcf(p, 1.0, 1.0) == pytest.approx(expected, abs=1e-9)
+
+
+def trial_bootstrap_eer(scores, labels, replicates, seed):
+    """The naive interval: a Poisson weight per trial, as if trials were independent."""
+    points, rng = _WeightedPoints(scores, labels == 1), np.random.default_rng(seed)
+    eers = []
+    for _ in range(replicates):
+        points.reweight(rng.poisson(1.0, len(scores)).astype(np.uint16))
+        eers.append(points.eer())
+    return np.percentile(eers, [2.5, 97.5])
+
+
+def test_intervals_cover_the_population_eer():
+    """Where each file is in about 75 trials, resampling trials alone misses the population EER
+    about half the time; resampling files keeps the nominal rate."""
+    rng = np.random.default_rng(11)
+    covered, naive, runs = 0, 0, 60
+    for run in range(runs):
+        scores, labels, a, b, population_eer = crossed_trials(rng)
+        low, high = bootstrap_intervals(scores, labels, a, b, replicates=150, seed=run).eer
+        covered += low <= population_eer <= high
+        low, high = trial_bootstrap_eer(scores, labels, 150, run)
+        naive += low <= population_eer <= high
+    # Nominal 95%; the multiway bootstrap is conservative. 60 runs: 0.95 - 3.5 sd is 0.85.
+    assert covered / runs >= 0.85
+    assert naive / runs <= 0.75
+
+
+def test_intervals_hold_the_estimate_and_narrow_with_more_trials():
+    rng = np.random.default_rng(5)
+    widths = []
+    for trials, files in ((2000, 100), (32000, 1600)):
+        scores, labels, a, b, _ = crossed_trials(rng, files=files, trials=trials)
+        result = bootstrap_intervals(scores, labels, a, b, replicates=100)
+        eer = compute_eer(scores, labels)[0]
+        assert result.eer[0] <= eer <= result.eer[1]
+        dcf = compute_min_dcf(scores, labels, p_target=0.05).value
+        assert result.min_dcf["0.05"][0] <= dcf <= result.min_dcf["0.05"][1]
+        widths.append(result.eer[1] - result.eer[0])
+    assert widths[1] < widths[0] / 2.5          # 16x the data: about a quarter of the width
+
+
+def test_file_names_unlabelled_trials_and_seeding():
+    rng = np.random.default_rng(8)
+    scores, labels, a, b, _ = crossed_trials(rng, files=60, trials=1500)
+    named = bootstrap_intervals(scores, labels, [f"f{i}.wav" for i in a], [f"f{i}.wav" for i in b],
+                                replicates=50, seed=4)
+    numbered = bootstrap_intervals(scores, labels, a, b, replicates=50, seed=4)
+    assert named.replicates == 50 and named.eer[0] < named.eer[1]
+    # Unlabelled trials (-1) are left out, whatever their scores.
+    padded = bootstrap_intervals(np.append(scores, [99.0, -99.0]), np.append(labels, [-1, -1]),
+                                 np.append(a, [0, 1]), np.append(b, [2, 3]), replicates=50, seed=4)
+    assert padded.eer == numbered.eer
+    assert bootstrap_intervals(scores, labels, a, b, replicates=50, seed=5).eer != numbered.eer
+    with pytest.raises(ValueError):
+        bootstrap_intervals(scores, labels, a, b, level=1.5)
+    assert tuneThreshold.Intervals.as_dict(numbered)["eer"] == list(numbered.eer)
