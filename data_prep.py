@@ -221,6 +221,7 @@ def report_baseline(args):
 
 
 def run(p, args):
+    """The one mode the options choose; bad input raises a UserError (or an OSError naming a path)."""
     steps = [s for s in REAL_DATA_STEPS if getattr(args, s)]
     check_one_mode(p, args, steps)
     check_ranges(args, EVERY_MODE_RANGES)

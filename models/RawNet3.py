@@ -142,7 +142,9 @@ class SincFrontend(nn.Module):
 
     def forward(self, wav):
         with torch.autocast(device_type=wav.device.type, enabled=False):
-            magnitudes = self.conv1(self.preprocess(to_float(wav))).abs()
+            # int16 crops are scaled to floats; float64 stays float64 (as the reference computes).
+            wav = wav if wav.is_floating_point() else to_float(wav)
+            magnitudes = self.conv1(self.preprocess(wav)).abs()
             feats = torch.log(magnitudes + LOG_FLOOR)
             feats = feats - feats.mean(dim=-1, keepdim=True)
         return feats if self.spec_augment is None else self.spec_augment(feats)

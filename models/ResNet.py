@@ -33,7 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models._layers import LogMelFrontend, TimePooling, as_image, check_encoder_type, use_channels_last
+from models._layers import (LogMelFrontend, StridedPointwiseConv, TimePooling, as_image, check_encoder_type,
+                            use_channels_last)
 from models._specaugment import with_spec_augment
 
 # The paper's defaults when the user sets neither YAML nor command line (resnet.yaml).
@@ -96,7 +97,7 @@ def _shortcut(in_channels, out_channels, stride):
     """Identity, or a strided 1x1 projection + BN where the shape changes (He et al. 2016 B)."""
     if stride in (1, (1, 1)) and in_channels == out_channels:
         return nn.Identity()
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+    return nn.Sequential(StridedPointwiseConv(in_channels, out_channels, 1, stride=stride, bias=False),
                          nn.BatchNorm2d(out_channels))
 
 

@@ -205,9 +205,9 @@ def model_options(args, dests):
 def build_encoder(name, model_kwargs, initial_model):
     try:
         encoder = plugins.factory("models", name)(**model_kwargs)
+    except UserError:
+        raise
     except (ValueError, TypeError, RuntimeError) as err:     # e.g. a layer of negative size
-        if isinstance(err, UserError):
-            raise
         raise UserError(f"{name} cannot be built with these options ({str(err).strip()}); check the "
                         f"model options (--config and the command line)") from None
     if initial_model:

@@ -139,7 +139,7 @@ class SEBasicBlock(nn.Module):
         # A tuple stride, even (1, 1), gets a projection: the reference checkpoints have one.
         if stride != 1 or in_channels != channels:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
+                StridedPointwiseConv(in_channels, channels, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(channels))
 
     def forward(self, x):
@@ -187,6 +187,22 @@ def use_channels_last(module):
 
 def _frequency_stride(stride):
     return stride if isinstance(stride, int) else stride[0]
+
+
+class StridedPointwiseConv(nn.Conv2d):
+    """A strided 1x1 convolution computed as the 1x1 convolution of the strided input: the same
+    result, parameters and names. torch 2.14's backward of a strided 1x1 convolution on
+    channels-last tensors crashes the process (SIGSEGV) for narrow layers on some AVX-512 CPUs
+    (8 -> 16 channels on an AMD EPYC; tests/test_encoders.py keeps that case)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.kernel_size != (1, 1) or self.padding != (0, 0) or self.groups != 1:
+            raise ValueError("StridedPointwiseConv is a 1x1 convolution without padding or groups")
+
+    def forward(self, x):
+        rows, columns = self.stride
+        return F.conv2d(x[:, :, ::rows, ::columns], self.weight, self.bias)
 
 
 class SEResNet34(nn.Module):

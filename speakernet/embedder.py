@@ -44,6 +44,7 @@ from speakernet import checkpoint
 from speakernet import plugins
 from speakernet.audio import INT16_SCALE, SAMPLE_RATE, crop_samples
 from speakernet.errors import CheckpointError, OptionError, UnknownComponentError, UserError
+from speakernet.options import stored_options
 
 log = logging.getLogger("embedder")
 
@@ -116,6 +117,7 @@ class Embedder:
         except UnknownComponentError as err:
             raise CheckpointError(f"{path} was trained with model '{name}', which this copy of the "
                                   f"project lacks ({err})") from None
+        options = vars(stored_options(options, path))
         encoder = factory(**options)
         holder = nn.ModuleDict({"encoder": encoder})    # the trainer's parameter names
         state = checkpoint.model_state(stored, holder, path)

@@ -21,7 +21,7 @@ from speakernet import plugins
 import DatasetLoader as sampler
 from models import _specaugment as spec_augment
 from models._layers import N_FFT
-from speakernet.errors import OptionError  # noqa: F401 (re-exported)
+from speakernet.errors import CheckpointError, OptionError, UserError  # noqa: F401 (OptionError re-exported)
 from speakernet.atomic import write_text
 from speakernet.audio import HOP, SAMPLE_RATE
 from speakernet.config_file import load_config  # noqa: F401 (re-exported)
@@ -43,7 +43,8 @@ UPPER_BOUNDS = {
     "eval_frames": (FRAMES_PER_HOUR, "an hour of audio; 0 scores whole files of any length"),
     "num_eval": (1000, "crops per file; voxceleb_trainer takes 10"),
     "nOut": (8192, "an embedding size; published encoders use 128 to 512"),
-    "nClasses": (1_000_000, "speakers; the largest public corpora have about 100 000"),
+    "nClasses": (1_000_000, "classes: speakers, times 3 with --speed_perturb; the largest public "
+                            "corpora have about 100 000 speakers"),
     "n_mels": (N_FFT // 2 + 1, f"the frequency bins of the front end's {N_FFT}-point FFT; more "
                                f"bands than bins leave bands empty"),
     "nDataLoaderThread": (256, "worker processes, each with its own copy of the loader"),
@@ -182,21 +183,48 @@ def parse_options(argv=None):
     config = load_config(first.config) if first.config else {}
     # Component names decide which extra options exist: command line, else YAML, else default.
     explicit = _explicit_values(parser, argv)
-    components = []
-    for option, kind in COMPONENT_OPTIONS.items():
-        name = explicit.get(option, config.get(option, parser.get_default(option)))
-        if name:
-            module = plugins.load_module(kind, str(name))
-            if hasattr(module, "add_arguments"):
-                module.add_arguments(parser.add_argument_group(f"{kind}/{name}.py"))
-            components.append((f"{kind}/{name}.py", module))
-    # A component's OPTION_DEFAULTS replace generic defaults; YAML and the command line still win.
-    parser.set_defaults(**_component_defaults(parser, components))
+    _add_components(parser, lambda option: explicit.get(option, config.get(option, parser.get_default(option))))
     parser.set_defaults(**_checked_config(parser, config, first.config))
     options = parser.parse_args(argv)
     options.test_list = split_list(options.test_list)   # always a list of paths
     validate(options, parser)
     return options
+
+
+def stored_options(values, source):
+    """The run options a checkpoint stores, checked as a config file's would be -> Namespace
+    (options added since it was written take their defaults; keys that are no longer options,
+    and the options of components other than the encoder, are ignored: embedding needs no loss
+    file). A file altered to hold `nOut: 'big'` or `eval_frames: -5` is refused with a
+    CheckpointError naming it, instead of failing inside the encoder."""
+    try:
+        parser = build_parser()
+        _add_components(parser, lambda option: values.get(option) if option == "model" else None)
+        known = {a.dest for a in parser._actions if a.option_strings}
+        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()
+                 if k in known and k != "config"}
+        parser.set_defaults(**_checked_config(parser, plain, "its options"))
+        options = parser.parse_args([])
+        options.test_list = split_list(options.test_list)
+        validate(options, parser)
+    except UserError as err:
+        raise CheckpointError(f"{source}: {err} (the file was altered or written by another version "
+                              f"of this project; use another checkpoint)") from None
+    return options
+
+
+def _add_components(parser, chosen):
+    """Add the options of the components `chosen(option)` names (model, objective, optimizer,
+    scheduler) and their OPTION_DEFAULTS, which replace generic defaults."""
+    components = []
+    for option, kind in COMPONENT_OPTIONS.items():
+        name = chosen(option)
+        if name:
+            module = plugins.load_module(kind, str(name))
+            if hasattr(module, "add_arguments"):
+                module.add_arguments(parser.add_argument_group(f"{kind}/{name}.py"))
+            components.append((f"{kind}/{name}.py", module))
+    parser.set_defaults(**_component_defaults(parser, components))
 
 
 def _component_defaults(parser, components):

@@ -12,13 +12,19 @@ from speakernet.atomic import json_safe, write_text
 
 # ---------------------------------------------------------------------------- the report
 
-def describe_metrics(metrics, calibrated=None):
-    """One log fragment of a tuneThreshold.Metrics (and calibration.CalibratedMetrics):
-    'EER 2.31%  minDCF(0.05) 0.1600  ...  FRR@FAR=1% 8.10%'."""
+def describe_metrics(metrics, calibrated=None, intervals=None):
+    """One log fragment of a tuneThreshold.Metrics (with its tuneThreshold.Intervals and
+    calibration.CalibratedMetrics): 'EER 2.31% [2.05, 2.60]  minDCF(0.05) 0.1600 [0.14, 0.18]
+    ...  FRR@FAR=1% 8.10%'."""
     if metrics.eer is None:
         return f"no EER ({metrics.targets} target, {metrics.nontargets} non-target trials)"
-    parts = [f"EER {metrics.eer:.2f}%"]
-    parts += [f"minDCF({p}) {v.value:.4f}" for p, v in metrics.min_dcf.items()]
+
+    def within(bounds, digits):
+        return f" [{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]" if bounds else ""
+
+    parts = [f"EER {metrics.eer:.2f}%{within(intervals and intervals.eer, 2)}"]
+    parts += [f"minDCF({p}) {v.value:.4f}{within(intervals and intervals.min_dcf.get(p), 4)}"
+              for p, v in metrics.min_dcf.items()]
     parts += [f"FRR@FAR={100 * float(t):g}% {v.frr:.2f}%" for t, v in metrics.frr_at_far.items()]
     parts += [f"FAR@FRR={100 * float(t):g}% {v.far:.2f}%" for t, v in metrics.far_at_frr.items()]
     if calibrated is not None and calibrated.cllr is not None:
@@ -38,6 +44,7 @@ class ListResult:
     scores: dict                # system -> numpy scores in list order (not in the JSON)
     calibrated: object = None   # calibration.CalibratedMetrics of the raw scores, or None
     outputs: dict = field(default_factory=dict)     # 'scores_file', 'det_png', ... -> path
+    intervals: dict = field(default_factory=dict)   # system -> tuneThreshold.Intervals
 
     @property
     def raw(self):
@@ -59,14 +66,16 @@ class ListResult:
         return {p: v.value for p, v in self.raw.min_dcf.items()}
 
     def describe(self):
-        text = describe_metrics(self.raw, self.calibrated)
+        text = describe_metrics(self.raw, self.calibrated, self.intervals.get("raw"))
         if "asnorm" in self.metrics:
-            text += f" | AS-norm: {describe_metrics(self.metrics['asnorm'])}"
+            text += f" | AS-norm: {describe_metrics(self.metrics['asnorm'], None, self.intervals.get('asnorm'))}"
         return text
 
     def as_dict(self):
         """The list's entry of results_<tag>.json."""
         metrics = {system: m.as_dict() for system, m in self.metrics.items()}
+        for system, intervals in self.intervals.items():
+            metrics[system]["intervals"] = intervals.as_dict()
         if self.calibrated is not None:
             metrics["raw"]["calibrated"] = self.calibrated.as_dict()
         return {"list": self.path, "trials": self.trials, "metrics": metrics,
@@ -102,7 +111,8 @@ class EvaluationReport:
 
     def summary_record(self):
         """Flat validation figures for run_log.append_metrics: {'val_eer/<list>': %,
-        'val_min_dcf@<p>/<list>': ..., '_asnorm' variants, and the calibrated figures}."""
+        'val_min_dcf@<p>/<list>': ..., their intervals as 'ci_val_eer/<list>': [low, high],
+        '_asnorm' variants, and the calibrated figures}."""
         record = {}
         for name, result in self.lists.items():
             for system, metrics in result.metrics.items():
@@ -110,6 +120,11 @@ class EvaluationReport:
                 record[f"val_eer{suffix}/{name}"] = metrics.eer
                 for p, value in metrics.min_dcf.items():
                     record[f"val_min_dcf{suffix}@{p}/{name}"] = value.value
+                intervals = result.intervals.get(system)
+                if intervals is not None:     # lists: kept in the file, not drawn as curves
+                    record[f"ci_val_eer{suffix}/{name}"] = list(intervals.eer)
+                    for p, bounds in intervals.min_dcf.items():
+                        record[f"ci_val_min_dcf{suffix}@{p}/{name}"] = list(bounds)
                 calibrated = result.calibrated if system == "raw" else None
                 if calibrated is not None:
                     record[f"val_cllr/{name}"] = calibrated.cllr

@@ -15,6 +15,7 @@ import numpy as np
 
 from speakernet import checkpoint
 from speakernet.errors import ResumeConflict
+from speakernet.options import stored_options
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ def find_resume_point(model_dir):
             state = checkpoint.load_file(path)
             if not isinstance(state, dict) or state.get("format") != checkpoint.FORMAT:
                 raise checkpoint.CheckpointError(f"{path} is not a resumable checkpoint of this project")
+            if "options" in state:
+                stored_options(state["options"], path)
             loaded.append((_progress(state), state, path))
         except checkpoint.CheckpointError as err:
             skipped.append((path, err))

@@ -298,3 +298,35 @@ def test_export_command_rebuilds_the_run_and_loads_its_checkpoint(tmp_path, caps
         exported = torch.jit.load(str(output))(wav)
         reference = vggvox_reference_forward(without_prefix(state), wav)
     torch.testing.assert_close(exported, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_strided_pointwise_conv_equals_a_strided_convolution():
+    from models._layers import StridedPointwiseConv
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(8, 16, 1, stride=(2, 1), bias=False)
+    ours = StridedPointwiseConv(8, 16, 1, stride=(2, 1), bias=False)
+    ours.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 8, 9, 7, requires_grad=True)
+    y = torch.randn(2, 8, 9, 7).copy_(x.detach()).requires_grad_(True)
+    expected, got = plain(x), ours(y)
+    assert got.shape == expected.shape == (2, 16, 5, 7)
+    assert torch.allclose(got, expected, atol=1e-6)
+    expected.square().sum().backward()
+    got.square().sum().backward()
+    assert torch.allclose(y.grad, x.grad, atol=1e-5)
+    assert torch.allclose(ours.weight.grad, plain.weight.grad, atol=1e-5)
+    with pytest.raises(ValueError):
+        StridedPointwiseConv(8, 16, 3, stride=2)
+
+
+def test_narrow_resnet_trains_in_channels_last(tmp_path):
+    """A quarter-width ResNet-34 on 30 frames: the strided 1x1 shortcut's backward in channels-
+    last crashed the process on an AMD EPYC (torch 2.14); run in a child so a crash fails here."""
+    import subprocess
+    import sys
+    script = ("import sys, torch; sys.path.insert(0, %r); from models.ResNet import MainModel; "
+              "torch.set_num_threads(1); m = MainModel(resnet_channels=8, nOut=32); "
+              "m(torch.randn(3, 30 * 160 + 240)).sum().backward(); print('trained')"
+              % str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-1000:]

@@ -3,8 +3,10 @@ line naming the input and the fix, exit status 2, and nothing written - or in a 
 with a warning."""
 import importlib
 import logging
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,6 +166,18 @@ def test_make_list_outputs_that_cannot_be_written(tmp_path, caplog):
     old.write_bytes(b"\xff\xfe binary\n")                  # an earlier file that is not UTF-8 text
     assert "--overwrite" in prep_fails(caplog, "--make_list", root, "--list_out", old)
     assert old.read_bytes() == b"\xff\xfe binary\n"
+
+
+def test_file_names_that_are_not_utf8_are_named_not_a_traceback(tmp_path, caplog, capsys):
+    root = tmp_path / "vox"
+    wav(root / "id1/v/1.wav")
+    odd = Path(os.fsdecode(bytes(root / "id1/v") + b"/\xff.wav"))   # soundfile cannot open such a name
+    wav(root / "id1/v/2.wav").rename(odd)
+    message = prep_fails(caplog, "--make_list", root, "--list_out", tmp_path / "list.txt")
+    assert "1 file paths are not UTF-8, the first 'id1/v/\\xff.wav'" in message
+    assert "1 problems" in prep_fails(caplog, "--check", root)
+    assert "id1/v/\\xff.wav: the file name is not UTF-8" in capsys.readouterr().out
+    assert odd.exists()
 
 
 def test_download_list_that_is_not_utf8(tmp_path, caplog):

@@ -189,6 +189,33 @@ def test_tampered_checkpoint_is_refused_by_name(finished, tmp_path, name):
     assert str(caught.value).startswith(f"{path} is not a usable checkpoint: its {fragment}")
 
 
+@pytest.mark.parametrize("key, value, fragment", [
+    ("nOut", "big", "its options: 'nOut' expects int, got 'big'"),
+    ("eval_frames", -5, "--eval_frames must be 0 (whole files) or positive, got -5"),
+    ("num_eval", 0, "--num_eval must be at least 1, got 0"),
+])
+def test_stored_options_out_of_type_or_range_are_refused(finished, tmp_path, key, value, fragment):
+    from speakernet.embedder import Embedder
+    path = tampered(finished[1], tmp_path, lambda s: s["options"].__setitem__(key, value))
+    with pytest.raises(CheckpointError) as caught:
+        Embedder.from_checkpoint(path)
+    assert str(caught.value).startswith(f"{path}: {fragment}")
+    assert "use another checkpoint" in str(caught.value)
+
+
+def test_resume_skips_a_checkpoint_with_altered_options(finished, tmp_path, caplog):
+    corpus, save = finished
+    run = shutil.copytree(save, tmp_path / "run")
+    assert trainSpeakerNet.main([str(a) for a in train_argv(corpus, run, max_epoch=2)]) == 0
+    newest = run / "model" / "model000000002.model"
+    state = checkpoint.load_file(newest)
+    state["options"]["nOut"] = "big"
+    torch.save(state, newest)
+    caplog.clear()
+    assert trainSpeakerNet.main([str(a) for a in train_argv(corpus, run, max_epoch=3)]) == 0
+    assert any("'nOut' expects int, got 'big'" in m and "resuming from" in m for m in warnings_of(caplog))
+
+
 def test_untampered_checkpoint_loads(finished, tmp_path):
     path = tampered(finished[1], tmp_path, lambda s: None)
     assert checkpoint.load_file(path)["epoch"] == 1

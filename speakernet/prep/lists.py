@@ -46,6 +46,10 @@ def make_list(args):
     if spaced:
         raise PrepError("--make_list %s: %d file paths contain whitespace, the first '%s' (rename those "
                         "files and folders without spaces)" % (root, len(spaced), spaced[0]))
+    undecodable = [path for _, path in lines if not_utf8(path)]
+    if undecodable:
+        raise PrepError("--make_list %s: %d file paths are not UTF-8, the first '%s' (rename those files and "
+                        "folders: lists are UTF-8 text)" % (root, len(undecodable), shown(undecodable[0])))
     lines = ["%s %s" % entry for entry in usable_entries(lines, root)]
     text = "".join(line + "\n" for line in lines)
     if os.path.exists(args.list_out):
@@ -61,6 +65,21 @@ def make_list(args):
     write_atomic(args.list_out, lines)
     print("Wrote %s: %d utterances of %d speakers (train_path %s)"
           % (args.list_out, len(lines), len({line.split()[0] for line in lines}), root))
+
+
+def not_utf8(name):
+    """Whether a file name holds bytes that are not UTF-8 (Python gives them as surrogates): no
+    list can name such a file, since lists are UTF-8 text."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def shown(name):
+    """`name` printable, its bytes that are not UTF-8 as \\x escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def usable_entries(entries, root):
@@ -165,6 +184,8 @@ def check(args):
 
     def header(item):
         label, path = item
+        if not_utf8(path):
+            return shown(label), 0, "the file name is not UTF-8 (rename it: lists are UTF-8 text)"
         if not os.path.exists(path):
             return label, 0, "missing"
         frames, _, _, problem = _read_header(path)
