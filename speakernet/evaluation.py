@@ -39,7 +39,7 @@ from speakernet.result_files import (EvaluationReport, ListResult, write_list_ou
                                      write_report)
 from speakernet.scoring import pair_scores, system_scores
 from speakernet.trial_sets import load_trial_lists, select_cohort, with_dev_list
-from tuneThreshold import compute_metrics
+from tuneThreshold import bootstrap_intervals, compute_metrics
 
 # Known by these names from here as well: the run folder's file naming (trainSpeakerNet) and
 # extraction shared across ranks (distributed callers).
@@ -63,6 +63,10 @@ def add_arguments(parser):
     g.add_argument("--frr_targets", type=probability_list, default="0.01",
                    help="also report the false-acceptance rate (and threshold) at these "
                         "false-rejection rates; comma-separated fractions, '' for none")
+    g.add_argument("--ci_replicates", type=count, default=300,
+                   help="report 95%% intervals beside EER and minDCF from this many bootstrap "
+                        "replicates, resampling files (trials share them); 0 = none, else at "
+                        "least 10")
     g.add_argument("--asnorm_top_n", type=count, default=0,
                    help="adaptive s-norm: normalise with the mean/std of each side's N best "
                         "cohort scores, reported beside the raw scores (0 = off; 300 is usual "
@@ -120,6 +124,7 @@ class EvalSettings:
     cohort_speakers: int = 0
     seed: int = 10
     calibration_prior: float = 0.0      # 0: the first of p_targets (calibration.py)
+    ci_replicates: int = 0              # bootstrap replicates of the intervals (0: none)
 
     def __post_init__(self):
         for name in ("p_targets", "far_targets", "frr_targets"):
@@ -127,6 +132,9 @@ class EvalSettings:
         if self.c_miss <= 0 or self.c_fa <= 0:
             raise UserError(f"--dcf_c_miss and --dcf_c_fa must be positive, got {self.c_miss} "
                             f"and {self.c_fa}")
+        if self.ci_replicates and not 10 <= self.ci_replicates <= 100_000:
+            raise UserError(f"--ci_replicates must be 0 (no intervals) or 10 to 100000, got "
+                            f"{self.ci_replicates} (300 gives stable 95% bounds)")
         if self.asnorm_top_n < 0 or self.cohort_utts < 1 or self.cohort_speakers < 0:
             raise UserError("--asnorm_top_n and --cohort_speakers must be 0 or more, "
                             "--cohort_utts at least 1")
@@ -139,7 +147,8 @@ class EvalSettings:
                    frr_targets=probability_list(options.frr_targets),
                    asnorm_top_n=options.asnorm_top_n, cohort_utts=options.cohort_utts,
                    cohort_speakers=options.cohort_speakers, seed=options.seed,
-                   calibration_prior=getattr(options, "calibration_prior", 0.0) or 0.0)
+                   calibration_prior=getattr(options, "calibration_prior", 0.0) or 0.0,
+                   ci_replicates=getattr(options, "ci_replicates", 0))
 
     def within_cohort(self, speakers):
         """These settings with asnorm_top_n at most the cohort's `speakers` (warned here, once,
@@ -213,8 +222,14 @@ def score_list(name, path, trials, embeddings, settings, normalize=True, cohort_
     if calibration is not None:
         calibrated = calibrating.calibrated_metrics(scores["raw"], trials.labels, calibration,
                                                     settings.p_targets, settings.c_miss, settings.c_fa)
+    intervals = {}
+    if settings.ci_replicates:
+        intervals = {system: bootstrap_intervals(values, trials.labels, trials.pairs[:, 0], trials.pairs[:, 1],
+                                                 settings.p_targets, settings.c_miss, settings.c_fa,
+                                                 replicates=settings.ci_replicates, seed=settings.seed)
+                     for system, values in scores.items() if metrics[system].eer is not None}
     return ListResult(name=name, path=str(path), trials=len(trials.labels), metrics=metrics,
-                      scores=scores, calibrated=calibrated)
+                      scores=scores, calibrated=calibrated, intervals=intervals)
 
 
 class Evaluation:

@@ -27,7 +27,7 @@ RESUMABLE = frozenset({
     "max_epoch", "test_interval", "keep_last", "max_bad_steps", "checkpoint_minutes", "checkpoint_steps",
     "train_path", "recheck_audio", "test_list", "test_path", "musan_path", "rir_path", "packs", "allow_outside_paths",
     "eval_frames", "num_eval", "dcf_p_target", "dcf_c_miss", "dcf_c_fa", "far_targets", "frr_targets",
-    "asnorm_top_n", "cohort_utts", "cohort_speakers", "eval", "extract", "extract_list", "extract_crops",
+    "asnorm_top_n", "ci_replicates", "cohort_utts", "cohort_speakers", "eval", "extract", "extract_list", "extract_crops",
 })
 
 

@@ -99,3 +99,32 @@ def test_file_names_unlabelled_trials_and_seeding():
     with pytest.raises(ValueError):
         bootstrap_intervals(scores, labels, a, b, level=1.5)
     assert tuneThreshold.Intervals.as_dict(numbered)["eer"] == list(numbered.eer)
+
+
+def test_evaluation_reports_intervals_in_log_json_and_metrics_record():
+    import torch
+    from speakernet import evaluation
+    from speakernet.result_files import EvaluationReport
+    from speakernet.trial_sets import TrialList
+    rng = np.random.default_rng(2)
+    speakers = np.repeat(np.arange(10), 4)
+    embeddings = torch.as_tensor(rng.normal(size=(10, 16))[speakers] + 0.8 * rng.normal(size=(40, 16)))
+    pairs = np.array([(i, j) for i in range(40) for j in range(i + 1, 40)])
+    labels = (speakers[pairs[:, 0]] == speakers[pairs[:, 1]]).astype(int)
+    trials = TrialList(labels=labels, pairs=pairs, files=[f"{i}.wav" for i in range(40)],
+                       lengths=np.full(40, 16000))
+    settings = evaluation.EvalSettings(ci_replicates=50)
+    result = evaluation.score_list("trials", "trials.txt", trials, embeddings.float(), settings)
+    expected = bootstrap_intervals(result.scores["raw"], labels, pairs[:, 0], pairs[:, 1],
+                                   replicates=50, seed=settings.seed)
+    assert result.intervals["raw"] == expected
+    low, high = expected.eer
+    assert f"EER {result.eer:.2f}% [{low:.2f}, {high:.2f}]" in result.describe()
+    assert result.as_dict()["metrics"]["raw"]["intervals"]["eer"] == [low, high]
+    report = EvaluationReport(tag="t", time="now", settings=settings, files=40, lists={"trials": result})
+    assert report.summary_record()["ci_val_eer/trials"] == [low, high]
+    off = evaluation.score_list("trials", "trials.txt", trials, embeddings.float(),
+                                evaluation.EvalSettings(ci_replicates=0))
+    assert off.intervals == {} and "[" not in off.describe()
+    with pytest.raises(Exception, match="--ci_replicates"):
+        evaluation.EvalSettings(ci_replicates=5)

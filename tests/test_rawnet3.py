@@ -160,9 +160,10 @@ def reference_state(seed=0):
             value = 50 + 1500 * torch.rand(shape, generator=gen)
         elif len(shape) >= 2:
             value = torch.randn(shape, generator=gen) * (1.0 / math.prod(shape[1:])) ** 0.5
+        elif name.endswith("weight"):                      # BN and instance-norm gains
+            value = 0.5 + 0.2 * torch.randn(shape, generator=gen)
         else:
-            value = 0.5 + 0.2 * torch.randn(shape, generator=gen) if name.endswith("weight") else \
-                0.1 * torch.randn(shape, generator=gen)
+            value = 0.1 * torch.randn(shape, generator=gen)
         state[name] = value
     half = 251 // 2
     state["conv1.filterbank.window_"] = torch.from_numpy(np.hamming(251)[:half]).float()
@@ -222,9 +223,9 @@ def reference_embedding(state, wav):
     return F.linear(bn(torch.cat([mu, sg], 1), "bn5"), state["fc6.weight"], state["fc6.bias"])
 
 
-def trainer_model(argv=()):
+def trainer_model():
     import trainSpeakerNet            # here, so that only the tests that need it import it
-    resolved = options.parse_options(["--config", str(CONFIG), "--nClasses", str(CLASSES), *argv])
+    resolved = options.parse_options(["--config", str(CONFIG), "--nClasses", str(CLASSES)])
     torch.manual_seed(0)
     return trainSpeakerNet.build_model(resolved)
 
@@ -236,7 +237,7 @@ def speakernet_state(encoder_state, seed=1):
 
 
 LAYOUTS = {
-    # trainSpeakerNet.py's saveParameters today, and before 2026 (a bare SpeakerNet state).
+    # trainSpeakerNet.py's saveParameters now, and in earlier versions (a bare SpeakerNet state).
     "model_state_dict": lambda enc: {"model_state_dict": speakernet_state(enc), "epoch": 3,
                                      "optimizer_state_dict": {"state": {}, "param_groups": []}},
     "state_dict": speakernet_state,
