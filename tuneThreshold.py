@@ -25,6 +25,7 @@ __all__ = [
     "tuneThresholdfromScore", "ComputeErrorRates", "ComputeMinDcf",
     "compute_eer", "compute_min_dcf", "error_rates_at", "detection_cost",
     "compute_metrics", "det_curve", "Metrics", "MinDcf", "OperatingPoint",
+    "bootstrap_intervals", "bootstrap_replicates", "paired_bootstrap", "Intervals", "PairedComparison",
 ]
 
 
@@ -430,33 +431,87 @@ def bootstrap_intervals(scores, labels, enroll, test, p_targets=(0.05, 0.01), c_
     them per block of the sorted trials, and finds EER and minDCF from the block sums,
     recounting exactly only the blocks that can hold the optimum (_WeightedPoints).
     """
+    (figures,) = bootstrap_replicates([scores], labels, enroll, test, p_targets, c_miss, c_fa,
+                                     replicates, level, seed)
+    return Intervals(level=level, replicates=len(figures["eer"]), eer=_bounds(figures["eer"], level),
+                     min_dcf={p: _bounds(v, level) for p, v in figures.items() if p != "eer"})
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """System B against system A on the same trials: the observed differences B - A (EER in
+    points of %, minDCF), their bootstrap intervals, and two-sided bootstrap p-values."""
+    level: float
+    replicates: int
+    difference: dict            # 'eer' or '%g' prior -> B - A on the whole list
+    interval: dict              # same keys -> (low, high) of B - A
+    p_value: dict               # same keys -> twice the smaller share of replicates on one side of 0
+
+    def as_dict(self):
+        return {"level": self.level, "replicates": self.replicates, "method": BOOTSTRAP_METHOD,
+                "difference": dict(self.difference), "p_value": dict(self.p_value),
+                "interval": {k: list(v) for k, v in self.interval.items()}}
+
+
+def paired_bootstrap(scores_a, scores_b, labels, enroll, test, p_targets=(0.05, 0.01), c_miss=1.0,
+                     c_fa=1.0, replicates=1000, level=0.95, seed=0):
+    """Compare two systems scored on the same trial list -> PairedComparison.
+
+    Both systems see the same resampled files in every replicate (bootstrap_intervals' scheme),
+    so what the trials share cancels from the difference: the interval of B - A is far
+    narrower than the two intervals side by side suggest. The p-value is the share of
+    replicates on the far side of 0, doubled (the percentile bootstrap test)."""
+    scores_a, scores_b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    if scores_a.shape != scores_b.shape:
+        raise ValueError(f"both systems must score the same trials, got {scores_a.shape} and {scores_b.shape}")
+    first, second = bootstrap_replicates([scores_a, scores_b], labels, enroll, test, p_targets, c_miss,
+                                        c_fa, replicates, level, seed)
+    whole = [compute_metrics(s, labels, p_targets, c_miss, c_fa) for s in (scores_a, scores_b)]
+    observed = {"eer": whole[1].eer - whole[0].eer}
+    observed.update({p: whole[1].min_dcf[p].value - whole[0].min_dcf[p].value for p in whole[0].min_dcf})
+    differences = {key: np.asarray(second[key]) - np.asarray(first[key]) for key in first}
+    return PairedComparison(
+        level=level, replicates=len(first["eer"]), difference=observed,
+        interval={key: _bounds(d, level) for key, d in differences.items()},
+        p_value={key: float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
+                 for key, d in differences.items()})
+
+
+def _bounds(values, level):
+    return tuple(float(v) for v in np.percentile(values, [50 * (1 - level), 50 * (1 + level)]))
+
+
+def bootstrap_replicates(systems, labels, enroll, test, p_targets, c_miss, c_fa, replicates, level, seed):
+    """[{'eer': [...], '%g' prior: [...]} per system]: the figures of each bootstrap replicate
+    (bootstrap_intervals' scheme), every system weighted by the same file weights in a
+    replicate, so that figures of systems on the same trials can be compared or averaged
+    replicate by replicate (replicates losing a class are dropped)."""
     _validate_costs(p_targets[0] if p_targets else 0.5, c_miss, c_fa)
     if not 0 < level < 1 or replicates < 10:
         raise ValueError(f"level must lie in (0, 1) and replicates be at least 10, got {level}, {replicates}")
     labels = np.asarray(labels)
     keep = labels >= 0
     file_a, file_b = _file_indices(np.asarray(enroll)[keep], np.asarray(test)[keep])
-    scores, is_target = _validate(np.asarray(scores, dtype=np.float64)[keep], labels[keep])
-    points = _WeightedPoints(scores, is_target)
-    order = points.order
-    a, b = file_a[order], file_b[order]
-    n_files = max(int(a.max()), int(b.max())) + 1
+    points = []
+    for scores in systems:
+        scores, is_target = _validate(np.asarray(scores, dtype=np.float64)[keep], labels[keep])
+        system = _WeightedPoints(scores, is_target)
+        points.append((system, file_a[system.order], file_b[system.order]))
+    n_files = max(int(file_a.max()), int(file_b.max())) + 1
     rng = np.random.default_rng(seed)
-    eers, dcfs = [], {_key(p): [] for p in p_targets}
+    figures = [{"eer": [], **{_key(p): [] for p in p_targets}} for _ in systems]
     for _ in range(replicates):
         # Poisson(1) counts stay far below 256, so products fit 16 bits (half the memory
         # traffic of float32 in the gathers, which dominate).
         weights = np.minimum(rng.poisson(1.0, size=n_files), 255).astype(np.uint16)
-        if not points.reweight(np.take(weights, a) * np.take(weights, b)):
+        usable = [system.reweight(np.take(weights, a) * np.take(weights, b)) for system, a, b in points]
+        if not all(usable):
             continue                          # the replicate lost every target or non-target
-        eers.append(points.eer())
-        for p in p_targets:
-            dcfs[_key(p)].append(points.min_dcf(p, c_miss, c_fa))
-    tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
-    return Intervals(level=level, replicates=len(eers),
-                     eer=tuple(float(v) for v in np.percentile(eers, tails)),
-                     min_dcf={p: tuple(float(v) for v in np.percentile(values, tails))
-                              for p, values in dcfs.items()})
+        for (system, _, _), found in zip(points, figures):
+            found["eer"].append(system.eer())
+            for p in p_targets:
+                found[_key(p)].append(system.min_dcf(p, c_miss, c_fa))
+    return figures
 
 
 class _WeightedPoints:

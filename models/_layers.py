@@ -201,6 +201,10 @@ class StridedPointwiseConv(nn.Conv2d):
             raise ValueError("StridedPointwiseConv is a 1x1 convolution without padding or groups")
 
     def forward(self, x):
+        # Only the backward crashed: inference, and graphs traced for export (whose exporter
+        # cannot bound a strided slice of a dynamic length), keep the strided convolution.
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return super().forward(x)
         rows, columns = self.stride
         return F.conv2d(x[:, :, ::rows, ::columns], self.weight, self.bias)
 

@@ -128,3 +128,47 @@ def test_evaluation_reports_intervals_in_log_json_and_metrics_record():
     assert off.intervals == {} and "[" not in off.describe()
     with pytest.raises(Exception, match="--ci_replicates"):
         evaluation.EvalSettings(ci_replicates=5)
+
+
+def two_systems(rng, gain, files=80, trials=3000):
+    """Two systems scoring the same crossed trials: the same file offsets (what the trials
+    share), each its own trial noise; B separates the classes better by `gain`."""
+    offset = rng.normal(0, 1.0, files)
+    a, b = rng.integers(0, files, trials), rng.integers(0, files, trials)
+    labels = (rng.random(trials) < 0.3).astype(int)
+    shared = offset[a] + offset[b]
+    first = 3.0 * labels + shared + rng.normal(0, 0.5, trials)
+    second = (3.0 + gain) * labels + shared + rng.normal(0, 0.5, trials)
+    return first, second, labels, a, b
+
+
+def test_paired_comparison_of_a_system_with_itself_is_null():
+    rng = np.random.default_rng(1)
+    first, _, labels, a, b = two_systems(rng, 0.0)
+    same = tuneThreshold.paired_bootstrap(first, first, labels, a, b, replicates=50)
+    assert same.difference["eer"] == 0 and same.interval["eer"] == (0.0, 0.0)
+    assert same.p_value == {"eer": 1.0, "0.05": 1.0, "0.01": 1.0}
+
+
+def test_paired_comparison_finds_a_better_system_and_is_narrower_than_two_intervals():
+    rng = np.random.default_rng(4)
+    first, second, labels, a, b = two_systems(rng, 0.6)
+    compared = tuneThreshold.paired_bootstrap(first, second, labels, a, b, replicates=300)
+    assert compared.difference["eer"] == pytest.approx(
+        compute_eer(second, labels)[0] - compute_eer(first, labels)[0])
+    low, high = compared.interval["eer"]
+    assert low <= compared.difference["eer"] <= high < 0 and compared.p_value["eer"] < 0.01
+    separate = [bootstrap_intervals(s, labels, a, b, replicates=300).eer for s in (first, second)]
+    assert separate[0][0] < separate[1][1]           # the intervals side by side overlap
+    assert high - low < 0.5 * ((separate[0][1] - separate[0][0]) + (separate[1][1] - separate[1][0]))
+
+
+def test_paired_p_values_are_not_small_when_systems_are_equally_good():
+    rng = np.random.default_rng(9)
+    small = 0
+    runs = 30
+    for run in range(runs):
+        first, second, labels, a, b = two_systems(rng, 0.0)
+        small += tuneThreshold.paired_bootstrap(first, second, labels, a, b, replicates=150,
+                                                seed=run).p_value["eer"] < 0.05
+    assert small / runs <= 0.2           # nominal 0.05; 30 runs: 0.05 + 3.5 sd is about 0.19

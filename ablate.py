@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Run an ablation: variants of one config x seeds, each an ordinary training run, then one
+table (markdown and CSV) and one figure with intervals and paired tests against the base.
+
+    python3 ablate.py --config configs/demo.yaml --vary trainfunc=angleproto,softmaxproto --seeds 1,2,3
+    python3 ablate.py --config X.yaml --variant "trainfunc=aamsoftmax margin=0.2" --variant "trainfunc=angleproto"
+    python3 ablate.py --config X.yaml --vary margin=0.1,0.2 --vary scale=15,30 -- --max_epoch 4
+
+`--vary` values make a grid (every combination); `--variant` gives the variants one by one.
+The first variant is the base every other is compared with. Options after `--` go to every
+run. Each run trains in save_path/<variant>/seed<S> as trainSpeakerNet.py would, so a stopped
+ablation resumes where it stopped and finished runs are not run again; a run that fails is
+marked in the table and the others go on. speakernet/ablation.py computes the table.
+"""
+import argparse
+import difflib
+import itertools
+import logging
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from speakernet import ablation
+from speakernet.errors import UserError
+from speakernet.options import COMPONENT_OPTIONS, parse_options
+
+log = logging.getLogger("ablate")
+TRAINER = Path(__file__).resolve().parent / "trainSpeakerNet.py"
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="the base YAML file of every run")
+    p.add_argument("--vary", action="append", default=[], metavar="OPTION=V1,V2",
+                   help="an option and its values; several --vary make a grid")
+    p.add_argument("--variant", action="append", default=[], metavar="'OPTION=V OPTION=V'",
+                   help="one variant as option=value pairs (instead of --vary)")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated --seed values of every variant")
+    p.add_argument("--save_path", default="exps/ablation", help="folder of the runs and the table")
+    p.add_argument("--p_target", type=float, default=0.05, help="the minDCF prior in the table")
+    p.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates of intervals and tests")
+    p.add_argument("--dry_run", action="store_true", help="list the runs and exit")
+    return p
+
+
+def parse_assignments(text, origin):
+    """'a=1 b=2' -> [('a', '1'), ('b', '2')]."""
+    pairs = []
+    for item in text.split():
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UserError(f"{origin} {text!r}: expected OPTION=VALUE items, got {item!r}")
+        pairs.append((key.lstrip("-"), value))
+    return pairs
+
+
+def variants_of(args):
+    """[(name, [(option, value)])], the base first."""
+    if args.vary and args.variant:
+        raise UserError("give either --vary (a grid) or --variant (a list), not both")
+    if args.variant:
+        return [(_name(pairs), pairs) for pairs in (parse_assignments(v, "--variant") for v in args.variant)]
+    axes = []
+    for text in args.vary:
+        (key, values), = parse_assignments(text, "--vary")
+        choices = [v for v in values.split(",") if v]
+        if len(set(choices)) != len(choices):
+            raise UserError(f"--vary {text}: a value is repeated")
+        axes.append([(key, v) for v in choices])
+    if not axes:
+        raise UserError("nothing to compare: give --vary OPTION=V1,V2 or two --variant")
+    return [(_name(list(combo)), list(combo)) for combo in itertools.product(*axes)]
+
+
+def _name(pairs):
+    return ",".join(f"{k}={v}" for k, v in pairs) or "base"
+
+
+def seeds_of(text):
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: give whole numbers separated by commas, e.g. 1,2,3") from None
+    if not seeds:
+        raise UserError("--seeds is empty; give e.g. 1,2,3")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UserError(f"--seeds {text}: {', '.join(map(str, repeated))} repeated (each seed runs once)")
+    return seeds
+
+
+def folder_of(name):
+    return re.sub(r"[^A-Za-z0-9_.,=-]+", "_", name)
+
+
+def run_argv(args, extra, pairs, seed, save):
+    argv = ["--config", args.config]
+    for key, value in pairs:
+        argv += [f"--{key}", value]
+    return argv + list(extra) + ["--seed", str(seed), "--save_path", str(save)]
+
+
+def plan(args, extra):
+    """[(variant, seed, save_path, argv, max_epoch)], every run's options checked first."""
+    runs = []
+    seeds = seeds_of(args.seeds)
+    base_options = set(vars(parse_options(run_argv(args, extra, [], seeds[0], args.save_path))))
+    for name, pairs in variants_of(args):
+        changes_components = any(key in COMPONENT_OPTIONS for key, _ in pairs)
+        for key, _ in pairs:
+            if key not in base_options and not changes_components:
+                hint = difflib.get_close_matches(key, sorted(base_options), n=1)
+                raise UserError(f"variant {name}: no option '{key}'" + (f"; did you mean '{hint[0]}'?" if hint else ""))
+        for seed in seeds:
+            save = Path(args.save_path) / folder_of(name) / f"seed{seed}"
+            argv = run_argv(args, extra, pairs, seed, save)
+            try:
+                options = parse_options(argv)
+            except SystemExit:          # argparse has printed why (an unknown option, say)
+                raise UserError(f"variant {name}: the trainer refuses its options (see above)") from None
+            except UserError as err:
+                raise UserError(f"variant {name}: {err}") from None
+            unknown = [k for k, _ in pairs if k not in vars(options)]
+            if unknown:
+                raise UserError(f"variant {name}: no option {', '.join(unknown)}")
+            runs.append((name, seed, save, argv, options.max_epoch))
+    return runs
+
+
+def finished(save, max_epoch):
+    return (save / "result" / f"results_epoch{max_epoch:04d}.json").is_file()
+
+
+def train(argv):
+    """One run as its own process (a crash or a bad input ends that run only) -> exit status."""
+    return subprocess.run([sys.executable, str(TRAINER), *argv]).returncode
+
+
+def run_all(runs):
+    """{variant: {seed: RunScores or why not}}, running what is not finished yet."""
+    results = {}
+    for number, (name, seed, save, argv, max_epoch) in enumerate(runs, start=1):
+        label = f"[{number}/{len(runs)}] {name}, seed {seed}"
+        if finished(save, max_epoch):
+            log.info("%s: finished earlier, in %s", label, save)
+        else:
+            log.info("%s: training in %s", label, save)
+            code = train(argv)
+            if code != 0:
+                log.error("%s: the run failed with exit status %d (its log: %s); going on", label, code,
+                          save / "train.log")
+                results.setdefault(name, {})[seed] = f"exit status {code}"
+                continue
+        try:
+            results.setdefault(name, {})[seed] = ablation.read_run_scores(save)
+        except UserError as err:
+            results.setdefault(name, {})[seed] = str(err)
+    return results
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ours, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = build_parser().parse_args(ours)
+    started = time.monotonic()
+    try:
+        if args.replicates < 10:
+            raise UserError(f"--replicates must be at least 10, got {args.replicates}")
+        runs = plan(args, extra)
+        if args.dry_run:
+            for name, seed, save, run, _ in runs:
+                log.info("%s, seed %d: trainSpeakerNet.py %s", name, seed, " ".join(run))
+            return 0
+        results = run_all(runs)
+        rows = ablation.summarise(results, args.p_target, args.replicates)
+        paths = ablation.write_outputs(rows, args.save_path, args.p_target, title=f"ablation of {args.config}")
+    except UserError as err:
+        log.error("%s", err)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; finished runs are kept: run the same command to go on")
+        return 130
+    log.info("\n%s", ablation.markdown_table(rows, args.p_target))
+    log.info("%d runs in %.1f min; wrote %s", len(runs), (time.monotonic() - started) / 60,
+             ", ".join(map(str, paths)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
