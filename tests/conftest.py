@@ -92,6 +92,16 @@ def make_corpus(root, train_speakers=6, train_utts=4, test_speakers=3, test_utts
 
 
 @pytest.fixture
+def config(tmp_path):
+    """Write YAML text to a file and return its path."""
+    def write(text, name="config.yaml"):
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+    return write
+
+
+@pytest.fixture
 def corpus(tmp_path):
     return make_corpus(tmp_path / "corpus")
 

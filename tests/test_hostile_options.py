@@ -20,16 +20,6 @@ from DatasetLoader import read_train_list
 REQUIRED = ["--model", "ResNetSE34L", "--trainfunc", "angleproto"]
 
 
-@pytest.fixture
-def config(tmp_path):
-    """Write YAML text to a file and return its path."""
-    def write(text, name="config.yaml"):
-        path = tmp_path / name
-        path.write_text(text)
-        return str(path)
-    return write
-
-
 def parse_error(argv):
     with pytest.raises(OptionError) as err:
         parse_options(argv)

@@ -18,16 +18,6 @@ from speakernet.options import OptionError, parse_options
 REQUIRED = ["--model", "ResNetSE34L", "--trainfunc", "angleproto"]
 
 
-@pytest.fixture
-def config(tmp_path):
-    """Write YAML text to a file and return its path."""
-    def write(text, name="config.yaml"):
-        path = tmp_path / name
-        path.write_text(text)
-        return str(path)
-    return write
-
-
 def run_main(argv, caplog):
     """main(argv) -> (exit code, messages of the trainer's ERROR records)."""
     caplog.clear()

@@ -10,16 +10,6 @@ from speakernet.options import OptionError, parse_options
 REQUIRED = ["--model", "ResNetSE34L", "--trainfunc", "angleproto"]
 
 
-@pytest.fixture
-def config(tmp_path):
-    """Write YAML text to a file and return its path."""
-    def write(text, name="config.yaml"):
-        path = tmp_path / name
-        path.write_text(text)
-        return str(path)
-    return write
-
-
 # ------------------------------------------------------------------ precedence
 
 def test_default_when_neither_yaml_nor_cli():
