@@ -190,20 +190,21 @@ def _frequency_stride(stride):
 
 
 class StridedPointwiseConv(nn.Conv2d):
-    """A strided 1x1 convolution computed as the 1x1 convolution of the strided input: the same
-    result, parameters and names. torch 2.14's backward of a strided 1x1 convolution on
-    channels-last tensors crashes the process (SIGSEGV) for narrow layers on some AVX-512 CPUs
-    (8 -> 16 channels on an AMD EPYC; tests/test_encoders.py keeps that case)."""
+    """A strided 1x1 convolution that, in layers of fewer than 16 input channels, trains as the
+    1x1 convolution of the strided input: the same result, parameters and names. torch 2.14's
+    backward of a strided 1x1 convolution on channels-last tensors crashes the process (SIGSEGV)
+    for 2 to 15 input channels on an AMD EPYC with AVX-512 (16 and more never did); wider layers,
+    inference and graphs traced for export (whose exporter cannot bound a strided slice of a
+    dynamic length) keep the strided convolution, so their results stay bit-identical."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.kernel_size != (1, 1) or self.padding != (0, 0) or self.groups != 1:
             raise ValueError("StridedPointwiseConv is a 1x1 convolution without padding or groups")
+        self.subsample_first = self.in_channels < 16
 
     def forward(self, x):
-        # Only the backward crashed: inference, and graphs traced for export (whose exporter
-        # cannot bound a strided slice of a dynamic length), keep the strided convolution.
-        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if not self.subsample_first or not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return super().forward(x)
         rows, columns = self.stride
         return F.conv2d(x[:, :, ::rows, ::columns], self.weight, self.bias)

@@ -317,6 +317,13 @@ def test_strided_pointwise_conv_equals_a_strided_convolution():
     assert torch.allclose(ours.weight.grad, plain.weight.grad, atol=1e-5)
     with pytest.raises(ValueError):
         StridedPointwiseConv(8, 16, 3, stride=2)
+    # Layers of 16 channels and more compute exactly what nn.Conv2d does, gradients included.
+    wide, reference = StridedPointwiseConv(16, 32, 1, stride=2, bias=False), torch.nn.Conv2d(16, 32, 1, stride=2, bias=False)
+    wide.load_state_dict(reference.state_dict())
+    z = torch.randn(2, 16, 9, 7)
+    for layer in (wide, reference):
+        layer(z).square().sum().backward()
+    assert torch.equal(wide.weight.grad, reference.weight.grad)
 
 
 def test_narrow_resnet_trains_in_channels_last(tmp_path):
