@@ -304,6 +304,12 @@ class SpeakerBalancedSampler:
     def __len__(self):
         return len(self._epoch_plan()) // self.world_size - self._skip
 
+    def planned_steps(self, epoch):
+        """Batches (optimizer steps) `epoch` plans for each rank, skipped ones included."""
+        if self._planned[0] != epoch:
+            self.plan(epoch)
+        return len(self._planned[1]) // self.world_size
+
 
 # ---------------------------------------------------------------------------- the dataset
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from speakernet.checkpoint import restore_rng
 from models._padded import length_buckets, pad_waveforms, padded_batch, supports_padded_batches
 from speakernet.eval_crops import TestDataset
-from loss._objective import as_contract
+from loss._objective import ContractDefaults, RunContext, as_contract
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +73,33 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=mixedprec and device.type == "cuda")
         self.step = 0
         self.max_bad_steps = max_bad_steps     # non-finite losses skipped per epoch before stopping
+        self.run = RunContext()
+        # Unscaling the gradients costs a pass over them: only for objectives that look at them.
+        self.after_backward = (type(self.contract).on_after_backward
+                               is not ContractDefaults.on_after_backward)
+
+    def start_run(self, max_epoch, world_size=1):
+        """Tell the objective the run's length (on_train_start), once before the first epoch."""
+        self.run = RunContext(max_epoch=max_epoch, step=self.step, world_size=world_size)
+        self.contract.on_train_start(self.run)
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.mixedprec)
 
     def train_epoch(self, loader, epoch, resume=None, after_step=None):
-        """Train one epoch; -> {'loss', 'metric', 'utt_per_s', 'data_wait', 'lr', 'steps'}.
+        """Train one epoch; -> {'loss', 'metric', 'utt_per_s', 'data_wait', 'lr', 'steps'} and
+        the objective's on_epoch_end diagnostics.
 
         resume: a mid-epoch checkpoint's {'batch', 'totals', 'rng'} (the loader's sampler was
         told to skip those batches); after_step(batch, totals) is called after every step."""
         self.model.train()
+        total = len(loader) if hasattr(loader, "__len__") else None
+        self.run.epoch, self.run.batch = epoch, resume["batch"] if resume else 0
+        self.run.steps_per_epoch = (total or 0) + self.run.batch
         self.contract.on_epoch_start(epoch)
         totals = {"loss": 0.0, "metric": 0.0, "count": 0, "utterances": 0, "bad_steps": 0, "batch": 0}
         start = last = time.perf_counter()
         wait = 0.0
-        total = len(loader) if hasattr(loader, "__len__") else None
         batches = iter(loader)
         if resume:
             # After the loader's iterator exists (its creation draws from the torch generator),
@@ -111,9 +123,13 @@ class Trainer:
             self.scheduler.step()
         elif self.step_unit == "loss":
             self.scheduler.step(totals["loss"] / count)
-        return {"loss": totals["loss"] / count, "metric": totals["metric"] / count,
-                "utt_per_s": totals["utterances"] / elapsed, "data_wait": wait / elapsed,
-                "lr": self.optimizer.param_groups[0]["lr"], "steps": totals["count"]}
+        stats = {"loss": totals["loss"] / count, "metric": totals["metric"] / count,
+                 "utt_per_s": totals["utterances"] / elapsed, "data_wait": wait / elapsed,
+                 "lr": self.optimizer.param_groups[0]["lr"], "steps": totals["count"]}
+        diagnostics = self.contract.on_epoch_end(epoch) or {}
+        if diagnostics and self.is_main:
+            log.info("epoch %d: %s", epoch, " ".join(f"{k} {v:.4g}" for k, v in diagnostics.items()))
+        return {**stats, **{k: float(v) for k, v in diagnostics.items() if k not in stats}}
 
     def _step(self, views, labels, extras, frames, totals, epoch):
         """One optimizer step on a batch; False when its loss was not finite and it was skipped."""
@@ -135,9 +151,13 @@ class Trainer:
             return False
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.after_backward:
+            self.scaler.unscale_(self.optimizer)
+            self.contract.on_after_backward([p for p in self.model.parameters() if p.grad is not None])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
+        self.run.step, self.run.batch = self.step, totals["batch"]
         self.contract.on_step_end(self.step)
         if self.step_unit == "iteration":
             self.scheduler.step()

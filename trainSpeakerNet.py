@@ -166,6 +166,7 @@ def build_training_data(options, model, device, rank, world_size):
 def build_trainer(options, model, device, data, is_main):
     optimizer = plugins.factory("optimizer", options.optimizer)(model.parameters(), **vars(options))
     settings = {k: v for k, v in vars(options).items() if k != "optimizer"}
+    settings["steps_per_epoch"] = data.sampler.planned_steps(1)      # iteration schedules
     scheduler, step_unit = plugins.factory("scheduler", options.scheduler)(optimizer, **settings)
     ddp_model = None
     if options.distributed:
@@ -244,6 +245,7 @@ def epoch_loop(options, model, trainer, data, save_path, point):
     mid_epoch = resume.MidEpochCheckpoints(model_dir, options.checkpoint_minutes, options.checkpoint_steps,
                                            enabled=is_main)
     start_epoch = point.start_epoch if point else 1
+    trainer.start_run(options.max_epoch, data.sampler.world_size)
     report = None
     if point and not point.partial and not validation.recorded(point.state["epoch"]):
         # The run stopped between writing this epoch's checkpoint and recording its evaluation.

@@ -28,6 +28,23 @@ class Needs:
     classifier: bool = False   # has an output layer over --nClasses training speakers
 
 
+@dataclass
+class RunContext:
+    """What the trainer knows of the run and an objective may read (given by on_train_start,
+    kept current by the trainer): schedules per iteration need the steps of the epoch."""
+    max_epoch: int = 1
+    epoch: int = 1                 # the epoch in progress
+    steps_per_epoch: int = 1       # optimizer steps this epoch plans on this rank (the real loader's)
+    batch: int = 0                 # batches of this epoch done so far (resumed ones included)
+    step: int = 0                  # optimizer steps of the run so far
+    world_size: int = 1
+
+    def progress(self):
+        """Share of the run done, in [0, 1]: (epochs done + this epoch's share) / max_epoch."""
+        within = min(self.batch / max(self.steps_per_epoch, 1), 1.0)
+        return min((self.epoch - 1 + within) / max(self.max_epoch, 1), 1.0)
+
+
 class ContractDefaults:
     """The defaults and no-op hooks of the contract."""
     needs = Needs()
@@ -53,6 +70,9 @@ class ContractDefaults:
     def receive_data(self, answer):
         """The data side's answer to data_request."""
 
+    def on_train_start(self, run):
+        """Once before training, with the trainer's RunContext (kept current during the run)."""
+
     def attach_encoder(self, encoder):
         """Given the encoder once, when SpeakerNet is built (momentum copies, teachers)."""
 
@@ -61,6 +81,15 @@ class ContractDefaults:
 
     def on_batch_start(self, frames):
         """The frames of every view of the coming batch (length-aware margins)."""
+
+    def on_epoch_end(self, epoch):
+        """After an epoch's last step: {name: number} to log and record with the epoch's
+        statistics (diagnostics), or None."""
+        return None
+
+    def on_after_backward(self, parameters):
+        """After backward, before the optimizer step, with the trained parameters (their
+        gradients unscaled): gradient clipping."""
 
     def on_step_end(self, step):
         """After each optimizer step: EMA teachers, queues."""

@@ -30,20 +30,34 @@ Centring: c <- mc c + (1 - mc) mean(t over the batch's global views), mc = 0.9 (
 --distributed the mean is all-reduced over the ranks, so it is the global batch's and every
 rank keeps the same centre (as DINO does).
 Teacher: theta_t <- m theta_t + (1 - m) theta_s after every optimizer step, with
-m = 1 - (1 - m0)(1 + cos(pi (e - 1) / E)) / 2 for epoch e of E, from m0 = 0.996 towards 1
-(DINO's cosine schedule; the paper gives none of its own). DINO evaluates it per iteration;
-we hold it per epoch, so it depends on the epoch alone (steps per epoch are not known to
-the objective) and a resumed run gets the same values. The teacher's and the centre's
-updates happen in on_step_end, so a step skipped for a non-finite loss changes neither.
+m = 1 - (1 - m0)(1 + cos(pi p)) / 2, p the share of the run done (RunContext.progress: epochs
+done plus this epoch's batches over its planned steps, so it moves every iteration, as in
+DINO, and a resumed run gets the same values), from m0 = 0.996 towards 1 (DINO's cosine
+schedule; the paper gives none of its own). The teacher's and the centre's updates happen in
+on_step_end, so a step skipped for a non-finite loss changes neither.
 DINO also freezes the last layer's weights in the first epoch (--dino_freeze_last_layer 1).
+
+Stabilisers that every speaker DINO recipe uses, though the paper's text does not name them:
+- Gradient clipping (on_after_backward): each trained parameter's gradient is scaled to norm
+  at most --dino_clip_grad (DINO's clip_gradients, per parameter, 3.0 in DINO main_dino.py and
+  in 3D-Speaker's RDINO egs/voxceleb/sv-rdino/conf/rdino.yaml: clip_grad 3.0).
+- Teacher-temperature warm-up: tau_t rises linearly from --dino_warmup_teacher_temp to
+  --dino_teacher_temp over --dino_warmup_teacher_temp_epochs epochs, then stays (DINO's
+  teacher_temp_schedule; RDINO: 0.04 -> 0.07 over 30 epochs). Default 0 epochs: the paper's
+  fixed 0.04.
+- Learning-rate warm-up is the scheduler's: --scheduler warmup_exp --warmup_decay cosine is
+  DINO's linear warm-up then cosine decay, per iteration (RDINO: warmup_epochs 20).
+
+Diagnostics (logged at the end of each epoch, from the epoch's batches): the teacher
+targets' entropy (ln K when uniform: collapse to uniformity; 0: collapse to one prototype),
+KL(teacher || student) (near 0 with a high entropy: both collapsed to uniform), and the
+effective rank (exp of the entropy of the normalised singular values) of the student's
+embeddings of the last batch (1: every utterance maps to one direction).
+
 Metric: how often the student's view and the teacher's global view pick the same prototype,
 in percent; the teacher's pick is that of its target, i.e. of the centred output t - c (the raw
 output's argmax is mostly the component shared by the whole batch, which the centre removes:
 it reads near 100% while the targets are almost uniform and nothing is learnt).
-
-Not here (the paper's text does not mention them and the trainer has no hook for them):
-DINO's gradient clipping (3.0), its learning-rate warm-up, and its teacher-temperature
-warm-up.
 """
 import logging
 import math
@@ -53,7 +67,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
-from loss._objective import Needs, Objective
+from loss._objective import Needs, Objective, RunContext
 from loss._ssl_common import MomentumCopy, StudentLink, all_reduce_mean, full_precision, views_at
 from loss._ssl_curricula import Curricula, CurriculumHooks
 from loss._ssl_curricula import add_arguments as add_curriculum_arguments
@@ -85,6 +99,13 @@ def add_arguments(parser):
              "(DINO: 0.996)")
     add("--dino_freeze_last_layer", type=int, default=1,
         help="DINO: epochs during which the head's last layer is not trained (DINO: 1)")
+    add("--dino_clip_grad", type=float, default=3.0,
+        help="DINO: largest gradient norm of each parameter (DINO and RDINO: 3.0); 0: no clipping")
+    add("--dino_warmup_teacher_temp", type=float, default=0.04,
+        help="DINO: teacher temperature at epoch 1, raised linearly to --dino_teacher_temp "
+             "(DINO and RDINO: 0.04)")
+    add("--dino_warmup_teacher_temp_epochs", type=int, default=0,
+        help="DINO: epochs of teacher-temperature warm-up (DINO default 0, RDINO 30)")
     add_curriculum_arguments(parser)
 
 
@@ -138,6 +159,36 @@ def dino_loss(student, teacher, center, student_temp, teacher_temp):
     return total / terms
 
 
+def effective_rank(embeddings):
+    """exp(entropy of the normalised singular values) of N x D embeddings (Roy & Vetterli 2007)."""
+    values = torch.linalg.svdvals(embeddings.float() - embeddings.float().mean(0))
+    shares = values / values.sum().clamp(min=1e-12)
+    return float(torch.exp(-(shares * shares.clamp(min=1e-12).log()).sum()))
+
+
+class DiagnosticTotals:
+    """Running means of the collapse diagnostics over an epoch's batches."""
+
+    def __init__(self):
+        self.batches, self.entropy, self.kl, self.rank = 0, 0.0, 0.0, float("nan")
+
+    def add(self, student, teacher, center, student_temp, teacher_temp, embeddings):
+        targets = F.softmax((teacher - center) / teacher_temp, dim=-1)          # N x G x K
+        log_targets = F.log_softmax((teacher - center) / teacher_temp, dim=-1)
+        log_probs = F.log_softmax(student[:, :teacher.size(1)] / student_temp, dim=-1)
+        self.entropy += float(-(targets * log_targets).sum(-1).mean())
+        self.kl += float((targets * (log_targets - log_probs)).sum(-1).mean())
+        self.rank = effective_rank(embeddings.flatten(0, 1))
+        self.batches += 1
+
+    def summary(self, prototypes):
+        if not self.batches:
+            return None
+        return {"dino_teacher_entropy": self.entropy / self.batches,
+                "dino_uniform_entropy": math.log(prototypes),
+                "dino_kl_teacher_student": self.kl / self.batches, "dino_embedding_rank": self.rank}
+
+
 class LossFunction(CurriculumHooks, Objective):
     test_normalize = True
     takes_views = True           # the teacher embeds the global crops itself
@@ -146,7 +197,8 @@ class LossFunction(CurriculumHooks, Objective):
                  dino_global_views=2, dino_local_views=5, dino_out_dim=65536, dino_hidden_dim=2048,
                  dino_bottleneck_dim=256, dino_student_temp=0.1, dino_teacher_temp=0.04,
                  dino_center_momentum=0.9, dino_teacher_momentum=0.996, dino_freeze_last_layer=1,
-                 dino_head_bn=0, distributed=False, **kwargs):
+                 dino_head_bn=0, dino_clip_grad=3.0, dino_warmup_teacher_temp=0.04,
+                 dino_warmup_teacher_temp_epochs=0, distributed=False, **kwargs):
         super().__init__()
         for name, value in (("dino_global_frames", dino_global_frames),
                             ("dino_local_frames", dino_local_frames),
@@ -159,8 +211,11 @@ class LossFunction(CurriculumHooks, Objective):
             raise OptionError("--dino_local_views and --dino_freeze_last_layer must be 0 or more")
         if dino_global_views + dino_local_views < 2:
             raise OptionError("DINO needs at least 2 views per utterance")
-        if dino_student_temp <= 0 or dino_teacher_temp <= 0:
-            raise OptionError("--dino_student_temp and --dino_teacher_temp must be positive")
+        if min(dino_student_temp, dino_teacher_temp, dino_warmup_teacher_temp) <= 0:
+            raise OptionError("--dino_student_temp, --dino_teacher_temp and "
+                              "--dino_warmup_teacher_temp must be positive")
+        if dino_clip_grad < 0 or dino_warmup_teacher_temp_epochs < 0:
+            raise OptionError("--dino_clip_grad and --dino_warmup_teacher_temp_epochs must be 0 or more")
         for name, value in (("dino_center_momentum", dino_center_momentum),
                             ("dino_teacher_momentum", dino_teacher_momentum)):
             if not 0.0 <= value <= 1.0:
@@ -176,7 +231,10 @@ class LossFunction(CurriculumHooks, Objective):
         self.student_temp, self.teacher_temp = dino_student_temp, dino_teacher_temp
         self.center_momentum = dino_center_momentum
         self.base_momentum = dino_teacher_momentum
-        self.max_epoch = max_epoch
+        self.warmup_teacher_temp = dino_warmup_teacher_temp
+        self.warmup_temp_epochs = dino_warmup_teacher_temp_epochs
+        self.clip_grad = dino_clip_grad
+        self.run = RunContext(max_epoch=max_epoch)      # the trainer's, from on_train_start
         self.freeze_epochs = dino_freeze_last_layer
         self.student_head = DINOHead(nOut, dino_out_dim, dino_hidden_dim, dino_bottleneck_dim,
                                      use_bn=bool(dino_head_bn))
@@ -187,6 +245,7 @@ class LossFunction(CurriculumHooks, Objective):
         self.curricula = Curricula(**kwargs)
         self.epoch = 1
         self._pending_center = None
+        self._diagnostics = DiagnosticTotals()
 
     # ------------------------------------------------------------------ protocol hooks
     def view_frames(self, epoch, rng):
@@ -200,19 +259,39 @@ class LossFunction(CurriculumHooks, Objective):
         self.teacher_encoder.sync(self.student.get("dino"))
         self.teacher_head.sync(self.student_head)
 
-    def teacher_momentum(self, epoch):
-        progress = (epoch - 1) / max(self.max_epoch, 1)
-        return 1.0 - (1.0 - self.base_momentum) * (1.0 + math.cos(math.pi * min(progress, 1.0))) / 2.0
+    def on_train_start(self, run):
+        self.run = run
+
+    def teacher_momentum(self, progress):
+        return 1.0 - (1.0 - self.base_momentum) * (1.0 + math.cos(math.pi * progress)) / 2.0
+
+    def teacher_temperature(self, epoch):
+        if epoch > self.warmup_temp_epochs:
+            return self.teacher_temp
+        share = (epoch - 1) / max(self.warmup_temp_epochs - 1, 1)
+        return self.warmup_teacher_temp + (self.teacher_temp - self.warmup_teacher_temp) * share
 
     def on_epoch_start(self, epoch):
-        self.epoch = epoch
+        self._diagnostics = DiagnosticTotals()
+        self.epoch = self.run.epoch = epoch
         self.sync_teacher()
         self.student_head.trainable_last_layer(epoch > self.freeze_epochs)
         self.log_curricula(epoch)
 
+    def on_epoch_end(self, epoch):
+        return self._diagnostics.summary(self.student_head.last_layer.out_features)
+
+    @torch.no_grad()
+    def on_after_backward(self, parameters):
+        if self.clip_grad:
+            for p in parameters:
+                norm = p.grad.norm()
+                if norm > self.clip_grad:
+                    p.grad.mul_(self.clip_grad / (norm + 1e-6))
+
     @torch.no_grad()
     def on_step_end(self, step):
-        momentum = self.teacher_momentum(self.epoch)
+        momentum = self.teacher_momentum(self.run.progress())
         self.teacher_encoder.update(self.student.get("dino"), momentum)
         self.teacher_head.update(self.student_head, momentum)
         if self._pending_center is not None:
@@ -238,9 +317,11 @@ class LossFunction(CurriculumHooks, Objective):
         self.sync_teacher()
         student = full_precision(self.student_head(x.flatten(0, 1))).unflatten(0, x.shape[:2])
         teacher = self.teacher_outputs(views)
-        loss = dino_loss(student, teacher, self.center, self.student_temp, self.teacher_temp)
+        teacher_temp = self.teacher_temperature(self.epoch)
+        loss = dino_loss(student, teacher, self.center, self.student_temp, teacher_temp)
         self._pending_center = teacher.mean(dim=(0, 1)).unsqueeze(0)
         with torch.no_grad():
             metric = agreement(student, teacher, self.center)
+            self._diagnostics.add(student, teacher, self.center, self.student_temp, teacher_temp, x)
         return loss, metric
 

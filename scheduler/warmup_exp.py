@@ -27,18 +27,15 @@ recipe (2 x 128) peaks at 0.4; 3D-Speaker uses its lr as given (batch 256 in all
 
 Unit 'iteration': the trainer steps the scheduler after every optimizer step, and the
 checkpointed scheduler state holds t, so a resumed run (even mid-epoch) continues the curve.
-The iterations per epoch must be known when the scheduler is built, before the data loader
-exists, and a scheduler gets only the options. So --iters_per_epoch N gives them, and 0 (the
-default) computes them from --train_list the way the sampler plans an epoch for labelled
-objectives: each speaker gives floor(min(utterances, --max_seg_per_spk) / --nPerSpeaker)
-groups (a one-column list: one group per utterance), batches = floor(groups / --batch_size),
-divided among the processes of --distributed (WORLD_SIZE). That is an upper bound: the
-sampler's first-fit packing drops the batches it cannot fill with distinct speakers at the
-end of an epoch, typically one (on the demo corpus 96 counted, 95 planned; on the test
-corpus of tests/test_recipe_objectives.py the two are compared).
-Give --iters_per_epoch for objectives that draw a different number of views than
---nPerSpeaker or a subset of the utterances per epoch (data curricula). A wrong count only
-stretches or squeezes the curve in time.
+The iterations per epoch are the trainer's: it plans the first epoch before building the
+scheduler and passes the planned steps per process (`steps_per_epoch`). --iters_per_epoch N
+overrides them. Built without the trainer (no steps given), they are counted from
+--train_list the way the sampler plans an epoch for labelled objectives, an upper bound (each
+speaker gives floor(min(utterances, --max_seg_per_spk) / --nPerSpeaker) groups, a one-column
+list one group per utterance; batches = floor(groups / --batch_size) per process of
+--distributed); on the demo corpus that counts 96 where the sampler plans 95. With a data
+curriculum the later epochs plan more steps than the first: a wrong count only stretches or
+squeezes the curve in time.
 """
 import logging
 import math
@@ -65,9 +62,8 @@ def add_arguments(parser):
                         help="warmup_exp: exp = wespeaker ExponentialDecrease, cosine = "
                              "3D-Speaker WarmupCosineScheduler")
     parser.add_argument("--iters_per_epoch", type=int, default=0,
-                        help="warmup_exp: optimizer steps per epoch per process; 0 computes "
-                             "them from --train_list, --max_seg_per_spk, --nPerSpeaker and "
-                             "--batch_size")
+                        help="warmup_exp: optimizer steps per epoch per process; 0: the "
+                             "steps the sampler plans for the first epoch")
 
 
 def lr_at(t, lr, final_lr, warmup_iters, total_iters, decay="exp"):
@@ -114,7 +110,7 @@ def iterations_per_epoch(train_list, batch_size, views=1, max_seg_per_spk=500, w
 
 def Scheduler(optimizer, lr=0.001, final_lr=5e-5, warmup_epochs=6.0, warmup_decay="exp",
               iters_per_epoch=0, max_epoch=500, train_list=None, batch_size=200, nPerSpeaker=1,
-              max_seg_per_spk=500, distributed=False, **kwargs):
+              max_seg_per_spk=500, distributed=False, steps_per_epoch=0, **kwargs):
     if warmup_decay not in DECAYS:
         raise OptionError(f"--warmup_decay '{warmup_decay}': choose exp or cosine")
     if max_epoch < 1:
@@ -132,7 +128,9 @@ def Scheduler(optimizer, lr=0.001, final_lr=5e-5, warmup_epochs=6.0, warmup_deca
                           f"{warmup_decay}, got {final_lr:g}")
     if iters_per_epoch < 0:
         raise OptionError(f"--iters_per_epoch must be 0 (computed) or more, got {iters_per_epoch}")
-    if iters_per_epoch == 0:
+    if iters_per_epoch == 0 and steps_per_epoch > 0:
+        iters_per_epoch, source = steps_per_epoch, "planned by the sampler"
+    elif iters_per_epoch == 0:
         if not train_list:
             raise OptionError("--scheduler warmup_exp needs --iters_per_epoch or a --train_list "
                               "to count them from")

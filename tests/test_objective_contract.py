@@ -75,7 +75,7 @@ def test_every_objective_in_loss_declares_the_contract():
         assert isinstance(factory.needs, Needs), name
 
 
-@pytest.mark.parametrize("name, hint", [("on_epoch_begin", "on_epoch_start"), ("on_step_ends", "on_step_end"),
+@pytest.mark.parametrize("name, hint", [("on_epoch_begin", "on_epoch_end"), ("on_epoch_starts", "on_epoch_start"), ("on_step_ends", "on_step_end"),
                                         ("view_frame", "view_frames"), ("test_normalise", "test_normalize")])
 def test_a_misspelt_hook_is_an_error_when_the_class_is_defined(name, hint):
     with pytest.raises(TypeError, match=f"did you mean '{hint}'"):

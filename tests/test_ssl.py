@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -275,22 +276,100 @@ def test_key_encoder_starts_from_the_loaded_encoder_when_the_checkpoint_has_no_o
 def test_dino_teacher_is_an_exact_ema_of_the_student_with_the_cosine_momentum():
     model = tiny_model("dino", max_epoch=10)
     objective = model.objective
-    assert objective.teacher_momentum(1) == pytest.approx(0.996)
-    assert objective.teacher_momentum(6) == pytest.approx(0.998)           # halfway
-    assert objective.teacher_momentum(11) == pytest.approx(1.0)
+    assert objective.teacher_momentum(0.0) == pytest.approx(0.996)
+    assert objective.teacher_momentum(0.5) == pytest.approx(0.998)           # halfway
+    assert objective.teacher_momentum(1.0) == pytest.approx(1.0)
     trainer = trainer_for(model, lr=0.05)
+    trainer.start_run(max_epoch=10)
     trainer.train_epoch(batches(objective, [[0] * 3]), epoch=1)
     for epoch in (2, 4):
         teacher_before = {k: v.clone() for k, v in objective.teacher_encoder.module.named_parameters()}
         head_before = {k: v.clone() for k, v in objective.teacher_head.module.named_parameters()}
         trainer.train_epoch(batches(objective, [[0] * 3], seed=epoch), epoch=epoch)
-        m = 1 - (1 - 0.996) * (1 + math.cos(math.pi * (epoch - 1) / 10)) / 2
+        # One step per epoch: after it, epoch/10 of the run is done.
+        m = 1 - (1 - 0.996) * (1 + math.cos(math.pi * epoch / 10)) / 2
         for live, copy, before in ((model.encoder, objective.teacher_encoder, teacher_before),
                                    (objective.student_head, objective.teacher_head, head_before)):
             student = dict(live.named_parameters())
             for name, p in copy.module.named_parameters():
                 assert torch.allclose(p, m * before[name] + (1 - m) * student[name], rtol=0, atol=1e-7)
                 assert not p.requires_grad
+
+
+def test_dino_teacher_momentum_moves_every_iteration_and_resumes_mid_epoch():
+    def momenta(epoch, steps, resume_batch=0):
+        model = tiny_model("dino", max_epoch=4)
+        seen = []
+        model.objective.teacher_momentum = lambda p, original=model.objective.teacher_momentum: (
+            seen.append(p) or original(p))
+        trainer = trainer_for(model)
+        trainer.start_run(max_epoch=4)
+        resume = None
+        if resume_batch:
+            resume = {"batch": resume_batch, "totals": {"batch": resume_batch}, "rng": checkpoint.capture_rng()}
+        trainer.train_epoch(batches(model.objective, [[0] * 3] * steps), epoch=epoch, resume=resume)
+        return seen
+
+    # Epoch 2 of 4, three steps: progress (1 + k/3) / 4 after step k.
+    assert momenta(2, 3) == pytest.approx([(1 + k / 3) / 4 for k in (1, 2, 3)])
+    # Resumed after its first batch, the two remaining steps get the values they had.
+    assert momenta(2, 2, resume_batch=1) == pytest.approx([(1 + k / 3) / 4 for k in (2, 3)])
+
+
+def test_dino_clips_each_gradient_to_the_set_norm_before_the_step():
+    def gradient_norms(clip):
+        model = tiny_model("dino", dino_clip_grad=clip)
+        trainer = trainer_for(model, lr=10.0)
+        norms = []
+        step = trainer.optimizer.step
+        trainer.optimizer.step = lambda *a, **k: (norms.append(
+            [float(p.grad.norm()) for p in model.parameters() if p.grad is not None]), step(*a, **k))[1]
+        trainer.train_epoch(batches(model.objective, [[0] * 3]), epoch=2)
+        return norms[0]
+
+    free = gradient_norms(0.0)
+    limit = 0.5 * max(free)
+    clipped = gradient_norms(limit)
+    assert max(free) > limit                       # the limit binds on some parameter
+    for before, after in zip(free, clipped):
+        assert after == pytest.approx(min(before, limit * before / (before + 1e-6)), rel=1e-4)
+
+
+def test_dino_teacher_temperature_warms_up_linearly_then_stays():
+    objective = build_objective("dino", dino_teacher_temp=0.07, dino_warmup_teacher_temp=0.04,
+                                dino_warmup_teacher_temp_epochs=4)
+    temps = [objective.teacher_temperature(e) for e in range(1, 7)]
+    assert temps == pytest.approx([0.04, 0.05, 0.06, 0.07, 0.07, 0.07])
+    assert build_objective("dino").teacher_temperature(1) == pytest.approx(0.04)
+
+
+def test_dino_diagnostics_match_direct_computations():
+    model = tiny_model("dino")
+    objective = model.objective
+    trainer = trainer_for(model)
+    trainer.start_run(max_epoch=10)
+    captured = []
+    loss_of = objective.forward
+
+    def spy(x, label=None, views=None):
+        out = loss_of(x, label, views=views)
+        captured.append((objective.student_head(x.flatten(0, 1)).unflatten(0, x.shape[:2]).detach(),
+                         objective.teacher_outputs(views), objective.center.clone(), x.detach()))
+        return out
+    objective.forward = spy
+    stats = trainer.train_epoch(batches(objective, [[0] * 4]), epoch=1)
+    student, teacher, center, emb = captured[0]
+    # The centre was updated after the step; the diagnostics used the one before (zeros).
+    p_t = F.softmax(teacher / 0.04, dim=-1)
+    entropy = float(-(p_t * p_t.log()).sum(-1).mean())
+    log_s = F.log_softmax(student[:, :2] / 0.1, dim=-1)
+    kl = float((p_t * (p_t.log() - log_s)).sum(-1).mean())
+    singular = np.linalg.svd((emb.flatten(0, 1) - emb.flatten(0, 1).mean(0)).numpy(), compute_uv=False)
+    shares = singular / singular.sum()
+    assert stats["dino_teacher_entropy"] == pytest.approx(entropy, rel=1e-4)
+    assert stats["dino_kl_teacher_student"] == pytest.approx(kl, rel=1e-3, abs=1e-6)
+    assert stats["dino_embedding_rank"] == pytest.approx(float(np.exp(-(shares * np.log(shares)).sum())), rel=1e-4)
+    assert stats["dino_uniform_entropy"] == pytest.approx(math.log(16))
 
 
 def test_dino_loss_centre_and_temperatures_match_the_formulas():
@@ -546,11 +625,15 @@ EXTRA = {"cel": {}, "moco": {"moco_queue_size": 8},
 @pytest.mark.parametrize("name", SSL)
 def test_training_from_a_list_without_speakers_and_resuming(name, unlabelled):
     base, corpus = unlabelled
-    argv = lambda save, epochs: train_argv(corpus, save, trainfunc=name, batch_size=3, max_epoch=epochs,
-                                           nOut=16, **EXTRA[name])
-    assert trainSpeakerNet.main(argv(base / f"{name}_straight", 2)) == 0
-    assert trainSpeakerNet.main(argv(base / f"{name}_resumed", 1)) == 0
-    assert trainSpeakerNet.main(argv(base / f"{name}_resumed", 2)) == 0       # resumes epoch 2
+    argv = lambda save: train_argv(corpus, save, trainfunc=name, batch_size=3, max_epoch=2, test_interval=1,
+                                   nOut=16, **EXTRA[name])
+    assert trainSpeakerNet.main(argv(base / f"{name}_straight")) == 0
+    # The run stopped after epoch 1 (per-iteration schedules follow --max_epoch, so the same
+    # run must be resumed, not a shorter one extended).
+    (base / f"{name}_resumed" / "model").mkdir(parents=True)
+    first = "model000000001.model"
+    shutil.copy(base / f"{name}_straight" / "model" / first, base / f"{name}_resumed" / "model" / first)
+    assert trainSpeakerNet.main(argv(base / f"{name}_resumed")) == 0       # resumes epoch 2
     straight = checkpoint.load_file(base / f"{name}_straight" / "model" / "model000000002.model")["model"]
     resumed = checkpoint.load_file(base / f"{name}_resumed" / "model" / "model000000002.model")["model"]
     assert straight.keys() == resumed.keys()
