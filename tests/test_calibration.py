@@ -4,7 +4,6 @@ corpus when /tmp/demo_data and its trained checkpoint exist)."""
 import json
 import logging
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -308,17 +307,15 @@ def test_calibrate_with_a_bad_dev_list_is_one_error(trained, caplog, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".model") == ["copy.model"]
 
 
-DEMO_DATA = Path("/tmp/demo_data")
-DEMO_RUN = Path("/tmp/demo_before")
-DEMO_CHECKPOINT = DEMO_RUN / "model" / "model000000004.model"
-DEMO_SCORES = DEMO_RUN / "result" / "scores_epoch0004_test_list.txt"
+# The demo's --test_list scores after its 8 epochs (configs/demo.yaml; 'score label' per trial).
+DEMO_SCORES = Path(__file__).parent / "fixtures" / "demo_scores_epoch8.txt"
 
 
-@pytest.mark.skipif(not DEMO_SCORES.is_file(), reason="needs the demo run's scores in /tmp/demo_before")
 def test_demo_scores_calibrated_on_one_half_meet_min_dcf_on_the_other():
-    """The demo checkpoint's own --test_list scores (written when it was trained): fitted on
-    the odd trials, judged on the even ones."""
+    """The demo checkpoint's own --test_list scores: fitted on the odd trials, judged on the
+    even ones."""
     scores, labels = read_scores(DEMO_SCORES)
+    assert len(scores) == 4000 and 0 < labels.mean() < 1
     dev, ev = slice(0, None, 2), slice(1, None, 2)
     fitted = cal.fit(scores[dev], labels[dev], 0.05)
     llrs = fitted.llr(scores[ev])
@@ -326,26 +323,3 @@ def test_demo_scores_calibrated_on_one_half_meet_min_dcf_on_the_other():
         minimum = compute_min_dcf(scores[ev], labels[ev], p)[0]
         assert minimum - 1e-9 <= cal.act_dcf(llrs, labels[ev], p) <= 1.1 * minimum
     assert cal.min_cllr(scores[ev], labels[ev]) <= cal.cllr(llrs, labels[ev]) < 1.0
-
-
-@pytest.mark.skipif(not ((DEMO_DATA / "test_list.txt").is_file() and DEMO_CHECKPOINT.is_file()
-                         and os.environ.get("SPEAKERNET_DEMO") == "1"),
-                    reason="embeds the 480 demo files (minutes): set SPEAKERNET_DEMO=1, with the demo "
-                           "corpus in /tmp/demo_data and its checkpoint in /tmp/demo_before")
-def test_demo_halves_act_dcf_within_ten_percent_of_min_dcf(tmp_path):
-    lines = (DEMO_DATA / "test_list.txt").read_text().splitlines()
-    (tmp_path / "dev_half.txt").write_text("\n".join(lines[0::2]) + "\n")
-    (tmp_path / "eval_half.txt").write_text("\n".join(lines[1::2]) + "\n")
-    source = tmp_path / "model000000004.model"
-    shutil.copy(DEMO_CHECKPOINT, source)                # the calibrated copy is written beside it
-    argv = ["--eval", "--config", str(DEMO_RUN / "options.yaml"), "--test_path", str(DEMO_DATA / "wav"),
-            "--device", "cpu", "--nDataLoaderThread", "1", "--calibrate", str(tmp_path / "dev_half.txt"),
-            "--test_list", str(tmp_path / "eval_half.txt"), "--initial_model", str(source),
-            "--save_path", str(tmp_path / "run")]
-    assert trainSpeakerNet.main(argv) == 0
-    report = json.loads((tmp_path / "run" / "result" / "results_eval.json").read_text())
-    metrics = report["lists"]["eval_half"]["metrics"]["raw"]
-    for p in ("0.05", "0.01"):
-        act, minimum = metrics["calibrated"]["act_dcf"][p], metrics["min_dcf"][p]["value"]
-        assert minimum - 1e-9 <= act <= 1.1 * minimum
-    assert metrics["calibrated"]["min_cllr"] <= metrics["calibrated"]["cllr"] < 1.0

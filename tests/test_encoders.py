@@ -16,8 +16,8 @@ from speakernet import plugins
 from models.__main__ import (count_macs, count_parameters, export_torchscript,
                              load_encoder_weights, main, max_abs_difference, samples_for)
 
-REFERENCE = Path("/work/shared/reference/voxceleb_trainer-state-dicts.json")
-needs_reference = pytest.mark.skipif(not REFERENCE.exists(), reason=f"{REFERENCE} is not available")
+# voxceleb_trainer's checkpoints: parameter names and shapes of each encoder.
+REFERENCE = Path(__file__).parent / "fixtures" / "voxceleb_trainer-state-dicts.json"
 
 # name -> (MainModel options, parameter target, tolerance). Targets: "In defence of metric
 # learning" Table 1 (Thin ResNet-34 1.4 M, VGG-M-40 4.0 M); voxceleb_trainer's exact counts
@@ -174,7 +174,6 @@ def renamed(name, renames):
     return name
 
 
-@needs_reference
 @pytest.mark.parametrize("entry", ["ResNetSE34L", "ResNetSE34L_ASP", "ResNetSE34V2", "VGGVox"])
 def test_reference_names_shapes_and_parameter_count(entry, tmp_path):
     spec = reference_spec(entry)
@@ -264,7 +263,6 @@ def resnetse34v2_reference_forward(ref, wav):
     return F.linear(torch.cat([mu, sg], dim=1), ref["fc.weight"], ref["fc.bias"])
 
 
-@needs_reference
 @pytest.mark.parametrize("entry, reference_forward", [("VGGVox", vggvox_reference_forward),
                                                       ("ResNetSE34V2", resnetse34v2_reference_forward)])
 def test_same_weights_give_voxceleb_trainers_embeddings(entry, reference_forward, tmp_path):
@@ -280,7 +278,6 @@ def test_same_weights_give_voxceleb_trainers_embeddings(entry, reference_forward
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-@needs_reference
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_export_command_rebuilds_the_run_and_loads_its_checkpoint(tmp_path, capsys):
     spec = reference_spec("VGGVox")

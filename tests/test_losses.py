@@ -252,9 +252,6 @@ def test_circle_matches_class_level_circle_loss():
     weight_rows = loss_fn.weight.detach().numpy()
     expected = loop_circle(x, labels, weight_rows, 60.0, lambda r: 0.4)
     assert loss_fn(x, labels)[0].item() == pytest.approx(expected, rel=1e-9)
-    # Above s_n = -m the non-target logit is s (s_n^2 - m^2), Xiao et al. eq. 6.
-    c = 0.1
-    assert 60.0 * max(0.0, c + 0.4) * (c - 0.4) == pytest.approx(60.0 * (c * c - 0.16))
 
 
 def test_circle_chunk_margin_per_view_follows_eq8():
@@ -520,9 +517,6 @@ def parse_config(path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])
 def test_config_parses_and_builds_its_objective(path):
-    model = options.load_config(path).get("model")
-    if model and model not in plugins.available("models"):
-        pytest.skip(f"models/{model}.py does not exist yet")
     parsed = parse_config(path)
     objective = plugins.factory("loss", parsed.trainfunc)(**vars(parsed))
     views = trainSpeakerNet.views_per_group(parsed, objective)
