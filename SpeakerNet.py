@@ -16,9 +16,11 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from speakernet import cpu_info
+from speakernet.audio import to_float
 from speakernet.checkpoint import restore_rng
 from models._padded import length_buckets, pad_waveforms, padded_batch, supports_padded_batches
-from speakernet.eval_crops import TestDataset
+from speakernet.eval_crops import TestDataset, segment_lengths
 from loss._objective import ContractDefaults, RunContext, as_contract
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,10 @@ class Trainer:
         # bf16 needs no loss scaling; fp16 (CUDA) does.
         self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         self.mixedprec = mixedprec
+        if mixedprec and device.type == "cpu" and cpu_info.has_bf16() is False:
+            log.warning("--mixedprec: this CPU has no bf16 instructions (avx512_bf16, amx_bf16), so "
+                        "bf16 autocast is emulated and usually slower than float32 here; drop "
+                        "--mixedprec on this machine")
         self.scaler = torch.amp.GradScaler(device.type, enabled=mixedprec and device.type == "cuda")
         self.step = 0
         self.max_bad_steps = max_bad_steps     # non-finite losses skipped per epoch before stopping
@@ -137,6 +143,8 @@ class Trainer:
         labels = labels.to(self.device, non_blocking=True) if self.uses_labels else None
         if self.augment is not None and any(e is not None for e in extras):
             views = self.augment(views, [_to_device(e, self.device) for e in extras])
+        # Crops read from packs travel as int16 (half the bytes); every encoder gets float.
+        views = [to_float(v) if v.dtype == torch.int16 else v for v in views]
         self.contract.on_batch_start(frames)
         with self._autocast():
             loss, metric = self.net(views, labels)
@@ -174,8 +182,10 @@ class Trainer:
                 "utt_s": f"{totals['utterances'] / elapsed:.0f}", "wait": f"{100 * wait / elapsed:.0f}%"}
 
     @torch.no_grad()
-    def extract(self, files, lengths, test_path, eval_frames, num_eval, workers, batch_files=None):
-        """Crop embeddings of every file: files x crops x D on the CPU, several files per pass.
+    def extract(self, files, lengths, test_path, eval_frames, num_eval, workers, batch_files=None,
+                segment=0):
+        """Crop embeddings of every file: files x crops x D on the CPU, several files per pass;
+        segment > 0 cuts each file to its middle `segment` samples first.
 
         batch_files defaults to 20 on a GPU and 2 on a CPU, where bigger batches run slower
         (their activations no longer fit the caches; benchmarks/bench_eval.py). Whole files
@@ -185,12 +195,12 @@ class Trainer:
             batch_files = 20 if self.device.type == "cuda" else 2
         self.model.eval()
         encoder = self.model.encoder
-        dataset = TestDataset(files, lengths, test_path, eval_frames, num_eval)
+        dataset = TestDataset(files, lengths, test_path, eval_frames, num_eval, segment)
         pin = self.device.type == "cuda"
         if eval_frames:                 # crops of one length batch across files
             loader = DataLoader(dataset, batch_size=batch_files, num_workers=workers, pin_memory=pin)
         elif supports_padded_batches(encoder):
-            loader = DataLoader(dataset, batch_sampler=length_buckets(lengths, batch_files),
+            loader = DataLoader(dataset, batch_sampler=length_buckets(segment_lengths(lengths, segment), batch_files),
                                 collate_fn=pad_waveforms, num_workers=workers, pin_memory=pin)
         else:
             loader = DataLoader(dataset, batch_size=1, num_workers=workers, pin_memory=pin)

@@ -24,6 +24,7 @@ from speakernet import audio, checkpoint
 from speakernet import curriculum_data
 from speakernet import evaluation
 from speakernet import plugins
+from speakernet import pseudo_rounds
 from speakernet import resume
 from speakernet import run_lock
 from speakernet import run_log
@@ -297,8 +298,20 @@ def epoch_loop(options, model, trainer, data, save_path, point):
     return report
 
 
-def run(options):
+def train_stage(options):
+    """One stage of the pseudo-label rounds: an ordinary single-process training run."""
+    device = resolve_device(options.device)
+    seed_everything(options.seed)
+    try:
+        return train(options, build_model(options).to(device), device, 0, 1)
+    finally:
+        remove_log_file()
+
+
+def run(options, argv=None):
     audio.RECHECK_ALL["on"] = options.recheck_audio
+    if options.pseudo_rounds and not (options.eval or options.extract or options.calibrate or options.verify):
+        return pseudo_rounds.Pipeline(argv, options, train_stage).run()
     rank, world_size, local_rank = init_distributed(options)
     finished = False
     try:
@@ -365,7 +378,7 @@ def main(argv=None):
     options = None
     try:
         options = parse_options(argv)
-        run(options)
+        run(options, argv)
     except UserError as err:
         log.error("%s", message_of(err))
         return 2
@@ -384,8 +397,12 @@ def main(argv=None):
     except (KeyboardInterrupt, Interrupted) as err:
         name, code = ("SIGTERM", 143) if isinstance(err, Interrupted) else ("SIGINT", 130)
         training = options is not None and not (options.eval or options.extract)
-        log.error("interrupted by %s; %s", name,
-                  last_complete_checkpoint(options.save_path) if training else "nothing was written")
+        if training and options.pseudo_rounds:
+            where = (f"the finished stages of {options.save_path} are kept (pipeline.json); run the "
+                     f"same command to resume")
+        else:
+            where = last_complete_checkpoint(options.save_path) if training else "nothing was written"
+        log.error("interrupted by %s; %s", name, where)
         return code
     finally:
         if in_main_thread:

@@ -28,6 +28,12 @@ log = logging.getLogger("demo_sweep")
 # Demo-sized runs of 1-3 epochs (the demo itself trains 8), so that a whole set fits in about
 # an hour of a 2-core CPU: every variant shares configs/demo.yaml and the overrides in
 # "common"; a run adds only what its variant needs (nPerSpeaker where the objective demands it).
+# The "ssl" preset's DINO demo settings with DINO's learning-rate schedule (warm-up, cosine).
+DINO_DEMO = ("--trainfunc dino --dino_head_bn 1 --dino_local_views 0 --dino_global_frames 100 "
+             "--dino_out_dim 256 --dino_teacher_momentum 0.99 --dino_teacher_temp 0.02 "
+             "--dino_freeze_last_layer 0 --lr 0.0005 --scheduler warmup_exp --warmup_decay cosine "
+             "--warmup_epochs 1 --final_lr 0.00001")
+
 PRESETS = {
     "objectives": {
         # Two epochs over 16 of each speaker's 24 utterances.
@@ -86,6 +92,30 @@ PRESETS = {
             "dino: --trainfunc dino --dino_head_bn 1 --dino_local_views 0 --dino_global_frames 100 "
             "--dino_out_dim 256 --dino_teacher_momentum 0.99 --dino_teacher_temp 0.02 "
             "--dino_freeze_last_layer 0 --lr 0.0005 --max_epoch 8 --test_interval 1",
+        ],
+    },
+    "ssl_budget": {
+        # DINO with its stabilisers against CEL at equal CPU time, and DINO with a data
+        # curriculum against DINO alone. About 80 s per CEL epoch and 105 s per DINO epoch on
+        # a 2-core CPU, so 4 CEL epochs ~ 3 DINO epochs ~ 5.5 minutes (the short budget) and
+        # twice that for the long one. CEL's step schedule does not depend on --max_epoch, so
+        # its long run evaluated at epoch 4 is also its short run; DINO's teacher momentum and
+        # learning rate follow --max_epoch, so each budget is its own run. DINO: the "ssl"
+        # preset's settings, plus per-iteration teacher momentum and gradient clipping at 3.0
+        # (the defaults now) and a linear warm-up of one epoch then cosine decay of the learning
+        # rate per iteration (DINO's schedule). The curriculum (CL_D, Heo et al. 2023) uses half,
+        # then three quarters, then all of the utterances; with less data per early epoch it
+        # runs 4 epochs in the time of 3.
+        "common": "--batch_size 50 --augment --musan_path data/demo/musan --rir_path data/demo/rirs "
+                  "--aug_probs 0 0.25 0.25 0.25 0.25",
+        "runs": [
+            "cel_long: --trainfunc cel --cel_similarity acont --max_epoch 8 --test_interval 4",
+            "dino_short: " + DINO_DEMO + " --max_epoch 3 --test_interval 3",
+            "dino_long: " + DINO_DEMO + " --max_epoch 6 --test_interval 6",
+            "dino_cl_short: " + DINO_DEMO + " --max_epoch 4 --test_interval 4 --cl_data 1:0.5 2:0.75 3:1.0",
+            "dino_short_seed11: " + DINO_DEMO + " --max_epoch 3 --test_interval 3 --seed 11",
+            "dino_cl_short_seed11: " + DINO_DEMO + " --max_epoch 4 --test_interval 4 --cl_data 1:0.5 2:0.75 "
+            "3:1.0 --seed 11",
         ],
     },
 }

@@ -23,7 +23,7 @@ import torchaudio
 from speakernet.errors import UserError
 from models._ecapa_blocks import Conv1dReluBn, SERes2NetBlock
 from models._layers import (HOP, N_FFT, SAMPLE_RATE, WINDOW, ChannelAttentiveStatsPooling, FrontEnd, LogMelFrontend,
-                            check_encoder_type)
+                            add_input_features_option, check_encoder_type)
 from models._specaugment import with_spec_augment
 
 DILATIONS = (2, 3, 4)
@@ -45,9 +45,9 @@ def add_arguments(parser):
     parser.add_argument("--channels", type=int, default=512,
                         help="ECAPA-TDNN width C of the frame layers (Desplanques et al. 2020: "
                              "512 gives 6.2 M parameters, 1024 gives 14.7 M)")
-    parser.add_argument("--input_features", type=str, default="fbank", choices=("fbank", "mfcc"),
-                        help="ECAPA-TDNN input: log-mel filterbanks or MFCCs (the paper's), "
-                             "--n_mels of them")
+    add_input_features_option(parser, ("fbank", "mfcc"),
+                              help="ECAPA-TDNN input: log-mel filterbanks or MFCCs (the paper's), "
+                                   "--n_mels of them")
 
 
 class MFCCFrontend(FrontEnd):

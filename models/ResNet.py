@@ -23,8 +23,10 @@ from models.__main__.count_macs, against wespeaker's VoxCeleb model table
     ResNet-293 28,626,016 parameters (published 28.62 M), 28.12 GMACs (28.10 G)
 (our front end gives 202 frames for 2 s where Kaldi's gives 200, hence MACs up to 1.4% higher).
 
-Differences from wespeaker: torchaudio mel filterbank on the waveform inside the model (a
-Hamming window, no Kaldi pre-emphasis, DC removal or dither) instead of Kaldi fbank features.
+Differences from wespeaker: by default a torchaudio mel filterbank on the waveform inside the
+model (a Hamming window, no Kaldi pre-emphasis, DC removal or dither) instead of Kaldi fbank
+features; --input_features kaldi_fbank computes wespeaker's own features
+(models._layers.KaldiFbankFrontend), which its released models need (speakernet/public_models.py).
 Initialisation is PyTorch's default, as in wespeaker: with the He-normal start of
 models._layers an untrained ResNet-293 in eval mode (BN still the identity) doubles its
 activations at every residual block and gives embeddings of order 1e16.
@@ -33,15 +35,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models._layers import (LogMelFrontend, StridedPointwiseConv, TimePooling, as_image, check_encoder_type,
-                            use_channels_last)
+from models._layers import (KaldiFbankFrontend, LogMelFrontend, StridedPointwiseConv, TimePooling,
+                            add_input_features_option, as_image, check_encoder_type, use_channels_last)
 from models._specaugment import with_spec_augment
+from speakernet.errors import OptionError
 
 # The paper's defaults when the user sets neither YAML nor command line (resnet.yaml).
 OPTION_DEFAULTS = {"nOut": 256, "n_mels": 80, "log_input": True, "encoder_type": "TSTP"}
 
 BASE_CHANNELS = 32        # m_channels (resnet.py)
 STAGE_STRIDES = (1, 2, 2, 2)
+FRONT_ENDS = ("fbank", "kaldi_fbank")     # --input_features (build_frontend)
 
 
 def add_arguments(parser):
@@ -53,6 +57,9 @@ def add_arguments(parser):
     parser.add_argument("--resnet_channels", type=int, default=BASE_CHANNELS,
                         help="ResNet base width m_channels (wespeaker: 32; smaller only for "
                              "quick experiments)")
+    add_input_features_option(parser, FRONT_ENDS,
+                              help="fbank: torchaudio log-mels, mean-normalised; kaldi_fbank: "
+                                   "wespeaker's Kaldi filterbank with CMN (its released models need it)")
 
 
 class MeanNormalization(nn.Module):
@@ -69,6 +76,17 @@ def mean_normalised_log_mels(n_mels, log_input):
     frontend = LogMelFrontend(n_mels=n_mels, log_input=log_input)
     frontend.instancenorm = MeanNormalization()
     return frontend
+
+
+def build_frontend(input_features, n_mels, log_input):
+    """The front end --input_features names; both are log filterbanks with CMN."""
+    if input_features not in FRONT_ENDS:
+        raise OptionError(f"--input_features '{input_features}': ResNet takes {' or '.join(FRONT_ENDS)}")
+    if input_features == "kaldi_fbank":
+        if not log_input:
+            raise OptionError("--input_features kaldi_fbank gives log filterbanks; drop --log_input false")
+        return KaldiFbankFrontend(n_mels)
+    return mean_normalised_log_mels(n_mels, log_input)
 
 
 class TemporalStatsPooling(TimePooling):
@@ -166,14 +184,15 @@ def strided_size(size, strides):
 class ResNet(nn.Module):
     padded_batches = True         # files of different lengths batch exactly (models/_padded.py)
 
-    def __init__(self, depth=34, nOut=256, n_mels=80, log_input=True, m_channels=BASE_CHANNELS):
+    def __init__(self, depth=34, nOut=256, n_mels=80, log_input=True, m_channels=BASE_CHANNELS,
+                 input_features="fbank"):
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"--resnet_depth {depth}: choose one of {sorted(DEPTHS)}")
         if m_channels < 1:
             raise ValueError(f"--resnet_channels must be positive, got {m_channels}")
         block, blocks = DEPTHS[depth]
-        self.features = mean_normalised_log_mels(n_mels, log_input)
+        self.features = build_frontend(input_features, n_mels, log_input)
         self.conv1 = nn.Conv2d(1, m_channels, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(m_channels)
         width = m_channels
@@ -193,8 +212,9 @@ class ResNet(nn.Module):
 
 
 def MainModel(nOut=256, encoder_type="TSTP", n_mels=80, log_input=True, resnet_depth=34,
-              resnet_channels=BASE_CHANNELS, **kwargs):
+              resnet_channels=BASE_CHANNELS, input_features="fbank", **kwargs):
     # One pooling, statistics (TSTP); naming another would silently change nothing.
     check_encoder_type(encoder_type, ("TSTP",))
     return with_spec_augment(ResNet(depth=resnet_depth, nOut=nOut, n_mels=n_mels,
-                                    log_input=log_input, m_channels=resnet_channels), **kwargs)
+                                    log_input=log_input, m_channels=resnet_channels,
+                                    input_features=input_features), **kwargs)

@@ -55,9 +55,13 @@ ONNX_MIN_SAMPLES = HOP + WINDOW_EXTRA
 
 
 def load_encoder_weights(encoder, path):
-    """Load this project's or voxceleb_trainer's checkpoint into a bare encoder, through the
-    same checks and renames as the trainer (objective tensors are ignored)."""
+    """Load this project's or voxceleb_trainer's checkpoint, or a wespeaker model folder, into a
+    bare encoder, through the same checks and renames as the trainer (objective tensors are
+    ignored)."""
     holder = nn.ModuleDict({"encoder": encoder})      # gives the state the trainer's names
+    from speakernet import public_models
+    if public_models.is_public_model(path):           # a wespeaker model folder
+        return public_models.load_initial_weights(holder, path)
     state = checkpoint.model_state(checkpoint.load_file(path), holder, path)
     checkpoint.load_weights(holder, state, path)
 
@@ -202,7 +206,7 @@ def onnx_metadata(name, initial_model):
                 "speakernet.output": "embedding: batch x nOut"}
     if initial_model:
         metadata["speakernet.checkpoint"] = os.path.abspath(initial_model)
-        stored = checkpoint.load_file(initial_model)
+        stored = {} if os.path.isdir(initial_model) else checkpoint.load_file(initial_model)  # a public model folder
         if isinstance(stored, dict) and isinstance(stored.get("calibration"), dict):
             metadata["speakernet.calibration"] = json.dumps(stored["calibration"], sort_keys=True)
         if isinstance(stored, dict) and isinstance(stored.get("options"), dict):

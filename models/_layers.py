@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
+from torchaudio.compliance.kaldi import get_mel_banks
 
 from speakernet.audio import HOP, SAMPLE_RATE, to_float
 from speakernet.errors import UserError
@@ -58,6 +59,10 @@ class FrontEnd(nn.Module):
                     row[:, :part.shape[-1]] = part
             return feats if self.spec_augment is None else self.spec_augment(feats)
 
+    def frame_counts(self, sample_lengths):
+        """Frames of files of these lengths in samples: centred STFT frames, one per hop."""
+        return torch.div(sample_lengths, HOP, rounding_mode="floor") + 1
+
 
 class LogMelFrontend(FrontEnd):
     """Waveform (B x samples) -> instance-normalised (log-)mel filterbank (B x n_mels x frames)."""
@@ -102,6 +107,67 @@ class LogSpectrogramFrontend(FrontEnd):
     def compute_features(self, wav):
         feats = self.spectrogram(wav) + 1e-6
         return self.instancenorm(feats.log() if self.log_input else feats)
+
+
+def add_input_features_option(parser, choices, help):
+    """A model's --input_features (the front end; the first of `choices` is its default). Where
+    another model declared it already (python -m models reads every model's options into one
+    parser), `choices` join that declaration's instead."""
+    for action in parser._actions:
+        if "--input_features" in action.option_strings:
+            action.choices = tuple(dict.fromkeys((*action.choices, *choices)))
+            return
+    parser.add_argument("--input_features", type=str, default=choices[0], choices=tuple(choices), help=help)
+
+
+KALDI_WINDOWS = {
+    "hamming": lambda n: torch.hamming_window(n, periodic=False, alpha=0.54, beta=0.46),
+    "povey": lambda n: torch.hann_window(n, periodic=False).pow(0.85),
+}
+KALDI_PREEMPHASIS = 0.97
+KALDI_LOW_HZ = 20.0
+
+
+class KaldiFbankFrontend(FrontEnd):
+    """Waveform (B x samples) -> Kaldi log mel filterbank minus its mean over the file
+    (B x n_mels x frames): wespeaker's input (--input_features kaldi_fbank).
+
+    wespeaker (dataset/processor.py compute_fbank and apply_cmvn, bin/extract.py) computes
+    torchaudio.compliance.kaldi.fbank of the samples scaled to 16-bit values (x 2^15) with
+    num_mel_bins 80, frame_length 25, frame_shift 10, window_type hamming and its other
+    defaults, then subtracts each bin's mean over the utterance (CMN, variance kept). The same
+    steps are computed here for a whole batch, as Kaldi orders them: frames lying wholly in
+    the file (snip_edges: 1 + (samples - 400) // 160), each minus its mean, pre-emphasis 0.97
+    (first sample repeated), the window, the power spectrum of a 512-point FFT, Kaldi's mel
+    bands from 20 Hz to Nyquist (torchaudio's get_mel_banks), log with a float-epsilon floor.
+    Dither (wespeaker's training default 1.0) is added while training only; extraction uses
+    none, as wespeaker's does."""
+
+    def __init__(self, n_mels=80, window="hamming", waveform_scale=32768.0, dither=1.0):
+        super().__init__()
+        self.waveform_scale = waveform_scale
+        self.dither = dither
+        banks, _ = get_mel_banks(
+            n_mels, N_FFT, float(SAMPLE_RATE), KALDI_LOW_HZ, 0.0, 100.0, -500.0, 1.0)
+        # Not in the state dict: they follow from the options, as torchaudio's recompute them.
+        self.register_buffer("mel_banks", F.pad(banks.float(), (0, 1)), persistent=False)
+        self.register_buffer("window", KALDI_WINDOWS[window](WINDOW), persistent=False)
+        self.spec_augment = None
+
+    def frame_counts(self, sample_lengths):
+        return torch.div(sample_lengths - WINDOW, HOP, rounding_mode="floor") + 1
+
+    def compute_features(self, wav):
+        frames = (wav * self.waveform_scale).unfold(-1, WINDOW, HOP)          # B x T x 400
+        if self.training and self.dither:
+            frames = frames + torch.randn_like(frames) * self.dither
+        frames = frames - frames.mean(dim=-1, keepdim=True)
+        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
+        frames = (frames - KALDI_PREEMPHASIS * previous) * self.window
+        power = torch.fft.rfft(frames, n=N_FFT).abs().pow(2)
+        log_mels = (power @ self.mel_banks.T).clamp(min=torch.finfo(power.dtype).eps).log()
+        log_mels = log_mels.transpose(1, 2)                                    # B x bins x T
+        return log_mels - log_mels.mean(dim=-1, keepdim=True)
 
 
 # ------------------------------------------------------------------- squeeze-excitation blocks

@@ -22,7 +22,6 @@ import torch
 import torch.nn as nn
 
 from models._layers import TimePooling
-from speakernet.audio import HOP
 
 TIME_LAYERS = (nn.Conv1d, nn.Conv2d, nn.MaxPool1d, nn.MaxPool2d)
 AVERAGES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
@@ -97,8 +96,8 @@ def padded_batch(encoder, sample_lengths):
     if not supports_padded_batches(encoder):
         raise ValueError(f"{type(encoder).__name__} does not declare padded_batches")
     tracker = _LengthTracker()
-    frames = torch.div(sample_lengths, HOP, rounding_mode="floor") + 1    # centred STFT frames
     frontend = encoder.features
+    frames = frontend.frame_counts(sample_lengths)
     handles = [frontend.register_forward_hook(lambda m, a, out: tracker.record(out.shape[-1], frames))]
     poolings = []
     for module in encoder.modules():

@@ -326,7 +326,7 @@ def check_new_file(path, source):
 def write_calibrated_checkpoint(source, target, calibration, options):
     """The checkpoint `source` with `calibration` and the calibrating run's options, saved as a new
     file `target` (never replacing one) -> target."""
-    stored = checkpoint.load_file(source)
+    stored = _stored_weights(source)
     if isinstance(stored, dict) and stored.get("format") == checkpoint.FORMAT:
         new = dict(stored)
     else:       # voxceleb_trainer's state dict: our format, our parameter names
@@ -342,6 +342,14 @@ def write_calibrated_checkpoint(source, target, calibration, options):
     log.info("wrote the calibrated checkpoint %s (llr = %.6g * score + %.6g, prior %g); %s is unchanged",
              target, calibration.scale, calibration.offset, calibration.prior, source)
     return target
+
+
+def _stored_weights(source):
+    """The checkpoint `source`; a public model folder as one of ours (its encoder, our names)."""
+    from speakernet import public_models
+    if public_models.is_public_model(source):
+        return {"format": checkpoint.FORMAT, "model": public_models.our_state(source)}
+    return checkpoint.load_file(source)
 
 
 def _our_names(stored, options, source):
@@ -360,5 +368,7 @@ def from_checkpoint(stored, source="the checkpoint"):
 
 
 def load(path):
-    """The Calibration stored in the checkpoint file `path`, or None."""
+    """The Calibration stored in the checkpoint file `path`, or None (a public model folder has none)."""
+    if Path(path).is_dir():
+        return None
     return from_checkpoint(checkpoint.load_file(path), path)

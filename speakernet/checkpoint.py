@@ -224,13 +224,22 @@ def _rename(key, renames):
     return key
 
 
-def load_weights(model, state, source):
+def load_weights(model, state, source, new_objective_shapes=False):
     """Copy `state` into `model`, refusing tensors that do not fit, named one by one.
 
     Objective parameters may be absent (weights trained with another objective): they keep
-    their initial values. Missing encoder parameters are an error.
+    their initial values. Missing encoder parameters are an error. new_objective_shapes (a
+    fresh start from --initial_model): objective tensors of another shape (a classifier over
+    another number of speakers) keep their initial values too.
     """
     own = model.state_dict()
+    if new_objective_shapes:
+        reshaped = [k for k, v in state.items() if k.startswith("objective.") and k in own
+                    and own[k].shape != v.shape]
+        if reshaped:
+            log.warning("%s: %s of another shape; starting from initial values", source,
+                        ", ".join(f"{k} {tuple(state[k].shape)} -> {tuple(own[k].shape)}" for k in reshaped[:5]))
+            state = {k: v for k, v in state.items() if k not in reshaped}
     wrong = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
              for k, v in state.items() if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in state and k.startswith("encoder.")]

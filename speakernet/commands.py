@@ -6,8 +6,9 @@ import os
 import shutil
 from pathlib import Path
 
-from speakernet import calibration, checkpoint, evaluation
+from speakernet import calibration, checkpoint, evaluation, public_models
 from speakernet.atomic import make_folders
+from speakernet.audio import SAMPLE_RATE
 from speakernet.embeddings import embed_files, extract_to_npz, files_to_export, shared_extract
 from speakernet.options import OptionError
 from SpeakerNet import Trainer
@@ -43,15 +44,21 @@ def newest_checkpoint(save_path):
 
 
 def load_initial_weights(model, source):
-    checkpoint.load_weights(model, checkpoint.model_state(checkpoint.load_file(source), model, source), source)
+    if public_models.is_public_model(source):          # a wespeaker model folder
+        return public_models.load_initial_weights(model, source)
+    state = checkpoint.model_state(checkpoint.load_file(source), model, source)
+    checkpoint.load_weights(model, state, source, new_objective_shapes=True)
 
 
-def make_extractor(trainer, options):
+def make_extractor(trainer, options, seconds=0.0):
     """extract(files, lengths, root) -> files x crops x D, as evaluation.py expects; under
-    --distributed each rank embeds its share of the files and all ranks receive all."""
+    --distributed each rank embeds its share of the files and all ranks receive all.
+    seconds > 0: every file cut to its middle `seconds` first (--eval_seconds)."""
+    segment = round(seconds * SAMPLE_RATE)
     return shared_extract(
         lambda files, lengths, root: trainer.extract(files, lengths, root, options.eval_frames,
-                                                     options.num_eval, options.nDataLoaderThread))
+                                                     options.num_eval, options.nDataLoaderThread,
+                                                     segment=segment))
 
 
 def _loaded_trainer(options, model, device, rank, source):
@@ -86,8 +93,15 @@ def evaluate_only(options, model, device, rank=0):
     if rank == 0:
         prepare_save_path(options.save_path)
         log.info("evaluating %s on %s", source, ", ".join(map(str, evaluator.trial_set.paths)))
-    return evaluator.run(make_extractor(trainer, options), tag="eval", score=rank == 0,
-                         normalize=model.contract.test_normalize)
+    normalize = model.contract.test_normalize
+    report = evaluator.run(make_extractor(trainer, options), tag="eval", score=rank == 0,
+                           normalize=normalize)
+    for seconds in options.eval_seconds:       # short-utterance evaluation, same trials
+        if rank == 0:
+            log.info("evaluating with every test file cut to its middle %g s", seconds)
+        evaluator.run(make_extractor(trainer, options, seconds), tag=f"eval_{seconds:g}s",
+                      score=rank == 0, normalize=normalize)
+    return report
 
 
 def calibrate_only(options, model, device, rank=0):

@@ -42,6 +42,7 @@ from speakernet.eval_crops import MIN_WHOLE_FILE, eval_crop_starts
 from speakernet import calibration as calibrating
 from speakernet import checkpoint
 from speakernet import plugins
+from speakernet import public_models
 from speakernet.audio import INT16_SCALE, SAMPLE_RATE, crop_samples
 from speakernet.errors import CheckpointError, OptionError, UnknownComponentError, UserError
 from speakernet.options import stored_options
@@ -99,12 +100,17 @@ class Embedder:
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
         """The model of a checkpoint written by trainSpeakerNet.py (its 'options' name the model
-        and the evaluation protocol), with the calibration it holds, if any. `device`: auto,
+        and the evaluation protocol), with the calibration it holds, if any, or of a wespeaker
+        model folder (speakernet/public_models.py; whole files, no calibration). `device`: auto,
         cpu, cuda or cuda:N, checked as --device is."""
         device = resolve_device(device)          # before the checkpoint is read
         if not isinstance(path, (str, os.PathLike)):
             raise CheckpointError(f"from_checkpoint() takes the path of a checkpoint file, got a "
                                   f"{type(path).__name__}")
+        if public_models.is_public_model(path):           # a wespeaker model folder
+            public = public_models.load(path)
+            return cls(public.encoder, public.options.eval_frames, public.options.num_eval, device=device,
+                       source=path)
         stored = checkpoint.load_file(path)
         options = stored.get("options") if isinstance(stored, dict) else None
         if not isinstance(options, dict) or not options.get("model"):

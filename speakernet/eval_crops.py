@@ -26,17 +26,33 @@ def eval_crop_starts(total, length, num_eval):
     return np.linspace(0, max(total - length, 0), num=num_eval).astype(np.int64)
 
 
+def segment_lengths(lengths, segment):
+    """Samples of each file once cut to its middle `segment` samples (0: not cut)."""
+    lengths = np.asarray(lengths)
+    return np.minimum(lengths, segment) if segment else lengths
+
+
+def middle(audio, segment):
+    """The middle `segment` samples of `audio` (all of it when shorter, or segment 0)."""
+    if not segment or len(audio) <= segment:
+        return audio
+    start = (len(audio) - segment) // 2
+    return audio[start:start + segment]
+
+
 class TestDataset(Dataset):
     """num_eval evenly spaced crops of eval_frames per file; eval_frames 0 = the whole file.
 
     Files shorter than what is cut from them are wrapped around to that length: a crop of
-    eval_frames, or MIN_WHOLE_FILE samples (one analysis window) for whole files."""
+    eval_frames, or MIN_WHOLE_FILE samples (one analysis window) for whole files. segment > 0
+    (short-utterance evaluation) first cuts each file to its middle `segment` samples."""
 
-    def __init__(self, files, lengths, test_path, eval_frames, num_eval):
+    def __init__(self, files, lengths, test_path, eval_frames, num_eval, segment=0):
         self.paths = [_join(test_path, f) for f in files]
         self.lengths = lengths
         self.eval_frames = eval_frames
         self.num_eval = num_eval
+        self.segment = segment
         short = int((np.asarray(lengths) < MIN_WHOLE_FILE).sum()) if eval_frames == 0 else 0
         if short:
             log.warning("%d files are shorter than %d samples (one 25 ms window); whole-file scoring "
@@ -50,6 +66,7 @@ class TestDataset(Dataset):
         if len(audio) != self.lengths[index]:        # whole-file batches are planned from it
             raise changed_audio(self.paths[index], f"{len(audio)} samples", int(self.lengths[index]))
         check_finite(audio, self.paths[index])
+        audio = middle(audio, self.segment)
         if self.eval_frames == 0:
             if len(audio) < MIN_WHOLE_FILE:
                 audio = np.pad(audio, (0, MIN_WHOLE_FILE - len(audio)), mode="wrap")

@@ -34,7 +34,7 @@ from speakernet import score_norm
 from DatasetLoader import read_train_list
 from speakernet.embeddings import cohort_embeddings, embed_files, file_embeddings
 from speakernet.errors import UserError
-from speakernet.option_types import OptionValueError, count, probability_list
+from speakernet.option_types import OptionValueError, count, durations, probability_list
 from speakernet.result_files import (EvaluationReport, ListResult, write_list_outputs,
                                      write_report)
 from speakernet.scoring import pair_scores, system_scores
@@ -77,6 +77,9 @@ def add_arguments(parser):
     g.add_argument("--cohort_speakers", type=count, default=0,
                    help="AS-norm cohort: at most this many training speakers, drawn with "
                         "--seed (0 = all; an unlabelled list counts each utterance as one)")
+    g.add_argument("--eval_seconds", type=durations, default="",
+                   help="with --eval: also evaluate with every test file cut to each of these "
+                        "durations (its middle segment), comma-separated seconds, e.g. 1,2,3")
     g.add_argument("--extract", type=str, default="",
                    help="write embeddings ('names', 'embeddings' files x D, optionally "
                         "'crops') to this .npz and exit; needs --initial_model")

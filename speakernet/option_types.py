@@ -55,6 +55,16 @@ def probability_list(value):
     return numbers
 
 
+def durations(value):
+    """parse_float_list, each value a finite number of seconds above 0 (--eval_seconds)."""
+    numbers = parse_float_list(value)
+    for number in numbers:
+        if not 0 < number < float("inf"):
+            raise OptionValueError(f"{number:g} in '{value}' is not a duration in seconds above 0, "
+                                   f"e.g. 1,2,3")
+    return numbers
+
+
 def count(value):
     """An int of 0 or more (argparse/YAML type of the cohort options)."""
     try:

@@ -18,6 +18,7 @@ from speakernet import augment
 from speakernet import evaluation
 from speakernet import packed_audio
 from speakernet import plugins
+from speakernet import pseudo_labels
 import DatasetLoader as sampler
 from models import _specaugment as spec_augment
 from models._layers import N_FFT
@@ -25,10 +26,10 @@ from speakernet.errors import CheckpointError, OptionError, UserError  # noqa: F
 from speakernet.atomic import write_text
 from speakernet.audio import HOP, SAMPLE_RATE
 from speakernet.config_file import load_config  # noqa: F401 (re-exported)
-from speakernet.option_types import ListOption, OptionValueError, probability_list, quoted, split_list
+from speakernet.option_types import ListOption, OptionValueError, durations, probability_list, quoted, split_list
 
 # Modules that declare options of their own (add_arguments): each owner keeps its options.
-OPTION_OWNERS = (augment, spec_augment, packed_audio, sampler, evaluation)
+OPTION_OWNERS = (augment, spec_augment, packed_audio, sampler, evaluation, pseudo_labels)
 COMPONENT_OPTIONS = {"model": "models", "trainfunc": "loss", "optimizer": "optimizer",
                      "scheduler": "scheduler"}
 
@@ -174,8 +175,12 @@ CORE_GROUPS = (add_loader_options, add_training_options, add_objective_options, 
                add_checkpoint_options, add_data_options, add_model_options, add_run_options)
 
 
-def parse_options(argv=None):
-    """Resolve options from defaults, the YAML file and the command line, in that order."""
+def parse_options(argv=None, replaced_components_ok=False):
+    """Resolve options from defaults, the YAML file and the command line, in that order.
+
+    replaced_components_ok: YAML options of a component the command line replaces (the YAML's
+    cel_similarity under --trainfunc aamsoftmax) are dropped instead of refused, for runs
+    whose stages share one YAML file (the pseudo-label rounds)."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     # --help must wait until the chosen components have added their options.
@@ -183,12 +188,28 @@ def parse_options(argv=None):
     config = load_config(first.config) if first.config else {}
     # Component names decide which extra options exist: command line, else YAML, else default.
     explicit = _explicit_values(parser, argv)
+    if replaced_components_ok:
+        config = _without_replaced_components(config, explicit)
     _add_components(parser, lambda option: explicit.get(option, config.get(option, parser.get_default(option))))
     parser.set_defaults(**_checked_config(parser, config, first.config))
     options = parser.parse_args(argv)
     options.test_list = split_list(options.test_list)   # always a list of paths
     validate(options, parser)
     return options
+
+
+def _without_replaced_components(config, explicit):
+    """`config` less the options of the components it names that `explicit` replaces."""
+    replaced = [option for option in COMPONENT_OPTIONS
+                if option in explicit and option in config and explicit[option] != config[option]]
+    if not replaced:
+        return config
+    theirs, ours = build_parser(), build_parser()
+    _add_components(theirs, lambda option: config.get(option, theirs.get_default(option)))
+    _add_components(ours, lambda option: explicit.get(option, config.get(option, ours.get_default(option))))
+    kept = {a.dest for a in ours._actions}
+    dropped = {a.dest for a in theirs._actions} - kept
+    return {k: v for k, v in config.items() if k not in dropped}
 
 
 def stored_options(values, source):
@@ -292,13 +313,17 @@ def _checked_config(parser, config, path):
     return checked
 
 
+# Option types that read comma-separated numbers, a number or a list, and what they expect.
+LIST_TYPES = {probability_list: "fractions in (0, 1)", durations: "durations in seconds above 0"}
+
+
 def _convert(path, key, action, value):
     """A YAML value converted to the option's type (each element for list options); an error
     names the file, the key and the element that does not fit."""
     if isinstance(action, ListOption):
         return _path_list(path, key, value)
-    if action.type is probability_list:
-        return _typed(path, key, probability_list, value, "fractions in (0, 1)")
+    if action.type in LIST_TYPES:
+        return _typed(path, key, action.type, value, LIST_TYPES[action.type])
     many = action.nargs not in (None, "?")
     size = f"{action.nargs} " if isinstance(action.nargs, int) else ""
     expected = f"a list of {size}{action.type.__name__}" if many else action.type.__name__
@@ -319,7 +344,7 @@ def _convert(path, key, action, value):
 def _typed(path, key, kind, value, expected):
     """kind(value) for a YAML scalar; OptionError naming file and key when it does not fit.
     An OptionValueError of the type's own (probability_list, count, ...) says what is wrong."""
-    takes_lists = kind is probability_list             # '0.05,0.01', 0.05 or [0.05, 0.01]
+    takes_lists = kind in LIST_TYPES                   # '0.05,0.01', 0.05 or [0.05, 0.01]
     if value is None or isinstance(value, (bool, dict)) or isinstance(value, list) and not takes_lists:
         raise OptionError(f"{path}: '{key}' expects {expected}, got {quoted(value)}")
     if kind is int and isinstance(value, float) and not value.is_integer():
@@ -443,6 +468,8 @@ def validate(options, parser=None):
             raise OptionError(f"--{name} must be at least 1, got {getattr(options, name)}")
     if options.eval_frames < 0:
         raise OptionError(f"--eval_frames must be 0 (whole files) or positive, got {options.eval_frames}")
+    if options.eval_seconds and not options.eval:
+        raise OptionError("--eval_seconds cuts the test files of an --eval run; add --eval")
     if options.nDataLoaderThread < 0:
         raise OptionError("--nDataLoaderThread must be 0 or more")
     if options.lr <= 0:
