@@ -55,6 +55,8 @@ def read_list_columns(path):
 
 
 class Pipeline:
+    """The stages of one --pseudo_rounds run under --save_path (see the module docstring)."""
+
     def __init__(self, argv, options, train_stage):
         self.argv = list(sys.argv[1:] if argv is None else argv)
         self.options = options
