@@ -3,7 +3,7 @@
 
     python3 benchmarks/demo_sweep.py --out exps/sweep_objectives --common "--max_epoch 4" \
         --run "softmax: --trainfunc softmax" --run "ge2e: --trainfunc ge2e --nPerSpeaker 3"
-    python3 benchmarks/demo_sweep.py --preset objectives      # the sets used in the README
+    python3 benchmarks/demo_sweep.py --preset objectives      # the sets used in docs/results.md
     python3 benchmarks/demo_sweep.py --preset encoders
     python3 benchmarks/demo_sweep.py --preset ssl
 

@@ -1,4 +1,4 @@
-"""Imports point down the layers of README's Design section: plug-ins never import the option
+"""Imports point down the layers of docs/design.md: plug-ins never import the option
 parser, the trainer, the data side or the metrics (their own folders and speakernet/'s helpers
 are below them), and the shared helpers import nothing of the project but each other."""
 import ast

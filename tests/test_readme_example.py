@@ -1,4 +1,4 @@
-"""The README's "Using a trained model" Python example, run verbatim on a trained run's best.model
+"""The "Using a trained model" Python example of docs/using-a-model.md, run verbatim on a trained run's best.model
 (the demo's layout: exps/demo/model/best.model, with a.wav, b.wav, b.flac and c.wav beside it)."""
 import re
 from pathlib import Path
@@ -9,7 +9,7 @@ import torch
 import trainSpeakerNet
 from conftest import SR, make_corpus, train_argv
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "using-a-model.md"
 
 
 def readme_example():
