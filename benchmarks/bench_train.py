@@ -18,7 +18,7 @@ its own:
               that peak less the process's resident set before the model was built
               ("+training": model, optimizer, batch, activations and gradients);
   GFLOP/s     achieved = 2 x MACs (encoder without its front end, torch.utils.flop_counter,
-              as `python -m models --profile`) x 3 (forward + backward) x compute segments/s,
+              as `python3 -m speakernet.model_tools --profile`) x 3 (forward + backward) x compute segments/s,
               beside the machine's dense fp32 matmul GFLOP/s.
 Each rate is the median over the timed steps after --warmup steps; the first step of a run
 builds oneDNN primitives and fills the loader's pipeline. A segment is one view (a batch is
@@ -166,7 +166,7 @@ def measure_configuration(model_name, objective, args):
     from speakernet.augment import CollateAndMix
     from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, collate_views,
                                read_train_list)
-    from models.__main__ import count_macs
+    from speakernet.model_tools import count_macs
     from speakernet.packed_audio import packs_from_options
     from trainSpeakerNet import views_per_group
     device = torch.device(args.device)
@@ -433,7 +433,7 @@ def run_compare(args):
 
 
 def count_encoder_macs(model, frames):
-    from models.__main__ import count_macs
+    from speakernet.model_tools import count_macs
     return count_macs(model.encoder, samples_for(frames))
 
 

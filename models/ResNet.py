@@ -16,7 +16,7 @@ Hyperparameters and where they come from:
   two_emb_layer False).
 
 Sizes with the defaults (80 mels, 256-d embedding); MACs for 2 s (32,240 samples, 202 frames)
-from models.__main__.count_macs, against wespeaker's VoxCeleb model table
+from speakernet.model_tools.count_macs, against wespeaker's VoxCeleb model table
 (examples/voxceleb/v2/README.md: Params / "Flops", which are thop MACs for 200 frames):
     ResNet-34   6,634,336 parameters (published 6.63 M),   4.61 GMACs (4.55 G)
     ResNet-221 23,792,224 parameters (published 23.79 M), 21.32 GMACs (21.29 G)

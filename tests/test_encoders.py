@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from speakernet import plugins
-from models.__main__ import (count_macs, count_parameters, export_torchscript,
+from speakernet.model_tools import (count_macs, count_parameters, export_torchscript,
                              load_encoder_weights, main, max_abs_difference, samples_for)
 
 # voxceleb_trainer's checkpoints: parameter names and shapes of each encoder.

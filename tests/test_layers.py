@@ -30,8 +30,7 @@ def project_imports(path):
 
 
 def module_files(folder):
-    # models/__main__.py is an entry point (python -m models), not a plug-in.
-    return sorted(p for p in (REPO / folder).glob("*.py") if p.name != "__main__.py")
+    return sorted((REPO / folder).glob("*.py"))
 
 
 @pytest.mark.parametrize("folder", PLUG_IN_FOLDERS)

@@ -1,4 +1,4 @@
-"""python -m models --export MODEL --format onnx: the whole encoder (front end included) with
+"""python3 -m speakernet.model_tools --export MODEL --format onnx: the whole encoder (front end included) with
 dynamic batch and time axes, checked with onnxruntime; failures exit 2 and keep no file."""
 import importlib
 import json
@@ -16,7 +16,7 @@ import torch
 from speakernet import checkpoint
 from speakernet import plugins
 
-export_cli = importlib.import_module("models.__main__")
+export_cli = importlib.import_module("speakernet.model_tools")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 TINY = ["--export", "ResNetSE34L", "--nOut", "16", "--format", "onnx"]
@@ -52,7 +52,7 @@ def exported(tmp_path_factory):
                 "model": {"encoder." + k: v for k, v in encoder.state_dict().items()},
                 "calibration": CALIBRATION}, ckpt)
     out = folder / "enc.onnx"
-    records, logger = Records(), logging.getLogger("models")
+    records, logger = Records(), logging.getLogger("speakernet.model_tools")
     level = logger.level
     logger.addHandler(records)
     logger.setLevel(logging.INFO)
@@ -180,7 +180,7 @@ def test_bench_times_both_engines_in_interleaved_rounds(exported, monkeypatch, c
     encoder, _, out, _ = exported
     # The export itself is tested above; the benchmark reuses that file.
     monkeypatch.setattr(export_cli, "export_onnx", lambda enc, path, name, **kw: shutil.copy(out, path))
-    caplog.set_level(logging.INFO, logger="models")
+    caplog.set_level(logging.INFO, logger="speakernet.model_tools")
     rates = export_cli.bench("ResNetSE34L", encoder, seconds=0.5, files=2, rounds=2)
     assert set(rates) == {"pytorch", "onnxruntime"}
     assert all(len(v) == 2 and all(r > 0 for r in v) for v in rates.values())

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import yaml
 
 from conftest import SR, train_argv
-from models.__main__ import count_parameters
+from speakernet.model_tools import count_parameters
 from speakernet import commands, options, plugins
 from speakernet.errors import UserError
 

@@ -14,7 +14,7 @@ import torch
 from speakernet import options
 from speakernet import plugins
 from loss.softmax import LossFunction
-from models.__main__ import (add_component_options, build_parser, count_macs, count_parameters,
+from speakernet.model_tools import (add_component_options, build_parser, count_macs, count_parameters,
                              export_torchscript, max_abs_difference, samples_for)
 from models.CAMPPlus import segment_means
 

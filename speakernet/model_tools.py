@@ -1,16 +1,16 @@
 """Profile every encoder, or export one with TorchScript or ONNX.
 
-    python -m models --profile [--device cpu] [--batch 32] [--frames 200] [--iterations 3]
-    python -m models --export ECAPA_TDNN --nOut 192 --initial_model CKPT (or --random_weights)
+    python3 -m speakernet.model_tools --profile [--device cpu] [--batch 32] [--frames 200] [--iterations 3]
+    python3 -m speakernet.model_tools --export ECAPA_TDNN --nOut 192 --initial_model CKPT (or --random_weights)
                      [--config exps/x/options.yaml] --output ecapa.pt [--overwrite]
-    python -m models --export ResNetSE34L --format onnx --initial_model CKPT --output enc.onnx
-    python -m models --bench ResNetSE34L [--seconds 4] [--files 20] [--rounds 5] [--initial_model CKPT]
+    python3 -m speakernet.model_tools --export ResNetSE34L --format onnx --initial_model CKPT --output enc.onnx
+    python3 -m speakernet.model_tools --bench ResNetSE34L [--seconds 4] [--files 20] [--rounds 5] [--initial_model CKPT]
 
 --profile lists, for every file in models/ that exposes MainModel: parameters, MACs for a
 2-second input (torch.utils.flop_counter; MACs = FLOPs / 2, convolutions and matrix products
 of the network, without the front end, as in "In defence of metric learning", Table 1) and
 forward+backward throughput in segments/s on the chosen device. Each encoder is built with
-its MainModel defaults (the paper configuration) unless options are given (models/_profile.py).
+its MainModel defaults (the paper configuration) unless options are given (speakernet/profiling.py).
 
 --export writes the encoder (waveform B x samples -> B x nOut embeddings) as TorchScript and
 checks that the saved file gives the eager model's embedding for a random input of another
@@ -20,12 +20,12 @@ run's options.yaml, so the exported network is exactly the trained one), then th
 --format onnx writes the same network (front end included) as ONNX with the batch and time
 axes dynamic, checked with onnxruntime on inputs of other batch sizes and lengths; above
 ONNX_TOLERANCE (or with any NaN or Inf) the export fails with exit status 2 and no file is
-kept. Why tracing, which exporter and which opset: models/_export.py.
+kept. Why tracing, which exporter and which opset: speakernet/export.py.
 
 --bench exports the encoder to a temporary ONNX file and times single files of --seconds
 through PyTorch (eager) and onnxruntime on one CPU thread each, in interleaved rounds (so
 a machine shared with other jobs slows both alike); it logs files/s per round and medians
-(models/_bench.py).
+(speakernet/engine_bench.py).
 
 This file is the command line: it parses, builds the encoder, and writes an export only once
 it is complete and checked (a temporary file beside --output, renamed over it).
@@ -42,16 +42,16 @@ from speakernet import plugins
 from speakernet.errors import UserError
 from speakernet.atomic import atomic_path, temporary_path
 from speakernet.audio import SAMPLE_RATE
-from models._bench import compare_engines
-from models._export import (ONNX_CHECKS, ONNX_MIN_SAMPLES, ONNX_OPSET, ONNX_TOLERANCE,
+from speakernet.engine_bench import compare_engines
+from speakernet.export import (ONNX_CHECKS, ONNX_MIN_SAMPLES, ONNX_OPSET, ONNX_TOLERANCE,
                             check_onnx, export_onnx, export_torchscript, load_encoder_weights,
                             max_abs_difference, onnx_metadata, onnx_parity, onnx_runtime,
                             onnx_session)
-from models._profile import (count_macs, count_parameters, profile, resolve_device,
+from speakernet.profiling import (count_macs, count_parameters, profile, resolve_device,
                              samples_for, synchronize, training_throughput)
 
 # The helpers' names stay reachable here: tests, benchmarks and scripts import them from
-# models.__main__, and the export paths below look export_* up in this module (so a test can
+# speakernet.model_tools, and the export paths below look export_* up in this module (so a test can
 # replace them here).
 __all__ = ["main", "run", "build_parser", "add_component_options", "open_output", "bench", "UserError",
            "ONNX_CHECKS", "ONNX_MIN_SAMPLES", "ONNX_OPSET", "ONNX_TOLERANCE", "check_onnx", "export_onnx",
@@ -59,7 +59,7 @@ __all__ = ["main", "run", "build_parser", "add_component_options", "open_output"
            "onnx_parity", "onnx_runtime", "onnx_session", "count_macs", "count_parameters", "profile",
            "resolve_device", "samples_for", "synchronize", "training_throughput"]
 
-log = logging.getLogger("models")
+log = logging.getLogger("speakernet.model_tools")
 
 # Options of every MainModel that the command line always offers (add_component_options adds
 # the ones the chosen encoders declare).
@@ -69,7 +69,7 @@ MODEL_OPTIONS = ["nOut", "encoder_type", "n_mels", "log_input"]
 # ---------------------------------------------------------------------------- command line
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m models", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python3 -m speakernet.model_tools", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--profile", action="store_true", help="profile every encoder in models/")

@@ -1,5 +1,5 @@
 """Inference speed of an encoder in PyTorch (eager) and in onnxruntime on its ONNX export
-(`python -m models --bench`): single files, one CPU thread each, interleaved rounds so that
+(`python3 -m speakernet.model_tools --bench`): single files, one CPU thread each, interleaved rounds so that
 a machine shared with other jobs slows both engines alike."""
 import logging
 import statistics
@@ -7,10 +7,10 @@ import time
 
 import torch
 
-from models._export import onnx_session
+from speakernet.export import onnx_session
 from speakernet.audio import SAMPLE_RATE
 
-log = logging.getLogger("models")
+log = logging.getLogger("speakernet.model_tools")
 
 
 def random_files(seconds, files):

@@ -1,5 +1,5 @@
 """Size and speed of the encoders: parameters, MACs of one forward pass, and training
-throughput (`python -m models --profile`).
+throughput (`python3 -m speakernet.model_tools --profile`).
 
 MACs are counted for the network without its front end, as in "In defence of metric
 learning", Table 1: torch.utils.flop_counter's FLOPs / 2 over convolutions and matrix products.
@@ -15,7 +15,7 @@ from speakernet import plugins
 from speakernet.audio import crop_samples
 from speakernet.errors import UserError
 
-log = logging.getLogger("models")
+log = logging.getLogger("speakernet.model_tools")
 
 samples_for = crop_samples        # frames -> samples, as the trainer crops
 

@@ -1,5 +1,5 @@
 """Export an encoder (waveform B x samples -> B x nOut embeddings) as TorchScript or ONNX, and
-check the file against the eager model (`python -m models --export`).
+check the file against the eager model (`python3 -m speakernet.model_tools --export`).
 
 Why torch.jit.trace rather than torch.jit.script, or torch.export: tracing needs no change
 to the model code (scripting would reject **kwargs, the autocast context of the front ends
@@ -42,7 +42,7 @@ from speakernet import checkpoint
 from speakernet.audio import HOP, SAMPLE_RATE, WINDOW_EXTRA, crop_samples
 from speakernet.errors import UserError
 
-log = logging.getLogger("models")
+log = logging.getLogger("speakernet.model_tools")
 
 # ONNX: opset of the torch.export-based exporter; parity with the eager model is required to
 # this max abs difference of the embeddings. The checks use other batch sizes and lengths
