@@ -21,6 +21,7 @@ from speakernet.audio import to_float
 from speakernet.checkpoint import restore_rng
 from models._padded import length_buckets, pad_waveforms, padded_batch, supports_padded_batches
 from speakernet.eval_crops import TestDataset, segment_lengths
+from speakernet.tracking import Tracker
 from loss._objective import ContractDefaults, RunContext, as_contract
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Trainer:
                         "--mixedprec on this machine")
         self.scaler = torch.amp.GradScaler(device.type, enabled=mixedprec and device.type == "cuda")
         self.step = 0
+        self.tracker = Tracker()               # tracks nothing unless the run sets one
         self.max_bad_steps = max_bad_steps     # non-finite losses skipped per epoch before stopping
         self.run = RunContext()
         # Unscaling the gradients costs a pass over them: only for objectives that look at them.
@@ -120,7 +122,11 @@ class Trainer:
             if self._step(views, labels, extras, frames, totals, epoch):
                 if after_step:
                     after_step(totals["batch"], dict(totals))
-                bar.set_postfix(self._progress(totals, wait, time.perf_counter() - start))
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(self._progress(totals, wait, elapsed))
+                self.tracker.log_step(self.step, epoch, totals, {
+                    "lr": self.optimizer.param_groups[0]["lr"], "data_wait": wait / elapsed,
+                    "utt_per_s": totals["utterances"] / elapsed})
             last = time.perf_counter()
         bar.close()
         elapsed = max(time.perf_counter() - start, 1e-9)

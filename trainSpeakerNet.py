@@ -28,6 +28,7 @@ from speakernet import pseudo_rounds
 from speakernet import resume
 from speakernet import run_lock
 from speakernet import run_log
+from speakernet import tracking
 # The modes besides training; their helpers stay importable from here too.
 from speakernet.commands import (calibrate_only, evaluate_only, extract_only,  # noqa: F401
                                  load_initial_weights, make_extractor, newest_checkpoint,
@@ -210,6 +211,7 @@ def epoch_state(options, model, trainer, data, epoch, **extra):
 
 def train(options, model, device, rank, world_size):
     is_main = rank == 0
+    tracking.check_available(options)
     data = build_data(options, model, device, rank, world_size)
     trainer = build_trainer(options, model, device, data, is_main)
     save_path = Path(options.save_path)
@@ -222,9 +224,13 @@ def train(options, model, device, rank, world_size):
         if is_main:
             checkpoint.remove_stale_temporaries(model_dir)
         point = resume_or_start(options, model, trainer, model_dir, data.signature)
-        if is_main:
-            start_run_log(options, save_path, model, data.train_list, device, point)
-        return epoch_loop(options, model, trainer, data, save_path, point)
+        trainer.tracker = tracking.open_tracker(options, save_path, trainer.step, is_main)
+        try:
+            if is_main:
+                start_run_log(options, save_path, model, data.train_list, device, point)
+            return epoch_loop(options, model, trainer, data, save_path, point)
+        finally:
+            trainer.tracker.close()
 
 
 def start_run_log(options, save_path, model, train_list, device, point):
@@ -294,7 +300,7 @@ def epoch_loop(options, model, trainer, data, save_path, point):
             if options.distributed:
                 dist.barrier()
         elif is_main:
-            run_log.append_metrics(save_path / "metrics.jsonl", {"epoch": epoch, **stats})
+            validation.record(epoch, stats)
     return report
 
 

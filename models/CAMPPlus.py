@@ -27,21 +27,28 @@ Hyperparameters and where they come from (paper sec. 2 and Fig. 1; DTDNN.py / la
 
 Size with the defaults: 7,176,224 parameters (3D-Speaker egs/voxceleb/sv-cam++/README.md
 and wespeaker examples/voxceleb/v2/README.md: 7.18 M), 1.14 GMACs for 2 s (202 frames,
-models.__main__.count_macs; wespeaker's table: CAM++ "Flops" 1.15 G, thop MACs for 200 frames).
+speakernet.model_tools.count_macs; wespeaker's table: CAM++ "Flops" 1.15 G, thop MACs for 200 frames).
 The paper's own complexity figure could not be checked here (for 3 s, 302 frames, this
 network has 1.70 GMACs).
 
-Differences from 3D-Speaker: torchaudio mel filterbank inside the model instead of Kaldi fbank;
-the statistics pooling adds 1e-8 under the square root of the (unbiased) variance.
+Differences from 3D-Speaker: by default a torchaudio mel filterbank inside the model instead of
+Kaldi fbank; --input_features kaldi_fbank_povey computes 3D-Speaker's own features
+(speakerlab/process/processor.py FBank: torchaudio.compliance.kaldi.fbank of the samples in
+[-1, 1] with Kaldi's default povey window and no dither, minus their mean over the file) and
+kaldi_fbank wespeaker's (x 2^15, Hamming window, models._layers.KaldiFbankFrontend), which
+their released models need (speakernet/public_models.py). The statistics pooling adds 1e-8
+under the square root of the (unbiased) variance (3D-Speaker adds nothing, wespeaker 1e-7).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models._layers import as_image, check_encoder_type, use_channels_last
+from models._layers import (KaldiFbankFrontend, add_input_features_option, as_image,
+                            check_encoder_type, use_channels_last)
 from models._specaugment import with_spec_augment
 from models.ResNet import (BasicBlock, TemporalStatsPooling, make_stage,
                            mean_normalised_log_mels, strided_size)
+from speakernet.errors import OptionError
 
 # The paper's defaults when the user sets neither YAML nor command line (3D-Speaker VoxCeleb).
 OPTION_DEFAULTS = {"nOut": 512, "n_mels": 80, "log_input": True, "encoder_type": "TSTP"}
@@ -54,6 +61,37 @@ BOTTLENECK = 4 * GROWTH_RATE
 BLOCKS = ((12, 3, 1), (24, 3, 2), (16, 3, 2))   # (layers, kernel, dilation) per D-TDNN block
 SEGMENT_FRAMES = 100
 MASK_REDUCTION = 2
+
+
+class PoveyKaldiFbank(KaldiFbankFrontend):
+    """3D-Speaker's features: Kaldi fbank with CMN as wespeaker's, but of the samples in [-1, 1]
+    (which moves the log floor of digital silence) with Kaldi's default povey window, and no
+    dither in training either (processor.py FBank)."""
+
+    def __init__(self, n_mels=80):
+        super().__init__(n_mels, window="povey", waveform_scale=1.0, dither=0.0)
+
+
+FRONT_ENDS = {"fbank": lambda n_mels, log_input: mean_normalised_log_mels(n_mels, log_input),
+              "kaldi_fbank": lambda n_mels, log_input: KaldiFbankFrontend(n_mels),
+              "kaldi_fbank_povey": lambda n_mels, log_input: PoveyKaldiFbank(n_mels)}
+
+
+def add_arguments(parser):
+    """CAM++'s own options (read by options.parse_options when --model CAMPPlus)."""
+    add_input_features_option(parser, tuple(FRONT_ENDS),
+                              help="fbank: torchaudio log-mels, mean-normalised; kaldi_fbank: wespeaker's "
+                                   "Kaldi filterbank with CMN; kaldi_fbank_povey: 3D-Speaker's (povey "
+                                   "window, samples in [-1, 1], no dither); their released models need them")
+
+
+def build_frontend(input_features, n_mels, log_input):
+    """The front end --input_features names; all are log filterbanks with CMN."""
+    if input_features not in FRONT_ENDS:
+        raise OptionError(f"--input_features '{input_features}': CAMPPlus takes {', '.join(FRONT_ENDS)}")
+    if input_features != "fbank" and not log_input:
+        raise OptionError(f"--input_features {input_features} gives log filterbanks; drop --log_input false")
+    return FRONT_ENDS[input_features](n_mels, log_input)
 
 
 def bn_relu(channels):
@@ -140,9 +178,9 @@ def transit_layer(in_channels, out_channels):
 
 
 class CAMPPlus(nn.Module):
-    def __init__(self, nOut=512, n_mels=80, log_input=True):
+    def __init__(self, nOut=512, n_mels=80, log_input=True, input_features="fbank"):
         super().__init__()
-        self.features = mean_normalised_log_mels(n_mels, log_input)
+        self.features = build_frontend(input_features, n_mels, log_input)
         self.head = FrontConvModule(n_mels)
         self.tdnn = nn.Sequential(
             nn.Conv1d(self.head.out_channels, TDNN_CHANNELS, 5, stride=2, padding=2, bias=False),
@@ -174,7 +212,8 @@ class CAMPPlus(nn.Module):
         return self.embedding_bn(self.fc(self.pool(x)))
 
 
-def MainModel(nOut=512, encoder_type="TSTP", n_mels=80, log_input=True, **kwargs):
+def MainModel(nOut=512, encoder_type="TSTP", n_mels=80, log_input=True, input_features="fbank", **kwargs):
     # One pooling, statistics (TSTP); naming another would silently change nothing.
     check_encoder_type(encoder_type, ("TSTP",))
-    return with_spec_augment(CAMPPlus(nOut=nOut, n_mels=n_mels, log_input=log_input), **kwargs)
+    return with_spec_augment(CAMPPlus(nOut=nOut, n_mels=n_mels, log_input=log_input,
+                                      input_features=input_features), **kwargs)

@@ -9,6 +9,8 @@
    configurations, with voxceleb_trainer's parameter names.
 3. Temporal pooling: B x T x C frame features -> B x D utterance vectors.
 """
+from functools import partial
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -111,7 +113,7 @@ class LogSpectrogramFrontend(FrontEnd):
 
 def add_input_features_option(parser, choices, help):
     """A model's --input_features (the front end; the first of `choices` is its default). Where
-    another model declared it already (python -m models reads every model's options into one
+    another model declared it already (python3 -m speakernet.model_tools reads every model's options into one
     parser), `choices` join that declaration's instead."""
     for action in parser._actions:
         if "--input_features" in action.option_strings:
@@ -411,6 +413,44 @@ class TemporalMaxPooling(TimePooling):
         return (frames if valid is None else frames.masked_fill(~valid[:, :, None], float("-inf"))).amax(dim=1)
 
 
+def _raw_moments(x, weights, floor):
+    """Weighted mean and std over the last axis, the variance as E[x^2] - mean^2 floored."""
+    mean = torch.sum(x * weights, dim=2)
+    var = torch.sum(x.pow(2) * weights, dim=2) - mean.pow(2)
+    return mean, var.clamp(min=floor).sqrt()
+
+
+def _centred_moments(x, weights, floor):
+    """Weighted mean and std over the last axis, the variance as E[(x - mean)^2] floored."""
+    mean = torch.sum(x * weights, dim=2)
+    var = torch.sum(weights * (x - mean.unsqueeze(2)).pow(2), dim=2)
+    return mean, var.clamp(min=floor).sqrt()
+
+
+def _population_context(x):
+    return x.mean(dim=2), x.var(dim=2, correction=0).clamp(min=1e-5).sqrt()
+
+
+def _uniform_centred_context(x):
+    return _centred_moments(x, x.new_full((1, 1, x.shape[2]), 1.0 / x.shape[2]), 1e-12)
+
+
+def _unbiased_context(x):
+    return x.mean(dim=2), (x.var(dim=2) + 1e-7).sqrt()
+
+
+# How an attentive pooling computes its statistics: (those of the whole utterance, which global
+# context scores each frame with; the weighted mean and std it outputs). A released model's
+# embedding depends on its toolkit's formulas and floors.
+POOLING_STATISTICS = {
+    "default": (_population_context, partial(_raw_moments, floor=1e-5)),
+    # speechbrain's AttentiveStatisticsPooling (lobes/models/ECAPA_TDNN.py, eps 1e-12).
+    "speechbrain": (_uniform_centred_context, partial(_centred_moments, floor=1e-12)),
+    # wespeaker's ASTP (models/pooling_layers.py).
+    "wespeaker": (_unbiased_context, partial(_raw_moments, floor=1e-7)),
+}
+
+
 class ChannelAttentiveStatsPooling(TimePooling):
     """Attention weights for every channel and frame, then the weighted mean (and std).
 
@@ -420,15 +460,20 @@ class ChannelAttentiveStatsPooling(TimePooling):
     ECAPA-TDNN's channel- and context-dependent statistics pooling (Desplanques et al. 2020,
     bottleneck 128): each frame is scored together with the utterance's mean and
     std, so the weights can react to global properties such as noise or channel.
+    `attention_norm=False` drops the ReLU and BN (wespeaker's ASTP: conv -> tanh -> conv);
+    `statistics` names the formulas of POOLING_STATISTICS.
     """
 
-    def __init__(self, channels, bottleneck=128, with_std=True, global_context=False, tanh=False):
+    def __init__(self, channels, bottleneck=128, with_std=True, global_context=False, tanh=False,
+                 attention_norm=True, statistics="default"):
         super().__init__()
         self.with_std = with_std
         self.global_context = global_context
+        self.statistics = statistics
         scorer_channels = channels * 3 if global_context else channels
-        layers = [nn.Conv1d(scorer_channels, bottleneck, kernel_size=1),
-                  nn.ReLU(), nn.BatchNorm1d(bottleneck)]
+        layers = [nn.Conv1d(scorer_channels, bottleneck, kernel_size=1)]
+        if attention_norm:
+            layers += [nn.ReLU(), nn.BatchNorm1d(bottleneck)]
         if tanh:
             layers.append(nn.Tanh())
         layers += [nn.Conv1d(bottleneck, channels, kernel_size=1), nn.Softmax(dim=2)]
@@ -442,19 +487,16 @@ class ChannelAttentiveStatsPooling(TimePooling):
         if valid is not None and self.global_context:
             raise NotImplementedError("global-context pooling of padded batches")
         if self.global_context:
-            mean = x.mean(dim=2, keepdim=True).expand_as(x)
-            std = x.var(dim=2, keepdim=True, correction=0).clamp(min=1e-5).sqrt().expand_as(x)
-            scorer_input = torch.cat([x, mean, std], dim=1)
+            mean, std = POOLING_STATISTICS[self.statistics][0](x)
+            scorer_input = torch.cat([x, mean.unsqueeze(2).expand_as(x), std.unsqueeze(2).expand_as(x)], dim=1)
         if valid is None:
             weights = self.attention(scorer_input)                          # sums to 1 over T
         else:
             scores = self.attention[:-1](scorer_input).masked_fill(~valid[:, None, :], float("-inf"))
             weights = self.attention[-1](scores)
-        mean = torch.sum(x * weights, dim=2)
         if not self.with_std:
-            return mean
-        var = torch.sum(x.pow(2) * weights, dim=2) - mean.pow(2)
-        return torch.cat([mean, var.clamp(min=1e-5).sqrt()], dim=1)
+            return torch.sum(x * weights, dim=2)
+        return torch.cat(POOLING_STATISTICS[self.statistics][1](x, weights), dim=1)
 
 
 POOLING_LAYERS = {

@@ -86,11 +86,11 @@ def _check_expansion(node, path):
                               f"{MAX_OPTION_VALUES:,}")
 
 
-def _load_yaml(text, path):
+def _load_yaml(text, path, loader_class=_ConfigLoader):
     """yaml.safe_load of `text`, size-checked (_check_expansion), warning about top-level keys
     set twice (the last value is used)."""
     try:
-        loader = _ConfigLoader(text)      # the reader checks every character here
+        loader = loader_class(text)       # the reader checks every character here
     except yaml.reader.ReaderError as err:
         raise OptionError(_unreadable_character(path, text, err)) from None
     try:
@@ -125,11 +125,12 @@ def _read_text(path):
     return data.decode("utf-8")
 
 
-def load_config(path):
+def load_config(path, loader_class=_ConfigLoader):
     """The {option: value} mapping of YAML file `path` ({} when empty); OptionError naming the
-    file (and the line and column of a YAML error) when it cannot be used."""
+    file (and the line and column of a YAML error) when it cannot be used. `loader_class`: a
+    yaml.SafeLoader subclass (one that reads other toolkits' tags as data)."""
     try:
-        config = _load_yaml(_read_text(path), path)
+        config = _load_yaml(_read_text(path), path, loader_class)
     except FileNotFoundError:
         raise OptionError(f"--config {path}: file not found") from None
     except OSError as err:              # a directory, no permission, an I/O error, ...

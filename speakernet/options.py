@@ -168,6 +168,9 @@ def add_run_options(p):
     g.add_argument("--distributed", help="DistributedDataParallel under torchrun", **FLAG)
     g.add_argument("--max_bad_steps", type=int, default=0,
                    help="steps with a NaN/Inf loss skipped per epoch before training stops")
+    g.add_argument("--tensorboard", help="also log training to TensorBoard in save_path/tensorboard: "
+                   "loss, metric, learning rate, data wait, EER and minDCF per list, DET curves, and "
+                   "test embeddings for the projector (needs the tensorboard package)", **FLAG)
 
 
 # The core's option groups, in --help order.

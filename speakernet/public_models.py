@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from speakernet import checkpoint, plugins, public_wespeaker
+from speakernet import checkpoint, plugins, public_3dspeaker, public_speechbrain, public_wespeaker
 from speakernet.errors import CheckpointError
 from speakernet.options import stored_options
 from speakernet.public_common import Architecture
 
 log = logging.getLogger(__name__)
 
-READERS = (public_wespeaker,)
+READERS = (public_wespeaker, public_3dspeaker, public_speechbrain)
 # Embed whole files, once, and score by cosine, as the toolkits' own inference does (the
 # objective, needed by the option checks, is that of their VoxCeleb recipes: AAM softmax).
 EVALUATION = {"eval_frames": 0, "num_eval": 1, "trainfunc": "aamsoftmax"}

@@ -22,6 +22,7 @@ from speakernet.audio import SAMPLE_RATE
 from speakernet.config_file import load_config
 from speakernet.errors import CheckpointError, OptionError
 from speakernet.public_common import Architecture, Release, refuse_unless, tensor_state, whole_number
+from speakernet.public_3dspeaker import CAMPPLUS_FIXED, campplus_architecture
 
 NAME = "wespeaker"
 CONFIG = "config.yaml"
@@ -112,9 +113,68 @@ def _resnet(depth):
     return architecture
 
 
+def _campplus(config, model_args, path):
+    """wespeaker/models/campplus.py CAMPPlus(feat_dim, embed_dim, pooling_func, ...) as
+    models/CAMPPlus.py: 3D-Speaker's network under its parameter names (speakernet/
+    public_3dspeaker.py), with wespeaker's parameter-free TSTP pooling and its features."""
+    _model_args(model_args, ("feat_dim", "embed_dim", "pooling_func", *CAMPPLUS_FIXED), path)
+    pooling = model_args.get("pooling_func", "TSTP")
+    _refuse_unless(pooling == "TSTP", path, f"its pooling is {pooling!r} (models/CAMPPlus.py has TSTP)")
+    for key, ours in CAMPPLUS_FIXED.items():
+        value = model_args.get(key, ours)
+        _refuse_unless(value == ours, path, f"model_args {key} is {value!r}, not {ours!r}")
+    feat_dim = whole_number(model_args, "feat_dim", path, 80)
+    embed_dim = whole_number(model_args, "embed_dim", path, 512)
+    options = {"nOut": embed_dim, **kaldi_fbank_options(config, feat_dim, path)}
+    return campplus_architecture(f"wespeaker CAM++ ({feat_dim} Kaldi fbank bins, {embed_dim}-d embedding)",
+                                 options, CLASSIFIER)
+
+
+def _ecapa_renames(scale=8):
+    """wespeaker's ECAPA_TDNN names -> models/ECAPA_TDNN.py's: layer1 is the stem, layer2-4
+    the SE-Res2Blocks (se_res2block.0-3: 1x1 layer, Res2Net with its convs and bns apart, 1x1
+    layer, SE), conv the aggregation, pool.linear1/2 the attention, bn the pooling's batch
+    norm, linear the embedding layer."""
+    renames = {"layer1.conv.": "stem.0.", "layer1.bn.": "stem.2.", "conv.": "aggregate.0.",
+               "pool.linear1.": "pool.attention.0.", "pool.linear2.": "pool.attention.2.",
+               "bn.": "pool_bn.", "linear.": "fc."}
+    for layer in (2, 3, 4):
+        public, ours = f"layer{layer}.se_res2block.", f"blocks.{layer - 2}."
+        for index, name in ((0, "conv_in"), (2, "conv_out")):
+            renames[f"{public}{index}.conv."] = f"{ours}{name}.0."
+            renames[f"{public}{index}.bn."] = f"{ours}{name}.2."
+        for group in range(scale - 1):
+            renames[f"{public}1.convs.{group}."] = f"{ours}res2net.convs.{group}.0."
+            renames[f"{public}1.bns.{group}."] = f"{ours}res2net.convs.{group}.2."
+        renames[f"{public}3.linear1."] = f"{ours}se.gate.0."
+        renames[f"{public}3.linear2."] = f"{ours}se.gate.2."
+    return renames
+
+
+def _ecapa(channels):
+    """wespeaker/models/ecapa_tdnn.py ECAPA_TDNN_GLOB_c<channels>(feat_dim, embed_dim,
+    pooling_func, emb_bn) as models/ECAPA_TDNN.py --ecapa_layout wespeaker --channels
+    <channels>: global-context ASTP pooling over 1536 aggregated channels."""
+    def architecture(config, model_args, path):
+        _model_args(model_args, ("feat_dim", "embed_dim", "pooling_func", "emb_bn"), path)
+        pooling = model_args.get("pooling_func", "ASTP")
+        _refuse_unless(pooling == "ASTP", path, f"its pooling is {pooling!r} (models/ECAPA_TDNN.py has ASTP)")
+        _refuse_unless(not model_args.get("emb_bn", False), path,
+                       "its embedding layer is followed by a batch norm (emb_bn)")
+        feat_dim = whole_number(model_args, "feat_dim", path)
+        embed_dim = whole_number(model_args, "embed_dim", path)
+        options = {"model": "ECAPA_TDNN", "ecapa_layout": "wespeaker", "channels": channels, "nOut": embed_dim,
+                   "encoder_type": "ASP", **kaldi_fbank_options(config, feat_dim, path)}
+        return Architecture(f"wespeaker ECAPA_TDNN_GLOB_c{channels} ({feat_dim} Kaldi fbank bins, {embed_dim}-d "
+                            f"embedding)", options, _ecapa_renames(), CLASSIFIER)
+    return architecture
+
+
 # wespeaker's model name (config.yaml 'model') -> how to build it here.
 MODELS = {f"ResNet{depth}": _resnet(depth) for depth in (34, 221, 293)}
-SUPPORTED = (f"wespeaker's {', '.join(MODELS)} with TSTP pooling and one embedding layer, on "
+MODELS["CAMPPlus"] = _campplus
+MODELS.update({f"ECAPA_TDNN_GLOB_c{channels}": _ecapa(channels) for channels in (512, 1024)})
+SUPPORTED = (f"wespeaker's {', '.join(MODELS)} with TSTP pooling (ASTP for ECAPA-TDNN) and one embedding layer, on "
              f"{SAMPLE_RATE // 1000} kHz Kaldi fbank features with mean normalisation")
 
 

@@ -28,7 +28,7 @@ RESUMABLE = frozenset({
     "train_path", "recheck_audio", "test_list", "test_path", "musan_path", "rir_path", "packs", "allow_outside_paths",
     "eval_frames", "num_eval", "dcf_p_target", "dcf_c_miss", "dcf_c_fa", "far_targets", "frr_targets",
     "asnorm_top_n", "ci_replicates", "cohort_utts", "cohort_speakers", "eval", "extract", "extract_list", "extract_crops",
-    "eval_seconds",
+    "eval_seconds", "tensorboard",
     # The pipeline's: a stage's own training does not read them.
     "pseudo_rounds", "pseudo_clusters", "pseudo_k_candidates", "pseudo_keep", "pseudo_round_options",
     "pseudo_from", "pseudo_frames", "pseudo_crops",

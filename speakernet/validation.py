@@ -1,5 +1,5 @@
 """Evaluation during training: the epoch's EvaluationReport, its line in result/scores.txt and
-metrics.jsonl, the training curves, and best.model by the first list's EER."""
+metrics.jsonl (and the run's tracker), the training curves, and best.model by the first list's EER."""
 import logging
 import math
 
@@ -8,6 +8,7 @@ import torch.distributed as dist
 
 from speakernet import checkpoint, run_log
 from speakernet.commands import make_extractor
+from speakernet.tracking import ProjectedFiles
 
 log = logging.getLogger("trainSpeakerNet")
 
@@ -27,8 +28,15 @@ class Validation:
     def __init__(self, options, model, trainer, evaluator, save_path):
         self.options = options
         self.is_main = trainer.is_main
+        self.trainer = trainer
+        self.tracker = trainer.tracker
         self.model = model
         self.extract = make_extractor(trainer, options)
+        self.projected = None
+        if self.tracker.enabled:        # the tracker gets the embeddings this evaluation extracts
+            self.projected = ProjectedFiles(evaluator.trial_set.files, evaluator.test_path,
+                                            model.contract.test_normalize)
+            self.extract = self.projected.watch(self.extract)
         self.evaluator = evaluator
         self.save_path = save_path
         best = save_path / "model" / "best.model"
@@ -64,10 +72,20 @@ class Validation:
         with open(self.save_path / "result" / "scores.txt", "a", encoding="utf-8") as handle:
             handle.write(f"epoch {epoch}, EER {first.eer}, MinDCF {min_dcf}\n")
         if stats is not None:
-            metrics = self.save_path / "metrics.jsonl"
-            run_log.append_metrics(metrics, {"epoch": epoch, **stats, **report.summary_record()})
-            run_log.plot_training_curves(metrics, self.save_path / "training_curves.png")
+            self.record(epoch, {**stats, **report.summary_record()}, report)
+            run_log.plot_training_curves(self.save_path / "metrics.jsonl",
+                                         self.save_path / "training_curves.png")
         return report
+
+    def record(self, epoch, values, report=None):
+        """Append the epoch's record to metrics.jsonl and send it (with the report's DET curves
+        and test embeddings) to the tracker, at the step the epoch ended (rank 0 only)."""
+        record = {"epoch": epoch, **values}
+        run_log.append_metrics(self.save_path / "metrics.jsonl", record)
+        self.tracker.log_record(record, self.trainer.step)
+        if report is not None:
+            self.tracker.log_evaluation(report, self.trainer.step, self.projected)
+        self.tracker.flush()
 
     def keep_best(self, state, report):
         """Copy the checkpoint to best.model when the first list's EER improves, with that EER
