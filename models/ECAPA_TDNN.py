@@ -160,7 +160,8 @@ class ECAPATDNN(nn.Module):
                             f"{samples} samples ({min_frames} frames); got {wav.shape[-1]}")
 
     def forward(self, wav):
-        if self.layout.padding_mode != "zeros" and not torch.jit.is_tracing():
+        # Not while tracing or exporting: the check is a Python branch on the input's length.
+        if self.layout.padding_mode != "zeros" and not (torch.jit.is_tracing() or torch.compiler.is_exporting()):
             self.check_length(wav)
         x = self.stem(self.features(wav))                      # B x C x frames
         block_outputs = []

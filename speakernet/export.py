@@ -142,23 +142,45 @@ def _one_line(err):
 def export_onnx(encoder, output, name, example_samples=crop_samples(200), metadata=None):
     """Export `encoder` (eval mode, front end included) as ONNX with dynamic batch and time
     axes to `output`, one file with its weights; `metadata` {key: text} go into the model's
-    metadata_props. An encoder the exporter cannot convert is a UserError naming it."""
+    metadata_props. The torch.export-based exporter goes first; an encoder it cannot convert
+    (RawNet3: pooled branches whose equal lengths it cannot prove) is traced by the older
+    TorchScript-based one. Either way check_onnx compares the file with the eager model on
+    other batch sizes and lengths. An encoder neither converts is a UserError naming it."""
     onnx_runtime()
     encoder.eval()
-    batch = torch.export.Dim("batch", min=1)
-    samples = torch.export.Dim("samples", min=ONNX_MIN_SAMPLES)
+    example = (torch.randn(2, example_samples),)
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
-                encoder, (torch.randn(2, example_samples),), dynamo=True, opset_version=ONNX_OPSET,
-                input_names=["wav"], output_names=["embedding"],
-                dynamic_shapes=({0: batch, 1: samples},), verbose=False, optimize=False)
+                encoder, example, dynamo=True, opset_version=ONNX_OPSET, input_names=["wav"],
+                output_names=["embedding"], verbose=False, optimize=False,
+                # AUTO: the shortest input is the encoder's own (RawNet3, CAM++ on Kaldi
+                # features need more than one window).
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1), 1: torch.export.Dim.AUTO},))
     except Exception as err:    # the exporter's errors have no common base class
-        raise UserError(f"--export {name}: the ONNX exporter cannot convert this encoder "
-                        f"({_one_line(err)}); use --format torchscript") from None
+        _export_traced(encoder, example, output, name, metadata, first_error=err)
+        return
     for key, value in (metadata or {}).items():
         program.model.metadata_props[key] = str(value)
     program.save(str(output), external_data=False)
+
+
+def _export_traced(encoder, example, output, name, metadata, first_error):
+    """The TorchScript-based exporter, for encoders torch.export cannot convert."""
+    import onnx
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            torch.onnx.export(encoder, example, str(output), dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=["wav"], output_names=["embedding"],
+                              dynamic_axes={"wav": {0: "batch", 1: "samples"}, "embedding": {0: "batch"}})
+    except Exception:
+        raise UserError(f"--export {name}: the ONNX exporter cannot convert this encoder "
+                        f"({_one_line(first_error)}); use --format torchscript") from None
+    if metadata:
+        model = onnx.load(str(output))
+        for key, value in metadata.items():
+            model.metadata_props.add(key=key, value=str(value))
+        onnx.save(model, str(output))
 
 
 def onnx_parity(encoder, path, checks=ONNX_CHECKS):

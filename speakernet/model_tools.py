@@ -38,7 +38,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from speakernet import plugins
+from speakernet import plugins, public_models
 from speakernet.errors import UserError
 from speakernet.atomic import atomic_path, temporary_path
 from speakernet.audio import SAMPLE_RATE
@@ -193,10 +193,16 @@ def check_model_options(kwargs):
 
 
 def model_options(args, dests):
-    """MainModel keyword arguments: every key of --config (as the trainer passes them), then
-    the model options given on the command line."""
+    """MainModel keyword arguments: every key of --config (as the trainer passes them), or
+    without one, the architecture of a public model given as --initial_model; then the model
+    options given on the command line."""
     model = args.export or args.bench
-    kwargs = read_config(args.config, model) if args.config else {}
+    if args.config:
+        kwargs = read_config(args.config, model)
+    elif args.initial_model and public_models.is_public_model(args.initial_model):
+        kwargs = public_models.encoder_options(args.initial_model)
+    else:
+        kwargs = {}
     kwargs.update({d: getattr(args, d) for d in dests if getattr(args, d) is not None})
     check_model_options(kwargs)
     return kwargs

@@ -101,6 +101,11 @@ def load(path):
     return PublicModel(str(path), architecture, encoder.eval(), options)
 
 
+def encoder_options(path):
+    """The options of our encoder that computes the public model at `path`."""
+    return dict(_read(path).architecture.options)
+
+
 def our_state(path):
     """The public model's encoder state under the trainer's names ('encoder.' ...)."""
     return {"encoder." + k: v for k, v in load(path).encoder.state_dict().items()}

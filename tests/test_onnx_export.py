@@ -186,3 +186,32 @@ def test_bench_times_both_engines_in_interleaved_rounds(exported, monkeypatch, c
     assert all(len(v) == 2 and all(r > 0 for r in v) for v in rates.values())
     assert torch.get_num_threads() >= 1
     assert any("PyTorch" in m and "onnxruntime" in m and "files/s" in m for m in caplog.messages)
+
+
+def test_rawnet3_exports_through_the_traced_exporter(tmp_path):
+    """torch.export cannot prove RawNet3's pooled branches equal in length; the TorchScript-based
+    exporter converts it, and the file passes the same parity check and carries the metadata."""
+    out = tmp_path / "rawnet3.onnx"
+    assert export_cli.main(["--export", "RawNet3", "--format", "onnx", "--random_weights",
+                            "--output", str(out)]) == 0
+    model = onnx.load(str(out))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert len(dims) == 2 and all(d.dim_param and not d.dim_value for d in dims)
+    assert {p.key: p.value for p in model.metadata_props}["speakernet.model"] == "RawNet3"
+
+
+def test_a_public_model_folder_exports_with_the_architecture_it_describes(tmp_path):
+    """No model options given: the release's config chooses them (here wespeaker's CAM++ on
+    Kaldi features, whose shortest input is longer than one window), and the file embeds as
+    the Embedder does."""
+    from speakernet.embedder import Embedder
+    from test_public_campplus import wespeaker_folder
+    folder = wespeaker_folder(tmp_path / "voxceleb_CAM++")
+    out = tmp_path / "campplus.onnx"
+    assert export_cli.main(["--export", "CAMPPlus", "--format", "onnx", "--initial_model", str(folder),
+                            "--output", str(out)]) == 0
+    wav = torch.round(torch.randn(1, 24000, generator=torch.Generator().manual_seed(3)) * 3000)
+    (onnx_embedding,) = export_cli.onnx_session(out).run(None, {"wav": wav.numpy()})[0]
+    expected = Embedder.from_checkpoint(str(folder)).embed(wav[0].numpy().astype(np.int16))
+    cosine = float(torch.nn.functional.cosine_similarity(torch.from_numpy(onnx_embedding), expected, dim=0))
+    assert cosine > 0.9999
