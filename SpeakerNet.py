@@ -13,14 +13,12 @@ import time
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from speakernet import cpu_info
 from speakernet.audio import to_float
 from speakernet.checkpoint import restore_rng
-from models._padded import length_buckets, pad_waveforms, padded_batch, supports_padded_batches
-from speakernet.eval_crops import TestDataset, segment_lengths
+from speakernet.extractor import Extractor, amp_dtype, autocast
 from speakernet.tracking import Tracker
 from loss._objective import ContractDefaults, RunContext, as_contract
 
@@ -71,7 +69,7 @@ class Trainer:
         self.contract = model.contract
         self.uses_labels = self.contract.needs.labels
         # bf16 needs no loss scaling; fp16 (CUDA) does.
-        self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        self.amp_dtype = amp_dtype(device)
         self.mixedprec = mixedprec
         if mixedprec and device.type == "cpu" and cpu_info.has_bf16() is False:
             log.warning("--mixedprec: this CPU has no bf16 instructions (avx512_bf16, amx_bf16), so "
@@ -92,7 +90,7 @@ class Trainer:
         self.contract.on_train_start(self.run)
 
     def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.mixedprec)
+        return autocast(self.device, self.mixedprec)()
 
     def train_epoch(self, loader, epoch, resume=None, after_step=None):
         """Train one epoch; -> {'loss', 'metric', 'utt_per_s', 'data_wait', 'lr', 'steps'} and
@@ -187,48 +185,17 @@ class Trainer:
         return {"loss": f"{totals['loss'] / count:.3f}", "metric": f"{totals['metric'] / count:.1f}",
                 "utt_s": f"{totals['utterances'] / elapsed:.0f}", "wait": f"{100 * wait / elapsed:.0f}%"}
 
-    @torch.no_grad()
+    def extractor(self):
+        """The one embedding path (speakernet/extractor.py) over this model's encoder, with the
+        run's device and autocast."""
+        self.model.eval()
+        return Extractor(self.model.encoder, self.device, self._autocast, show_progress=self.is_main)
+
     def extract(self, files, lengths, test_path, eval_frames, num_eval, workers, batch_files=None,
                 segment=0):
-        """Crop embeddings of every file: files x crops x D on the CPU, several files per pass;
-        segment > 0 cuts each file to its middle `segment` samples first.
-
-        batch_files defaults to 20 on a GPU and 2 on a CPU, where bigger batches run slower
-        (their activations no longer fit the caches; benchmarks/bench_eval.py). Whole files
-        (eval_frames 0) batch in length buckets, zero-padded, when the encoder supports it
-        (models/_padded.py: each embedding is the one its file gets alone); else one at a time."""
-        if batch_files is None:
-            batch_files = 20 if self.device.type == "cuda" else 2
-        self.model.eval()
-        encoder = self.model.encoder
-        dataset = TestDataset(files, lengths, test_path, eval_frames, num_eval, segment)
-        pin = self.device.type == "cuda"
-        if eval_frames:                 # crops of one length batch across files
-            loader = DataLoader(dataset, batch_size=batch_files, num_workers=workers, pin_memory=pin)
-        elif supports_padded_batches(encoder):
-            loader = DataLoader(dataset, batch_sampler=length_buckets(segment_lengths(lengths, segment), batch_files),
-                                collate_fn=pad_waveforms, num_workers=workers, pin_memory=pin)
-        else:
-            loader = DataLoader(dataset, batch_size=1, num_workers=workers, pin_memory=pin)
-        out = [None] * len(files)
-        for batch in tqdm(loader, desc="embedding", unit="batch", disable=not self.is_main,
-                          dynamic_ncols=True, leave=False):
-            index, emb = batch[-1], self._embed_batch(encoder, batch)
-            for i, e in zip(index.tolist(), emb):
-                out[i] = e
-        return torch.stack(out)
-
-    def _embed_batch(self, encoder, batch):
-        """B x crops x D on the CPU, from (B x crops x samples, index) or a padded batch
-        (B x samples, lengths, index) of whole files."""
-        if len(batch) == 3:
-            wavs, lengths, _ = batch
-            with self._autocast(), padded_batch(encoder, lengths.to(self.device)):
-                return encoder(wavs.to(self.device, non_blocking=True)).float().unsqueeze(1).cpu()
-        crops = batch[0].to(self.device, non_blocking=True)
-        with self._autocast():
-            emb = encoder(crops.flatten(0, 1)).float()
-        return emb.unflatten(0, crops.shape[:2]).cpu()
+        """Crop embeddings of every file: files x crops x D on the CPU (Extractor.extract_files)."""
+        return self.extractor().extract_files(files, lengths, test_path, eval_frames, num_eval, workers,
+                                              batch_files, segment)
 
     def state_dict(self):
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

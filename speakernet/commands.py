@@ -11,7 +11,7 @@ from speakernet.atomic import make_folders
 from speakernet.audio import SAMPLE_RATE
 from speakernet.embeddings import embed_files, extract_to_npz, files_to_export, shared_extract
 from speakernet.options import OptionError
-from SpeakerNet import Trainer
+from speakernet.extractor import Extractor, autocast
 
 log = logging.getLogger("trainSpeakerNet")
 
@@ -50,21 +50,22 @@ def load_initial_weights(model, source):
     checkpoint.load_weights(model, state, source, new_objective_shapes=True)
 
 
-def make_extractor(trainer, options, seconds=0.0):
+def make_extractor(extractor, options, seconds=0.0):
     """extract(files, lengths, root) -> files x crops x D, as evaluation.py expects; under
     --distributed each rank embeds its share of the files and all ranks receive all.
     seconds > 0: every file cut to its middle `seconds` first (--eval_seconds)."""
     segment = round(seconds * SAMPLE_RATE)
     return shared_extract(
-        lambda files, lengths, root: trainer.extract(files, lengths, root, options.eval_frames,
-                                                     options.num_eval, options.nDataLoaderThread,
-                                                     segment=segment))
+        lambda files, lengths, root: extractor.extract_files(files, lengths, root, options.eval_frames,
+                                                             options.num_eval, options.nDataLoaderThread,
+                                                             segment=segment))
 
 
-def _loaded_trainer(options, model, device, rank, source):
-    """An evaluation-only Trainer over `model` with the weights of `source`."""
+def _loaded_extractor(options, model, device, rank, source):
+    """The embedding path over `model`'s encoder with the weights of `source`."""
     load_initial_weights(model, source)
-    return Trainer(model, None, None, None, device, options.mixedprec, is_main=rank == 0)
+    model.to(device).eval()
+    return Extractor(model.encoder, device, autocast(device, options.mixedprec), show_progress=rank == 0)
 
 
 # ---------------------------------------------------------------------------- modes
@@ -73,7 +74,7 @@ def extract_only(options, model, device, rank=0):
     """--extract: embeddings of a list's files (or of every trial-list file) to one .npz."""
     file_set = files_to_export(options)
     source = options.initial_model or newest_checkpoint(options.save_path)
-    extract = make_extractor(_loaded_trainer(options, model, device, rank, source), options)
+    extract = make_extractor(_loaded_extractor(options, model, device, rank, source), options)
     normalize = model.contract.test_normalize
     if rank != 0:      # embeds its share for rank 0, which writes the file
         embed_files(extract, file_set.files, file_set.lengths, file_set.root, normalize=normalize,
@@ -89,17 +90,17 @@ def evaluate_only(options, model, device, rank=0):
     -> the EvaluationReport on rank 0, None on the others."""
     evaluator = evaluation.Evaluation.from_options(options)
     source = options.initial_model or newest_checkpoint(options.save_path)
-    trainer = _loaded_trainer(options, model, device, rank, source)
+    extractor = _loaded_extractor(options, model, device, rank, source)
     if rank == 0:
         prepare_save_path(options.save_path)
         log.info("evaluating %s on %s", source, ", ".join(map(str, evaluator.trial_set.paths)))
     normalize = model.contract.test_normalize
-    report = evaluator.run(make_extractor(trainer, options), tag="eval", score=rank == 0,
+    report = evaluator.run(make_extractor(extractor, options), tag="eval", score=rank == 0,
                            normalize=normalize)
     for seconds in options.eval_seconds:       # short-utterance evaluation, same trials
         if rank == 0:
             log.info("evaluating with every test file cut to its middle %g s", seconds)
-        evaluator.run(make_extractor(trainer, options, seconds), tag=f"eval_{seconds:g}s",
+        evaluator.run(make_extractor(extractor, options, seconds), tag=f"eval_{seconds:g}s",
                       score=rank == 0, normalize=normalize)
     return report
 
@@ -115,11 +116,11 @@ def calibrate_only(options, model, device, rank=0):
     target = calibration.calibrated_path(source)
     calibration.check_new_file(target, source)            # before any embedding
     evaluator = evaluation.Evaluation.from_options(options)
-    trainer = _loaded_trainer(options, model, device, rank, source)
+    extractor = _loaded_extractor(options, model, device, rank, source)
     prepare_save_path(options.save_path)
     log.info("calibrating %s on %s; evaluating %s", source, options.calibrate,
              ", ".join(map(str, evaluator.trial_set.paths)))
-    return evaluator.run(make_extractor(trainer, options), tag="eval",
+    return evaluator.run(make_extractor(extractor, options), tag="eval",
                          normalize=model.contract.test_normalize,
                          on_calibrated=lambda fitted: calibration.write_calibrated_checkpoint(
                              source, target, fitted, options))

@@ -37,8 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models._padded import pad_waveforms, padded_batch, supports_padded_batches
-from speakernet.eval_crops import MIN_WHOLE_FILE, eval_crop_starts
+from speakernet.eval_crops import MIN_WHOLE_FILE, cut_crops
+from speakernet.extractor import Extractor, default_files_per_pass
 from speakernet import calibration as calibrating
 from speakernet import checkpoint
 from speakernet import plugins
@@ -96,6 +96,7 @@ class Embedder:
         self.calibration = calibration
         self.eer_threshold = eer_threshold
         self.source = str(source)
+        self.extractor = Extractor(self.encoder, self.device)
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
@@ -152,20 +153,15 @@ class Embedder:
                         f"array or tensor of samples, or a list of these{hint}")
 
     def crops(self, audio, name="the waveform"):
-        """crops x samples tensor of one waveform, as speakernet.eval_crops.TestDataset cuts them."""
-        whole = self.eval_frames == 0
-        length = MIN_WHOLE_FILE if whole else crop_samples(self.eval_frames)
+        """crops x samples tensor of one waveform, as the evaluation cuts them (eval_crops.cut_crops)."""
         if len(audio) < MIN_WHOLE_FILE:
             # Evaluation warns of such files too: a score of a few wrapped samples means little.
+            whole = self.eval_frames == 0
             log.warning("%s has %d samples, fewer than %d (one 25 ms window); %s wraps it around "
                         "to %d samples", name, len(audio), MIN_WHOLE_FILE,
-                        "whole-file scoring" if whole else "a crop", length)
-        if len(audio) < length:
-            audio = np.pad(audio, (0, length - len(audio)), mode="wrap")
-        if whole:
-            return torch.from_numpy(np.ascontiguousarray(audio)).unsqueeze(0)
-        starts = eval_crop_starts(len(audio), length, self.num_eval)
-        return torch.from_numpy(np.stack([audio[s:s + length] for s in starts]))
+                        "whole-file scoring" if whole else "a crop",
+                        MIN_WHOLE_FILE if whole else crop_samples(self.eval_frames))
+        return cut_crops(audio, self.eval_frames, self.num_eval)
 
     def _input_crops(self, item, sample_rate):
         name = str(item) if isinstance(item, (str, os.PathLike)) else "the waveform"
@@ -176,8 +172,7 @@ class Embedder:
     @torch.no_grad()
     def crop_embeddings(self, item, sample_rate=None):
         """crops x D embeddings of one input, on the CPU."""
-        crops = self._input_crops(item, sample_rate).to(self.device)
-        return self.encoder(crops).float().cpu()
+        return self.extractor.embed_batch((self._input_crops(item, sample_rate).unsqueeze(0),))[0]
 
     def embed(self, x, sample_rate=None):
         """The file embedding (D: the mean of the unit crop embeddings; the plain crop mean
@@ -188,23 +183,14 @@ class Embedder:
             return self._embed_together([x], sample_rate)[0]
         if not x:
             raise UserError("embed() got an empty list")
-        per_pass = 20 if self.device.type == "cuda" else 2
+        per_pass = default_files_per_pass(self.device)
         return torch.cat([self._embed_together(x[i:i + per_pass], sample_rate)
                           for i in range(0, len(x), per_pass)])
 
-    @torch.no_grad()
     def _embed_together(self, items, sample_rate):
-        """len(items) x D in one forward pass: crops of one length stacked, whole files (eval_frames
-        0) zero-padded in a padded batch (models/_padded.py), or one at a time without support."""
+        """len(items) x D in one forward pass (Extractor.embed_waveforms)."""
         crops = [self._input_crops(item, sample_rate) for item in items]
-        if self.eval_frames:
-            emb = self.encoder(torch.cat(crops).to(self.device)).float().cpu().unflatten(0, (len(items), -1))
-        elif len(items) > 1 and supports_padded_batches(self.encoder):
-            wavs, lengths, _ = pad_waveforms([(c, n) for n, c in enumerate(crops)])
-            with padded_batch(self.encoder, lengths.to(self.device)):
-                emb = self.encoder(wavs.to(self.device)).float().cpu().unsqueeze(1)
-        else:
-            emb = torch.stack([self.encoder(c.to(self.device)).float().cpu() for c in crops])
+        emb = self.extractor.embed_waveforms(crops, whole_files=self.eval_frames == 0)
         return (F.normalize(emb, dim=-1) if self.normalize else emb).mean(dim=1)
 
     def score(self, a, b, sample_rate=None):

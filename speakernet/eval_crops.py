@@ -40,6 +40,19 @@ def middle(audio, segment):
     return audio[start:start + segment]
 
 
+def cut_crops(audio, eval_frames, num_eval):
+    """crops x samples tensor of one float waveform: num_eval evenly spaced crops of
+    eval_frames, or (eval_frames 0) the whole file; shorter audio is wrapped around to the
+    crop length, or to MIN_WHOLE_FILE samples (one analysis window) for whole files."""
+    length = crop_samples(eval_frames) if eval_frames else MIN_WHOLE_FILE
+    if len(audio) < length:
+        audio = np.pad(audio, (0, length - len(audio)), mode="wrap")
+    if not eval_frames:
+        return torch.from_numpy(np.ascontiguousarray(audio)).unsqueeze(0)
+    starts = eval_crop_starts(len(audio), length, num_eval)
+    return torch.from_numpy(np.stack([audio[s:s + length] for s in starts]))
+
+
 class TestDataset(Dataset):
     """num_eval evenly spaced crops of eval_frames per file; eval_frames 0 = the whole file.
 
@@ -66,17 +79,7 @@ class TestDataset(Dataset):
         if len(audio) != self.lengths[index]:        # whole-file batches are planned from it
             raise changed_audio(self.paths[index], f"{len(audio)} samples", int(self.lengths[index]))
         check_finite(audio, self.paths[index])
-        audio = middle(audio, self.segment)
-        if self.eval_frames == 0:
-            if len(audio) < MIN_WHOLE_FILE:
-                audio = np.pad(audio, (0, MIN_WHOLE_FILE - len(audio)), mode="wrap")
-            return torch.from_numpy(audio).unsqueeze(0), index
-        length = crop_samples(self.eval_frames)
-        if len(audio) < length:
-            audio = np.pad(audio, (0, length - len(audio)), mode="wrap")
-        starts = eval_crop_starts(len(audio), length, self.num_eval)
-        crops = np.stack([audio[s:s + length] for s in starts])
-        return torch.from_numpy(crops), index
+        return cut_crops(middle(audio, self.segment), self.eval_frames, self.num_eval), index
 
 
 def locate_bad_audio(err, root, files, origins):

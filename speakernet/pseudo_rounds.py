@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch.nn as nn
 
 from speakernet import checkpoint, pseudo_labels
 from speakernet.atomic import make_folders, write_text
@@ -34,7 +33,7 @@ from speakernet.embeddings import embed_files
 from speakernet.errors import OptionError
 from speakernet.options import parse_options
 from DatasetLoader import read_train_list
-from SpeakerNet import SpeakerNet, Trainer
+from speakernet.extractor import Extractor, autocast
 
 log = logging.getLogger("pseudo_rounds")
 RECORD = "pipeline.json"
@@ -188,12 +187,11 @@ def check_architecture(path, model):
 def embed_with(model_path, train_list, options):
     """One embedding per utterance (unit mean of --pseudo_crops crops) -> N x D numpy."""
     embedder = Embedder.from_checkpoint(model_path, options.device)
-    trainer = Trainer(SpeakerNet(embedder.encoder, nn.Identity()), None, None, None,
-                      embedder.device, options.mixedprec)
+    extractor = Extractor(embedder.encoder, embedder.device, autocast(embedder.device, options.mixedprec))
 
     def extract(files, lengths, root):
-        return trainer.extract(files, lengths, root, options.pseudo_frames, options.pseudo_crops,
-                               options.nDataLoaderThread)
+        return extractor.extract_files(files, lengths, root, options.pseudo_frames, options.pseudo_crops,
+                                       options.nDataLoaderThread)
 
     origins = [train_list.origin(i) for i in range(len(train_list.files))]
     embeddings, _ = embed_files(extract, train_list.files, train_list.lengths, "", origins=origins)

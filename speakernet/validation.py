@@ -31,7 +31,7 @@ class Validation:
         self.trainer = trainer
         self.tracker = trainer.tracker
         self.model = model
-        self.extract = make_extractor(trainer, options)
+        self.extract = make_extractor(trainer.extractor(), options)
         self.projected = None
         if self.tracker.enabled:        # the tracker gets the embeddings this evaluation extracts
             self.projected = ProjectedFiles(evaluator.trial_set.files, evaluator.test_path,
