@@ -35,10 +35,9 @@ class SpeakerNet(nn.Module):
         self.contract.attach_encoder(encoder)
 
     def embed(self, views):
-        """List of N x V_i x samples tensors -> N x V x D (N x D when V == 1)."""
-        embeddings = [self.encoder(v.flatten(0, 1)).unflatten(0, v.shape[:2]) for v in views]
-        x = torch.cat(embeddings, dim=1)
-        return x.squeeze(1) if x.size(1) == 1 else x
+        """List of N x V_i x samples tensors -> N x V x D, the one batch shape of the objectives
+        (PlainObjective gives voxceleb_trainer-style files N x D when V == 1)."""
+        return torch.cat([self.encoder(v.flatten(0, 1)).unflatten(0, v.shape[:2]) for v in views], dim=1)
 
     def forward(self, views, labels=None):
         # The loss is computed inside forward so DistributedDataParallel sees every parameter.

@@ -128,7 +128,8 @@ class PlainObjective(ContractDefaults):
         self.test_normalize = bool(getattr(module, "test_normalize", True))
 
     def __call__(self, x, label=None):
-        return self.module(x, label)
+        # voxceleb_trainer's convention: N x D with one utterance per speaker.
+        return self.module(x.squeeze(1) if x.size(1) == 1 else x, label)
 
 
 def as_contract(objective):
@@ -137,7 +138,8 @@ def as_contract(objective):
 
 
 # ---------------------------------------------------------------------------- helpers of objectives
-# Batch shapes of the contract: x is N x V x D (V views per group), or N x D.
+# Batch shape of the contract: x is N x V x D (V views per group; V may be 1). The helpers
+# also take N x D, which plain voxceleb_trainer-style files get when V is 1.
 
 def flatten_labelled(x, label):
     """Classifier objectives: every view is one more labelled example.

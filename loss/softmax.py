@@ -2,7 +2,7 @@
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loss._objective import Needs, Objective, top1_accuracy
+from loss._objective import Needs, Objective, flatten_labelled, top1_accuracy
 
 
 class LossFunction(Objective):
@@ -14,9 +14,6 @@ class LossFunction(Objective):
         self.fc = nn.Linear(nOut, nClasses)
 
     def forward(self, x, label=None):
-        # Several views per speaker (N x V x D) are just more labelled examples here.
-        if x.dim() == 3:
-            label = label.repeat_interleave(x.size(1))
-            x = x.reshape(-1, x.size(-1))
+        x, label = flatten_labelled(x, label)      # every view is one more labelled example
         logits = self.fc(x)
         return F.cross_entropy(logits, label), top1_accuracy(logits, label)
