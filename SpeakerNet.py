@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from speakernet import cpu_info
+from speakernet import precision
 from speakernet.audio import to_float
 from speakernet.checkpoint import restore_rng
-from speakernet.extractor import Extractor, amp_dtype, autocast
+from speakernet.extractor import Extractor
 from speakernet.tracking import Tracker
 from loss._objective import ContractDefaults, RunContext, as_contract
 
@@ -68,9 +68,9 @@ class Trainer:
         self.contract = model.contract
         self.uses_labels = self.contract.needs.labels
         # bf16 needs no loss scaling; fp16 (CUDA) does.
-        self.amp_dtype = amp_dtype(device)
+        self.amp_dtype = precision.amp_dtype(device)
         self.mixedprec = mixedprec
-        if mixedprec and device.type == "cpu" and cpu_info.has_bf16() is False:
+        if mixedprec and device.type == "cpu" and precision.has_bf16() is False:
             log.warning("--mixedprec: this CPU has no bf16 instructions (avx512_bf16, amx_bf16), so "
                         "bf16 autocast is emulated and usually slower than float32 here; drop "
                         "--mixedprec on this machine")
@@ -89,7 +89,7 @@ class Trainer:
         self.contract.on_train_start(self.run)
 
     def _autocast(self):
-        return autocast(self.device, self.mixedprec)()
+        return precision.autocast(self.device, self.mixedprec)()
 
     def train_epoch(self, loader, epoch, resume=None, after_step=None):
         """Train one epoch; -> {'loss', 'metric', 'utt_per_s', 'data_wait', 'lr', 'steps'} and

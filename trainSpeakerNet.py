@@ -245,6 +245,14 @@ def start_run_log(options, save_path, model, train_list, device, point):
              len(train_list.speakers), device)
 
 
+def mid_epoch_saver(mid_epoch, options, model, trainer, data, epoch):
+    """The epoch's after-step callback: a mid-epoch checkpoint whenever one is due."""
+    def save_mid_epoch(batch, totals):
+        if mid_epoch.due(batch):
+            mid_epoch.save(epoch_state(options, model, trainer, data, epoch, batch=batch, totals=totals))
+    return save_mid_epoch
+
+
 def epoch_loop(options, model, trainer, data, save_path, point):
     is_main = trainer.is_main
     model_dir = save_path / "model"
@@ -272,11 +280,8 @@ def epoch_loop(options, model, trainer, data, save_path, point):
                   and epoch == point.start_epoch else None)
         data.sampler.set_epoch(epoch, skip_batches=within["batch"] if within else 0)
 
-        def save_mid_epoch(batch, totals, epoch=epoch):
-            if mid_epoch.due(batch):
-                mid_epoch.save(epoch_state(options, model, trainer, data, epoch, batch=batch, totals=totals))
-
-        stats = trainer.train_epoch(data.loader, epoch, resume=within, after_step=save_mid_epoch)
+        stats = trainer.train_epoch(data.loader, epoch, resume=within,
+                                    after_step=mid_epoch_saver(mid_epoch, options, model, trainer, data, epoch))
         if is_main:
             used = data.sampler.stats
             stats["used_share"] = used["used"] / used["utterances"]

@@ -5,7 +5,8 @@
 
 Parses the options and builds the model, then traces every Python call while the trainer's own
 functions read the training list, plan the epoch and build the loader, then load one
-batch (no workers) and take one optimizer step; prints the files of this repository whose code
+batch (no workers) and take one optimizer step with the per-step callbacks a run makes
+(progress, tracking, the mid-epoch checkpoint's check); prints the files of this repository whose code
 ran, in order of first use (evaluation's set-up is not part of the walk, nor is the header
 manifest's first write).
 """
@@ -43,8 +44,9 @@ def walk(argv):
         if event == "call" and name.startswith(str(REPO)) and "benchmarks" not in name and name not in seen:
             seen.append(name)
 
-    def stop(batch, totals):
-        raise _FirstStepTaken()
+    from speakernet import resume
+    checkpoints = resume.MidEpochCheckpoints(Path(options.save_path) / "model", options.checkpoint_minutes,
+                                             options.checkpoint_steps)
 
     sys.setprofile(tracer)
     try:
@@ -55,7 +57,12 @@ def walk(argv):
         trainer = trainSpeakerNet.build_trainer(options, model, device, data, is_main=True)
         sys.setprofile(tracer)
         data.sampler.set_epoch(1)
-        trainer.train_epoch(data.loader, 1, after_step=stop)
+        save_mid_epoch = trainSpeakerNet.mid_epoch_saver(checkpoints, options, model, trainer, data, 1)
+
+        def after_step(batch, totals):     # the run's own per-step callback, then stop
+            save_mid_epoch(batch, totals)
+            raise _FirstStepTaken()
+        trainer.train_epoch(data.loader, 1, after_step=after_step)
     except _FirstStepTaken:
         pass
     finally:

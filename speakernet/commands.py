@@ -11,7 +11,8 @@ from speakernet.atomic import make_folders
 from speakernet.audio import SAMPLE_RATE
 from speakernet.embeddings import embed_files, extract_to_npz, files_to_export, shared_extract
 from speakernet.options import OptionError
-from speakernet.extractor import Extractor, autocast
+from speakernet.extractor import Extractor
+from speakernet.precision import autocast
 
 log = logging.getLogger("trainSpeakerNet")
 

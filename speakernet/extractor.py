@@ -18,16 +18,6 @@ from models._padded import length_buckets, pad_waveforms, padded_batch, supports
 from speakernet.eval_crops import TestDataset, segment_lengths
 
 
-def amp_dtype(device):
-    """The mixed-precision type: bf16 on a CPU (no loss scaling needed), fp16 on CUDA."""
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
-
-
-def autocast(device, enabled):
-    """The run's mixed precision (--mixedprec) as a context factory."""
-    return lambda: torch.autocast(device_type=device.type, dtype=amp_dtype(device), enabled=enabled)
-
-
 def default_files_per_pass(device):
     """20 on a GPU, 2 on a CPU, where bigger batches run slower (their activations no longer
     fit the caches; benchmarks/bench_eval.py)."""

@@ -33,7 +33,8 @@ from speakernet.embeddings import embed_files
 from speakernet.errors import OptionError
 from speakernet.options import parse_options
 from DatasetLoader import read_train_list
-from speakernet.extractor import Extractor, autocast
+from speakernet.extractor import Extractor
+from speakernet.precision import autocast
 
 log = logging.getLogger("pseudo_rounds")
 RECORD = "pipeline.json"

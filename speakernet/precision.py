@@ -1,5 +1,8 @@
-"""What the CPU can do that changes which settings pay: bf16 instructions for --mixedprec."""
+"""Mixed precision (--mixedprec): its type on each device, the autocast of a run, and whether
+the CPU has the bf16 instructions that make it pay."""
 import functools
+
+import torch
 
 # x86: AVX-512 BF16 (Cooper Lake, Zen 4 and later) or AMX (Sapphire Rapids); Arm: the BF16
 # extension ('bf16' among /proc/cpuinfo's Features).
@@ -25,3 +28,13 @@ def has_bf16():
         return None
     return bool(flags & BF16_FLAGS) if flags else None
 
+
+
+def amp_dtype(device):
+    """bf16 on a CPU (no loss scaling needed), fp16 on CUDA."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def autocast(device, enabled):
+    """The run's mixed precision as a context factory."""
+    return lambda: torch.autocast(device_type=device.type, dtype=amp_dtype(device), enabled=enabled)

@@ -1,10 +1,10 @@
-"""--mixedprec on a CPU without bf16 instructions warns (speakernet/cpu_info.py)."""
+"""--mixedprec on a CPU without bf16 instructions warns (speakernet/precision.py)."""
 import logging
 
 import pytest
 import torch
 
-from speakernet import cpu_info
+from speakernet import precision
 from SpeakerNet import SpeakerNet, Trainer
 from models.ResNetSE34L import MainModel
 
@@ -14,15 +14,15 @@ ARM = "processor\t: 0\nFeatures\t: fp asimd evtstrm bf16 i8mm\n"
 
 
 def test_bf16_flags_are_read_from_cpuinfo():
-    assert cpu_info.BF16_FLAGS & cpu_info.flags_of(X86)
-    assert not cpu_info.BF16_FLAGS & cpu_info.flags_of(X86_OLD)
-    assert cpu_info.BF16_FLAGS & cpu_info.flags_of(ARM)
-    assert cpu_info.flags_of("nothing here") == set()
+    assert precision.BF16_FLAGS & precision.flags_of(X86)
+    assert not precision.BF16_FLAGS & precision.flags_of(X86_OLD)
+    assert precision.BF16_FLAGS & precision.flags_of(ARM)
+    assert precision.flags_of("nothing here") == set()
 
 
 @pytest.mark.parametrize("bf16, warned", [(False, True), (True, False), (None, False)])
 def test_mixed_precision_warns_only_where_the_cpu_lacks_bf16(monkeypatch, caplog, bf16, warned):
-    monkeypatch.setattr(cpu_info, "has_bf16", lambda: bf16)
+    monkeypatch.setattr(precision, "has_bf16", lambda: bf16)
     model = SpeakerNet(MainModel(nOut=8), torch.nn.Identity())
     with caplog.at_level(logging.WARNING):
         Trainer(model, None, None, None, torch.device("cpu"), mixedprec=True)
