@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from models._specaugment import attach_spec_augment
 from speakernet import audio, checkpoint
 from speakernet import curriculum_data
 from speakernet import evaluation
@@ -57,7 +58,7 @@ def seed_everything(seed):
 
 def build_model(options):
     kwargs = vars(options)
-    encoder = plugins.factory("models", options.model)(**kwargs)
+    encoder = attach_spec_augment(plugins.factory("models", options.model)(**kwargs), **kwargs)
     objective = plugins.factory("loss", options.trainfunc)(**kwargs)
     return SpeakerNet(encoder, objective)
 

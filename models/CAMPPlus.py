@@ -45,7 +45,6 @@ import torch.nn.functional as F
 
 from models._layers import (KaldiFbankFrontend, add_input_features_option, as_image,
                             check_encoder_type, use_channels_last)
-from models._specaugment import with_spec_augment
 from models.ResNet import (BasicBlock, TemporalStatsPooling, make_stage,
                            mean_normalised_log_mels, strided_size)
 from speakernet.errors import OptionError
@@ -215,5 +214,5 @@ class CAMPPlus(nn.Module):
 def MainModel(nOut=512, encoder_type="TSTP", n_mels=80, log_input=True, input_features="fbank", **kwargs):
     # One pooling, statistics (TSTP); naming another would silently change nothing.
     check_encoder_type(encoder_type, ("TSTP",))
-    return with_spec_augment(CAMPPlus(nOut=nOut, n_mels=n_mels, log_input=log_input,
-                                      input_features=input_features), **kwargs)
+    return CAMPPlus(nOut=nOut, n_mels=n_mels, log_input=log_input,
+                    input_features=input_features)

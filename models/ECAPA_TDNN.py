@@ -33,7 +33,6 @@ from models._ecapa_blocks import Conv1dReluBn, SERes2NetBlock
 from models._layers import (HOP, N_FFT, SAMPLE_RATE, WINDOW, ChannelAttentiveStatsPooling, FrontEnd,
                             KaldiFbankFrontend, LogMelFrontend, add_input_features_option, check_encoder_type)
 from models._speechbrain_fbank import SpeechBrainFbankFrontend
-from models._specaugment import with_spec_augment
 
 DILATIONS = (2, 3, 4)
 RES2NET_SCALE = 8
@@ -181,5 +180,5 @@ def MainModel(nOut=192, encoder_type="ASP", n_mels=80, log_input=True, channels=
     # ECAPA-TDNN has one pooling, attentive statistics; naming another would silently
     # change nothing, so it is refused.
     check_encoder_type(encoder_type, ("ASP",))
-    return with_spec_augment(ECAPATDNN(nOut=nOut, channels=channels, n_mels=n_mels, log_input=log_input,
-                                       input_features=input_features, layout=ecapa_layout), **kwargs)
+    return ECAPATDNN(nOut=nOut, channels=channels, n_mels=n_mels, log_input=log_input,
+                     input_features=input_features, layout=ecapa_layout)

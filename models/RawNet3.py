@@ -25,7 +25,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models._layers import PreEmphasis, check_encoder_type
-from models._specaugment import with_spec_augment
 from speakernet.audio import SAMPLE_RATE, to_float
 from speakernet.errors import UserError
 
@@ -283,4 +282,4 @@ def unused_batch_norm(channels):
 def MainModel(nOut=256, encoder_type="ECA", sinc_stride=10, **kwargs):
     if sinc_stride < 1:
         raise UserError(f"--sinc_stride must be at least 1 (samples), got {sinc_stride}")
-    return with_spec_augment(RawNet3(nOut=nOut, encoder_type=encoder_type, sinc_stride=sinc_stride), **kwargs)
+    return RawNet3(nOut=nOut, encoder_type=encoder_type, sinc_stride=sinc_stride)

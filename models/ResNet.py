@@ -37,7 +37,6 @@ import torch.nn.functional as F
 
 from models._layers import (KaldiFbankFrontend, LogMelFrontend, StridedPointwiseConv, TimePooling,
                             add_input_features_option, as_image, check_encoder_type, use_channels_last)
-from models._specaugment import with_spec_augment
 from speakernet.errors import OptionError
 
 # The paper's defaults when the user sets neither YAML nor command line (resnet.yaml).
@@ -215,6 +214,6 @@ def MainModel(nOut=256, encoder_type="TSTP", n_mels=80, log_input=True, resnet_d
               resnet_channels=BASE_CHANNELS, input_features="fbank", **kwargs):
     # One pooling, statistics (TSTP); naming another would silently change nothing.
     check_encoder_type(encoder_type, ("TSTP",))
-    return with_spec_augment(ResNet(depth=resnet_depth, nOut=nOut, n_mels=n_mels,
-                                    log_input=log_input, m_channels=resnet_channels,
-                                    input_features=input_features), **kwargs)
+    return ResNet(depth=resnet_depth, nOut=nOut, n_mels=n_mels,
+                  log_input=log_input, m_channels=resnet_channels,
+                  input_features=input_features)

@@ -15,7 +15,6 @@ and 0.19 G in stages 1-4, since 257 bins keep the maps large. Fast ResNet-34
 (models/ResNetSE34L.py) has the same layers on 40 mels and costs 0.45 G.
 """
 from models._layers import N_FFT, LogSpectrogramFrontend, SEResNet34
-from models._specaugment import with_spec_augment
 
 
 class ThinResNet34(SEResNet34):
@@ -29,5 +28,4 @@ class ThinResNet34(SEResNet34):
 
 def MainModel(nOut=512, encoder_type="SAP", log_input=True, **kwargs):
     """Thin ResNet-34; --n_mels does not apply (the input is the 257-bin spectrogram)."""
-    return with_spec_augment(ThinResNet34(nOut=nOut, encoder_type=encoder_type, log_input=log_input),
-                             **kwargs)
+    return ThinResNet34(nOut=nOut, encoder_type=encoder_type, log_input=log_input)

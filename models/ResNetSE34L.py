@@ -4,7 +4,6 @@ Quarter-width SE-ResNet-34 on 40 log-mels with early strides; SAP or ASP pooling
 1.44 M parameters with nOut 512 and SAP (the paper's Table 1 gives 1.4 M, 0.45 GMACs / 2 s).
 """
 from models._layers import LogMelFrontend, SEResNet34
-from models._specaugment import with_spec_augment
 
 
 class FastResNet34(SEResNet34):
@@ -21,5 +20,5 @@ class FastResNet34(SEResNet34):
 
 
 def MainModel(nOut=512, encoder_type="SAP", n_mels=40, log_input=True, **kwargs):
-    return with_spec_augment(FastResNet34(nOut=nOut, encoder_type=encoder_type, n_mels=n_mels,
-                                          log_input=log_input), **kwargs)
+    return FastResNet34(nOut=nOut, encoder_type=encoder_type, n_mels=n_mels,
+                        log_input=log_input)

@@ -13,7 +13,6 @@ Names, layer order and the computed function follow voxceleb_trainer's ResNetSE3
 checkpoints load (renames below): 8,028,492 parameters with nOut 512, ASP and 64 mels.
 """
 from models._layers import LogMelFrontend, SEResNet34
-from models._specaugment import with_spec_augment
 
 
 class HalfResNet34ASP(SEResNet34):
@@ -32,5 +31,5 @@ class HalfResNet34ASP(SEResNet34):
 
 
 def MainModel(nOut=512, encoder_type="ASP", n_mels=64, log_input=True, **kwargs):
-    return with_spec_augment(HalfResNet34ASP(nOut=nOut, encoder_type=encoder_type, n_mels=n_mels,
-                                             log_input=log_input), **kwargs)
+    return HalfResNet34ASP(nOut=nOut, encoder_type=encoder_type, n_mels=n_mels,
+                           log_input=log_input)

@@ -15,7 +15,6 @@ import torch.nn as nn
 
 from speakernet.errors import UserError
 from models._layers import LogMelFrontend, build_pooling
-from models._specaugment import with_spec_augment
 
 N_MELS = 40
 EMBED_CHANNELS = 512
@@ -69,4 +68,4 @@ def MainModel(nOut=512, encoder_type="SAP", n_mels=N_MELS, log_input=True, **kwa
     if n_mels != N_MELS:
         raise UserError(f"VGG-M-40 is defined on {N_MELS} mel bands (its 4x1 convolution "
                          f"expects them); got --n_mels {n_mels}")
-    return with_spec_augment(VGGM40(nOut=nOut, encoder_type=encoder_type, log_input=log_input), **kwargs)
+    return VGGM40(nOut=nOut, encoder_type=encoder_type, log_input=log_input)

@@ -1,8 +1,8 @@
 """SpecAugment (Park et al. 2019) at the end of every encoder's front end, with its options.
 
 The masks are drawn per sample on the training device and applied only in training mode;
-`with_spec_augment` gives an encoder's front end (models/_layers.FrontEnd) the SpecAugment the
-options ask for. It holds no parameters, so checkpoints are the same with and without it.
+`attach_spec_augment` gives an encoder's front end (models/_layers.FrontEnd) the SpecAugment the
+options ask for; the trainer calls it once for the model it trains. It holds no parameters, so checkpoints are the same with and without it.
 """
 import argparse
 import logging
@@ -114,8 +114,15 @@ def spec_augment_from_options(specaugment=False, specaug_time_masks=1, specaug_f
                        max_time=specaug_max_time, max_freq=specaug_max_freq, prob=specaug_prob)
 
 
-def with_spec_augment(encoder, **options):
-    """Give `encoder.features` the SpecAugment the options ask for (every MainModel calls this);
-    it holds no parameters, so checkpoints are the same with and without it."""
-    encoder.features.spec_augment = spec_augment_from_options(**options)
+def attach_spec_augment(encoder, **options):
+    """Give the encoder's front end (`encoder.features`, a models._layers.FrontEnd) the
+    SpecAugment the options ask for: the trainer calls this once for the model it trains, so no
+    MainModel handles it. It holds no parameters: checkpoints are the same with and without."""
+    spec_augment = spec_augment_from_options(**options)
+    if spec_augment is None:
+        return encoder
+    if not hasattr(getattr(encoder, "features", None), "spec_augment"):
+        raise UserError(f"--specaugment masks the features of a front end of models/_layers.py, which "
+                        f"{type(encoder).__name__} does not use; drop --specaugment")
+    encoder.features.spec_augment = spec_augment
     return encoder

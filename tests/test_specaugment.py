@@ -7,7 +7,7 @@ import torch
 from speakernet import plugins
 from speakernet.errors import UserError
 from models._layers import LogMelFrontend, LogSpectrogramFrontend
-from models._specaugment import SpecAugment, spec_augment_from_options
+from models._specaugment import SpecAugment, attach_spec_augment, spec_augment_from_options
 from models.ECAPA_TDNN import MFCCFrontend
 from speakernet.options import parse_options
 
@@ -108,8 +108,11 @@ def test_every_encoder_is_wired_and_off_by_default(name):
     torch.manual_seed(0)
     off = factory(**model_options(name))
     torch.manual_seed(0)
-    on = factory(**model_options(name, ["--specaugment", "--specaug_prob", "1", "--specaug_max_freq", "4"]))
-    assert off.features.spec_augment is None
+    with_masks = model_options(name, ["--specaugment", "--specaug_prob", "1", "--specaug_max_freq", "4"])
+    on = factory(**with_masks)
+    assert on.features.spec_augment is None           # no MainModel handles it: the trainer does
+    on = attach_spec_augment(on, **with_masks)
+    assert attach_spec_augment(off, **model_options(name)).features.spec_augment is None
     assert isinstance(on.features.spec_augment, SpecAugment) and on.features.spec_augment.max_freq == 4
     assert on.state_dict().keys() == off.state_dict().keys()
     # Training mode: the option off gives the plain features, on masks them.
@@ -119,6 +122,16 @@ def test_every_encoder_is_wired_and_off_by_default(name):
     assert (on.features(wav) == 0).any() and not torch.equal(on.features(wav), off.features(wav))
     # Evaluation: the whole encoder gives bit-identical embeddings with the option on or off.
     assert torch.equal(on.eval()(wav), off.eval()(wav))
+
+
+def test_an_encoder_without_a_front_end_of_ours_refuses_specaugment():
+    class Plain(torch.nn.Module):               # e.g. a voxceleb_trainer model file's encoder
+        def forward(self, wav):
+            return wav[:, :4]
+    plain = Plain()
+    assert attach_spec_augment(plain, specaugment=False) is plain
+    with pytest.raises(UserError, match="--specaugment .* Plain does not use; drop --specaugment"):
+        attach_spec_augment(plain, specaugment=True)
 
 
 def test_bad_option_values_are_user_errors():
