@@ -7,6 +7,7 @@ trainer as (views, labels, extras, frames): frames, the sampler's crop lengths, 
 import argparse
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from speakernet.audio import (ChangedAudio, ListError, NonFiniteAudio, PathTable, check_audio_files,  # noqa: F401 (re-exported)
-                              crop_samples, list_lines, pack_exists, pack_prefix, read_crop, space_hint, warn_duplicates)
+                              crop_samples, list_columns, list_lines, pack_exists, pack_prefix, read_crop, space_hint, warn_duplicates)
 from speakernet.augment import read_batch_augmentation, speed_change, speed_read_length
 from speakernet.errors import UserError
 
@@ -39,6 +40,29 @@ class TrainList:
 
 def read_train_list(list_path, train_path, need_labels=True, allow_outside=False, recheck=False):
     """Parse `speaker path` lines (or bare `path` lines when labels are not needed)."""
+    names, files, lines = _list_entries(list_path, need_labels)
+    if not files:
+        raise ListError(f"{list_path}: the training list is empty")
+    warn_duplicates(list_path, files, lines, "line")
+    lengths = check_audio_files(list_path, train_path, files, lines, allow_outside, recheck)
+    if None in names:
+        labels = np.full(len(files), -1, dtype=np.int64)
+        speakers = []
+    else:
+        speakers, labels = speaker_indices(names)
+    return TrainList(files=PathTable(files, prefix=os.path.join(str(train_path), "")), lengths=lengths, labels=labels, speakers=speakers, source=str(list_path),
+                     line_numbers=np.array(lines, dtype=np.int32))
+
+
+def _list_entries(list_path, need_labels):
+    """(speaker names, or None each without them; paths; line numbers) of the list."""
+    fast = list_columns(list_path)
+    if fast is not None and len(fast[0]) == 2:
+        (names, files), lines = fast
+        return names, files, lines.tolist()
+    if fast is not None and len(fast[0]) == 1 and not need_labels:
+        (files,), lines = fast
+        return [None] * len(files), files, lines.tolist()
     names, files, lines = [], [], []
     for number, columns in list_lines(list_path):
         if len(columns) == 2:
@@ -52,19 +76,15 @@ def read_train_list(list_path, train_path, need_labels=True, allow_outside=False
             raise ListError(f"{list_path}:{number}: expected {expected}, got {len(columns)} "
                             f"columns: {' '.join(columns)!r}{space_hint(len(columns), 2)}")
         lines.append(number)
-    if not files:
-        raise ListError(f"{list_path}: the training list is empty")
-    warn_duplicates(list_path, files, lines, "line")
-    lengths = check_audio_files(list_path, train_path, files, lines, allow_outside, recheck)
-    if None in names:
-        labels = np.full(len(files), -1, dtype=np.int64)
-        speakers = []
-    else:
-        speakers, labels = np.unique(np.array(names), return_inverse=True)
-        speakers, labels = speakers.tolist(), labels.astype(np.int64)
-    return TrainList(files=PathTable(files, prefix=os.path.join(str(train_path), "")), lengths=lengths, labels=labels, speakers=speakers, source=str(list_path),
-                     line_numbers=np.array(lines, dtype=np.int32))
+    return names, files, lines
 
+
+def speaker_indices(names):
+    """(sorted distinct names, index of each name among them as int64), as np.unique gives
+    them, through a dict rather than a sort of a million strings."""
+    speakers = sorted(dict.fromkeys(names))
+    index = {name: i for i, name in enumerate(speakers)}
+    return speakers, np.fromiter(map(index.__getitem__, names), dtype=np.int64, count=len(names))
 
 
 # ---------------------------------------------------------------------------- the sampler
@@ -198,7 +218,8 @@ class SpeakerBalancedSampler:
         self._skip = skip_batches
 
     def plan(self, epoch):
-        """All batches of `epoch` (for every rank), each a list of CropRequest."""
+        """All batches of `epoch` (for every rank): an EpochPlan, whose batches are lists of
+        CropRequest."""
         rng = np.random.default_rng([self.seed, epoch])
         allowed = None
         if self.utterance_subset is not None:
@@ -207,31 +228,16 @@ class SpeakerBalancedSampler:
                 allowed = np.zeros(len(self.labels), dtype=bool)
                 allowed[np.asarray(subset, dtype=np.int64)] = True
         groups, keys = self._groups(rng, allowed)
-        batches = self._pack(groups, keys)
-        usable = len(batches) // self.world_size * self.world_size
-        batches = batches[:usable]
-        if not batches:
+        batches = self._pack(keys)
+        batches = batches[:len(batches) // self.world_size * self.world_size]
+        if not len(batches):
             raise UserError(f"epoch {epoch} has no complete batch of {self.groups_per_batch} groups "
                             f"(x {self.world_size} ranks); lower --batch_size")
         planner = self.augment_planner
         fraction = self.augment_fraction(epoch) if self.augment_fraction is not None else None
         if planner is not None and fraction is not None:
             planner.fraction = float(fraction)
-        requests = []
-        for batch in batches:
-            frames = self.view_frames(epoch, rng)
-            frames = (self.max_frames,) * self.views if frames is None else tuple(int(f) for f in frames)
-            if len(frames) != self.views:
-                raise ValueError(f"objective asked for {len(frames)} view lengths, sampler draws {self.views}")
-            # Drawn only when perturbing, so plans without it stay as they were.
-            speed_index = (rng.integers(len(self.speeds), size=len(batch)) if len(self.speeds) > 1
-                           else [0] * len(batch))
-            requests.append([CropRequest(
-                files=group, frames=frames, starts=tuple(rng.random(self.views)),
-                label=self._label(group, int(index)),
-                augment=tuple(planner.draw(rng) for _ in group) if planner else (),
-                speed=self.speeds[index])
-                for group, index in zip(batch, speed_index)])
+        requests = self._draw(epoch, rng, groups[batches])
         per_group = 1 if self.group_by_utterance else self.views
         self.stats = {"utterances": len(self.labels), "eligible": len(groups) * per_group,
                       "used": len(batches) * self.groups_per_batch * per_group,
@@ -239,59 +245,69 @@ class SpeakerBalancedSampler:
         self._planned = (epoch, requests)
         return requests
 
-    def _label(self, group, speed_index):
-        label = int(self.labels[group[0]])
-        return label + speed_index * self.num_speakers if label >= 0 else label
+    def _draw(self, epoch, rng, files):
+        """The random part of each batch of `files` (batches x groups x views), in the order
+        the draws have always been made: per batch its frames and speeds, then per group its
+        crop starts and (when augmenting) one AugmentSpec per view."""
+        count, size = files.shape[:2]
+        starts = np.empty(files.shape, dtype=np.float64)
+        speed_index = np.zeros((count, size), dtype=np.int64)
+        frames, augment = [], [] if self.augment_planner else None
+        for b in range(count):
+            drawn = self.view_frames(epoch, rng)
+            drawn = (self.max_frames,) * self.views if drawn is None else tuple(int(f) for f in drawn)
+            if len(drawn) != self.views:
+                raise ValueError(f"objective asked for {len(drawn)} view lengths, sampler draws {self.views}")
+            frames.append(drawn)
+            if len(self.speeds) > 1:           # drawn only when perturbing: plans without stay as they were
+                speed_index[b] = rng.integers(len(self.speeds), size=size)
+            if augment is None:                # one call draws what a call per group would
+                starts[b] = rng.random((size, self.views))
+                continue
+            specs = []
+            for g in range(size):
+                starts[b, g] = rng.random(self.views)
+                specs.append(tuple(self.augment_planner.draw(rng) for _ in range(self.views)))
+            augment.append(specs)
+        labels = self.labels[files[:, :, 0]].astype(np.int64)
+        labels = np.where(labels >= 0, labels + speed_index * self.num_speakers, labels)
+        return EpochPlan(files, starts, labels, np.asarray(self.speeds, dtype=np.float64)[speed_index],
+                         frames, augment)
 
     def _groups(self, rng, allowed=None):
+        """-> (groups x views file indices, key per group): the key is the speaker, or the
+        utterance itself when grouping by utterance."""
         candidates = np.arange(len(self.labels)) if allowed is None else np.flatnonzero(allowed)
         if self.group_by_utterance:
             order = rng.permutation(candidates)
-            return [(int(i),) * self.views for i in order], order.tolist()
-        groups, keys = [], []
+            return np.repeat(order[:, None], self.views, axis=1), order
         by_speaker = candidates[np.argsort(self.labels[candidates], kind="stable")]
         speakers, starts = np.unique(self.labels[by_speaker], return_index=True)
-        bounds = list(starts[1:]) + [len(by_speaker)]
-        for speaker, begin, end in zip(speakers, starts, bounds):
-            utterances = rng.permutation(by_speaker[begin:end])
-            count = min(len(utterances), self.max_seg_per_spk) // self.views * self.views
-            for i in range(0, count, self.views):
-                groups.append(tuple(int(u) for u in utterances[i:i + self.views]))
-                keys.append(int(speaker))
+        ends = np.append(starts[1:], len(by_speaker)).astype(np.int64)
+        counts = np.minimum(ends - starts, self.max_seg_per_spk) // self.views * self.views
+        chosen = np.empty(int(counts.sum()), dtype=np.int64)
+        position = 0
+        # One permutation per speaker, every speaker (even one with too few utterances), so
+        # that the generator advances as it always has.
+        for begin, end, count in zip(starts.tolist(), ends.tolist(), counts.tolist()):
+            chosen[position:position + count] = rng.permutation(by_speaker[begin:end])[:count]
+            position += count
+        groups = chosen.reshape(-1, self.views)
+        keys = np.repeat(speakers, counts // self.views)
         order = rng.permutation(len(groups))
-        return [groups[i] for i in order], [keys[i] for i in order]
+        return groups[order], keys[order]
 
-    def _pack(self, groups, keys):
-        """First-fit packing of groups into batches with distinct keys, in creation order.
-
-        A key's next group can only go after the batch its last group went to (earlier
-        batches are full or already hold it), and full batches are skipped through a
-        path-compressed pointer, so packing stays near-linear on a million groups.
-        """
+    def _pack(self, keys):
+        """First-fit packing of groups into batches with distinct keys, in creation order ->
+        full batches x groups_per_batch indices of groups (in the order they were placed)."""
         size = self.groups_per_batch
-        batches, members = [], []
-        next_open = []                       # skip pointer past full batches
-        last_batch = {}
-
-        def first_open(i):
-            skipped = []
-            while i < len(batches) and len(batches[i]) == size:
-                skipped.append(i)
-                i = next_open[i]
-            for j in skipped:
-                next_open[j] = i
-            return i
-
-        for group, key in zip(groups, keys):
-            slot = first_open(last_batch.get(key, -1) + 1)
-            if slot == len(batches):
-                batches.append([])
-                members.append(set())
-                next_open.append(slot + 1)
-            batches[slot].append(group)
-            members[slot].add(key)
-            last_batch[key] = slot
-        return [batch for batch in batches if len(batch) == size]
+        _, key_ids = np.unique(keys, return_inverse=True)
+        slots = np.array(first_fit_slots(key_ids.ravel().tolist(), size), dtype=np.int64)
+        if not len(slots):
+            return np.empty((0, size), dtype=np.int64)
+        in_slot_order = np.argsort(slots, kind="stable")
+        full = np.bincount(slots)[slots[in_slot_order]] == size
+        return in_slot_order[full].reshape(-1, size)
 
     def _epoch_plan(self):
         if self._planned[0] != self.epoch:
@@ -309,6 +325,84 @@ class SpeakerBalancedSampler:
         if self._planned[0] != epoch:
             self.plan(epoch)
         return len(self._planned[1]) // self.world_size
+
+
+def first_fit_slots(keys, size):
+    """The batch of each group when groups (given by their keys, small ints) are placed in
+    turn into the first batch with room after the one their key's previous group went to
+    (earlier batches are full or already hold the key), new batches opened as needed.
+
+    Batches before `front` are all full, so most groups go straight to `front`; the others
+    skip full batches through path-compressed pointers: near-linear on a million groups."""
+    slots = [0] * len(keys)
+    last = [-1] * (max(keys) + 1 if keys else 0)
+    fill, skip = [], []                  # groups per batch; pointer past a full batch
+    front = opened = 0
+    for i, key in enumerate(keys):
+        slot = last[key] + 1
+        if slot <= front:
+            slot = front
+        elif slot < opened and fill[slot] == size:
+            passed = []
+            while slot < opened and fill[slot] == size:
+                passed.append(slot)
+                slot = skip[slot]
+            for j in passed:
+                skip[j] = slot
+        if slot == opened:
+            fill.append(1)
+            skip.append(slot + 1)
+            opened += 1
+        else:
+            fill[slot] += 1
+        slots[i] = last[key] = slot
+        if slot == front and fill[slot] == size:
+            front += 1
+            while front < opened and fill[front] == size:
+                front += 1
+    return slots
+
+
+class EpochPlan(Sequence):
+    """An epoch's batches, kept as arrays (a million utterances plan in well under a second and
+    stay small in memory); each batch is built as a list of CropRequest when it is read.
+    Slicing gives the plan of those batches (ranks, a resumed epoch's remainder)."""
+
+    def __init__(self, files, starts, labels, speeds, frames, augment=None, batches=None):
+        self.files, self.starts, self.labels, self.speeds = files, starts, labels, speeds
+        self.frames, self.augment = frames, augment
+        self.batches = np.arange(len(files)) if batches is None else batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return EpochPlan(self.files, self.starts, self.labels, self.speeds, self.frames,
+                             self.augment, self.batches[index])
+        return self._batch(int(self.batches[index]))
+
+    def __iter__(self):
+        return (self._batch(b) for b in self.batches.tolist())
+
+    def __eq__(self, other):
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"EpochPlan({len(self)} batches)"
+
+    def _batch(self, b):
+        frames = self.frames[b]
+        augment = self.augment[b] if self.augment is not None else [()] * len(self.files[b])
+        return [CropRequest(files=tuple(files), frames=frames, starts=tuple(starts), label=label,
+                            augment=specs, speed=speed)
+                for files, starts, label, speed, specs in zip(
+                    self.files[b].tolist(), self.starts[b].tolist(), self.labels[b].tolist(),
+                    self.speeds[b].tolist(), augment)]
 
 
 # ---------------------------------------------------------------------------- the dataset

@@ -8,8 +8,9 @@ voxceleb_trainer's ``tuneThreshold.py`` so existing scripts keep working. ``comp
 ``compute_min_dcf`` and ``error_rates_at`` are the entry points for new code;
 ``compute_metrics`` gives every figure of an evaluation at once, ``det_curve`` a DET plot's.
 
-Everything is vectorised with numpy: one sort of the scores, then cumulative sums. Tied
-scores share a single operating point (a threshold cannot separate two equal scores).
+Everything is vectorised with numpy: one sort of the scores (each class apart, then merged),
+then cumulative sums. Tied scores share a single operating point (a threshold cannot separate
+two equal scores).
 
 Threshold convention (all but the legacy ``ComputeErrorRates`` / ``ComputeMinDcf`` pair): a
 trial is *accepted* when ``score >= threshold``; ``+inf`` means "reject everything".
@@ -83,9 +84,14 @@ def _sorted_cumulative(scores, is_target):
     """Sort ascending -> ``(sorted_scores, group_end, cum_tar, cum_non)``: ``group_end`` marks
     the last trial of each run of equal scores, ``cum_tar[i]`` / ``cum_non[i]`` count the
     targets / non-targets among the ``i + 1`` lowest scores."""
-    order = np.argsort(scores)
-    sorted_scores = scores[order]
-    sorted_tar = is_target[order]
+    # Each class sorted apart, then the two sorted runs merged by a stable sort (timsort merges
+    # runs in one pass): a third faster than one argsort of every score. Only the order within
+    # runs of tied scores differs, and every figure is read at the ends of those runs.
+    targets = np.sort(scores[is_target])
+    both = np.concatenate((targets, np.sort(scores[~is_target])))
+    order = np.argsort(both, kind="stable")
+    sorted_scores = both[order]
+    sorted_tar = order < len(targets)
     cum_tar = np.cumsum(sorted_tar, dtype=np.int64)
     # Trial i and its rank are the same thing after sorting, so the number of
     # non-targets seen so far is simply (i + 1) minus the targets seen.
@@ -525,19 +531,30 @@ class _WeightedPoints:
     BLOCK = 1024
 
     def __init__(self, scores, is_target):
-        self.order = np.argsort(scores, kind="stable")
+        self.order, self.group_end = _stable_order(scores)
         self.target = is_target[self.order].astype(np.uint16)
-        _, self.group_end, _, _ = _sorted_cumulative(scores, is_target)
         self.starts = np.arange(0, len(scores), self.BLOCK)
 
     def reweight(self, trial_weights):
         """Take a replicate's weights (sorted order); False when a class has no weight."""
         self.weights, self.weighted_target = trial_weights, trial_weights * self.target
-        self.cum_all = self._prefix(np.add.reduceat(trial_weights, self.starts, dtype=np.int64))
-        self.cum_tar = self._prefix(np.add.reduceat(self.weighted_target, self.starts, dtype=np.int64))
+        self.cum_all = self._prefix(self._block_sums(trial_weights))
+        self.cum_tar = self._prefix(self._block_sums(self.weighted_target))
         self.n_tar = self.cum_tar[-1]
         self.n_non = self.cum_all[-1] - self.n_tar
         return self.n_tar > 0 and self.n_non > 0
+
+    def _block_sums(self, weights):
+        """Sum of each block; 16-bit weights of whole blocks are summed as a matrix's rows in
+        32 bits (exact while BLOCK * 65535 < 2**32), about twice as fast as reduceat."""
+        if weights.dtype.kind != "u" or weights.dtype.itemsize > 2 or self.BLOCK >= 2 ** 16:
+            return np.add.reduceat(weights, self.starts, dtype=np.int64)
+        whole = len(weights) // self.BLOCK * self.BLOCK
+        sums = np.empty(len(self.starts), dtype=np.int64)
+        sums[:whole // self.BLOCK] = weights[:whole].reshape(-1, self.BLOCK).sum(axis=1, dtype=np.uint32)
+        if whole < len(weights):
+            sums[-1] = weights[whole:].sum(dtype=np.int64)
+        return sums
 
     @staticmethod
     def _prefix(block_sums):
@@ -583,6 +600,19 @@ class _WeightedPoints:
             if len(miss):
                 best = min(best, float(np.min(alpha * miss + beta * fa)))
         return best / _cost_floor(p_target, c_miss, c_fa)
+
+
+def _stable_order(scores):
+    """(np.argsort(scores, kind="stable"), group_end of the sorted scores). Without tied scores
+    the sorting permutation is unique, so the faster default sort gives the stable order."""
+    order = np.argsort(scores)
+    sorted_scores = scores[order]
+    group_end = np.empty(len(scores), dtype=bool)
+    np.not_equal(sorted_scores[1:], sorted_scores[:-1], out=group_end[:-1])
+    group_end[-1:] = True
+    if not group_end.all():
+        order = np.argsort(scores, kind="stable")
+    return order, group_end
 
 
 def _file_indices(enroll, test):

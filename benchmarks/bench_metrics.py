@@ -8,9 +8,10 @@ Usage:
 
 Prints the best-of-N wall time of the vectorised helpers (compute_eer +
 compute_min_dcf), of the legacy API path (tuneThresholdfromScore +
-ComputeErrorRates + ComputeMinDcf) and of the 95% bootstrap intervals of EER and
-two minDCFs (300 replicates, trials drawn over --files files). For scale it also times a plain Python
-loop over trials on a smaller set (--loop-trials 0 skips it).
+ComputeErrorRates + ComputeMinDcf), of the 95% bootstrap intervals of EER and
+two minDCFs (300 replicates, trials drawn over --files files) and of one list's figures as
+evaluation.py computes them (compute_metrics + those intervals). For scale it also times a plain
+Python loop over trials on a smaller set (--loop-trials 0 skips it).
 """
 
 import argparse
@@ -105,6 +106,9 @@ def main():
              *intervals.eer, *intervals.min_dcf["0.05"], intervals.replicates)
     log.info("bootstrap_intervals (EER, minDCF 0.05 and 0.01): %.3f s",
              best_time(lambda: tt.bootstrap_intervals(scores, labels, enroll, test), min(args.repeats, 3)))
+    log.info("one evaluation (compute_metrics + bootstrap_intervals): %.3f s",
+             best_time(lambda: (tt.compute_metrics(scores, labels),
+                                tt.bootstrap_intervals(scores, labels, enroll, test)), min(args.repeats, 3)))
 
     if args.loop_trials:
         small = make_trials(args.loop_trials, seed=1)

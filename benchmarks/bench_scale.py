@@ -11,7 +11,10 @@ end. Each measurement runs in a fresh process:
     first start      read the list, check every header, write the manifest
     later start      the same with the manifest in place (list and files unchanged)
     resident memory  the main process's peak RSS after reading the list
-    sampler plan     one epoch's plan, 200 speakers x 2 utterances per batch
+    sampler plan     one epoch's plan, 200 speakers x 2 utterances per batch, and the reading
+                     of all its batches (which the loader spreads over the epoch)
+    first step       trainSpeakerNet from process start to the end of the first training step,
+                     on the whole list and on 400 utterances of it (manifests cached)
     loader memory    summed PSS of the main process and 4 loader workers after the first
                      and the last of --batches batches (it must not grow)
 """
@@ -60,6 +63,12 @@ def build_corpus(root, utterances, seed=0):
         os.link(sources[i % 32], root / "wav" / rel)
         lines.append(f"id{speaker:05d} {rel}\n")
     (root / "train_list.txt").write_text("".join(lines))
+    # 400 utterances: the first two of 200 speakers; and four trials for the evaluation lists.
+    (root / "small_list.txt").write_text("".join(lines[:200] + lines[SPEAKERS:SPEAKERS + 200]))
+    first = [line.split()[1] for line in lines[:3]]
+    second = lines[SPEAKERS].split()[1] if len(lines) > SPEAKERS else first[0]
+    (root / "test_list.txt").write_text(f"1 {first[0]} {second}\n0 {first[0]} {first[1]}\n"
+                                        f"0 {first[1]} {first[2]}\n1 {second} {first[0]}\n")
     return root / "train_list.txt", root / "wav"
 
 
@@ -72,8 +81,36 @@ def probe_start(list_path, root):
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     from DatasetLoader import SpeakerBalancedSampler
-    SpeakerBalancedSampler(train.labels, 200, 2, 500).plan(1)
-    return seconds, rss, time.perf_counter() - started
+    plan = SpeakerBalancedSampler(train.labels, 200, 2, 500).plan(1)
+    planned = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in plan:
+        pass
+    return seconds, rss, planned, time.perf_counter() - started
+
+
+def probe_first_step(list_path, root, save_path):
+    """In this process: train a small ResNetSE34L on the list with 2 loader workers, and exit
+    at the end of the first training step (the caller times the process)."""
+    import SpeakerNet
+    import trainSpeakerNet
+
+    original = SpeakerNet.Trainer.train_epoch
+
+    def stop_after_first_step(*_):
+        os._exit(0)
+
+    def train_epoch(self, loader, epoch, resume=None, after_step=None):
+        return original(self, loader, epoch, resume=resume, after_step=stop_after_first_step)
+
+    SpeakerNet.Trainer.train_epoch = train_epoch
+    test_list = Path(list_path).with_name("test_list.txt")
+    options = dict(model="ResNetSE34L", trainfunc="angleproto", nPerSpeaker=2, batch_size=200, max_frames=20,
+                   eval_frames=30, num_eval=2, nOut=32, nDataLoaderThread=2, device="cpu", max_epoch=1,
+                   train_list=list_path, train_path=root, test_list=test_list, test_path=root,
+                   save_path=save_path)
+    code = trainSpeakerNet.main([f"--{k}={v}" for k, v in options.items()])
+    raise SystemExit(f"training ended (exit status {code}) before its first step")
 
 
 def pss_mb(pid):
@@ -119,15 +156,22 @@ def fresh(*args):
     return [float(x) for x in done.stdout.split()]
 
 
+def seconds_of(func, *args):
+    started = time.perf_counter()
+    func(*args)
+    return time.perf_counter() - started
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--utterances", type=int, default=1_000_000)
     parser.add_argument("--batches", type=int, default=200, help="loader batches for the memory probe")
     parser.add_argument("--keep", help="build the corpus here and keep it (default: a temporary folder)")
-    parser.add_argument("--probe", choices=("start", "loader"), help=argparse.SUPPRESS)
+    parser.add_argument("--probe", choices=("start", "loader", "first_step"), help=argparse.SUPPRESS)
     parser.add_argument("list_path", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("root", nargs="?", help=argparse.SUPPRESS)
+    parser.add_argument("save_path", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe == "start":
         print(*probe_start(args.list_path, args.root))
@@ -135,6 +179,8 @@ def main(argv=None):
     if args.probe == "loader":
         print(*probe_loader(args.list_path, args.root, args.batches))
         return 0
+    if args.probe == "first_step":
+        probe_first_step(args.list_path, args.root, args.save_path)
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:
         started = time.perf_counter()
@@ -143,12 +189,19 @@ def main(argv=None):
         first = fresh("--probe", "start", list_path, root)
         later = fresh("--probe", "start", list_path, root)
         memory = fresh("--probe", "loader", "--batches", args.batches, list_path, root)
+        small = list_path.with_name("small_list.txt")
+        fresh("--probe", "first_step", small, root, folder / "run_warm")          # writes its manifest
+        steps = [seconds_of(fresh, "--probe", "first_step", path, root, folder / f"run_{i}")
+                 for i, path in enumerate((small, list_path))]
         log.info("| step | %d utterances |", args.utterances)
         log.info("|---|---|")
         log.info("| first start: read the list, check every header, write the manifest | %.1f s |", first[0])
         log.info("| every later start (manifest cached) | %.1f s |", later[0])
         log.info("| resident memory of the main process after reading the list | %.0f MB |", later[1])
-        log.info("| sampler epoch plan, 200 speakers x 2 per batch | %.1f s |", later[2])
+        log.info("| sampler epoch plan, 200 speakers x 2 per batch | %.2f s |", later[2])
+        log.info("| reading all batches of that plan (spread over the epoch) | %.2f s |", later[3])
+        log.info("| start to first training step: 400 utterances, this list, difference | %.1f s, %.1f s, "
+                 "+%.1f s |", steps[0], steps[1], steps[1] - steps[0])
         log.info("| summed PSS, main + 4 workers, after batch 1 and batch %d | %.0f MB, %.0f MB |",
                  args.batches, memory[0], memory[1])
     finally:

@@ -18,6 +18,7 @@ opening a file twice. A manifest that cannot be read is rebuilt, with a warning.
 import logging
 import multiprocessing
 import os
+import re
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -115,6 +116,40 @@ def list_lines(list_path):
         raise ListError(f"cannot read list {list_path}: {err.strerror or err}") from None
     except UnicodeDecodeError as err:
         raise ListError(f"{list_path}: not a UTF-8 text list ({err.reason})") from None
+
+
+def list_columns(list_path):
+    """The fast reading of a big list whose non-blank lines all have as many columns -> (one
+    list of values per column, line numbers array), exactly what list_lines gives for such a
+    list; None when the list is anything else (lines of different lengths, no lines, NUL
+    bytes, not UTF-8, whitespace beyond ASCII, unreadable), for list_lines to read and explain."""
+    try:
+        with open(list_path, encoding="utf-8-sig") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if "\0" in text or not text.isascii() and re.search(r"[^\S\x00-\x7f]", text):
+        return None
+    lines, columns = _columns_per_line(text)
+    if not len(lines) or (columns != columns[0]).any():
+        return None
+    count, tokens = int(columns[0]), text.split()
+    return [tokens[i::count] for i in range(count)], lines
+
+
+def _columns_per_line(text):
+    """(numbers of the non-blank lines, columns on each): columns split at the characters
+    str.split() splits at (the text's whitespace is ASCII), lines at newlines only, as a
+    text file's lines are, counted over the UTF-8 bytes with numpy."""
+    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    space = (data == 32) | ((data - 9) <= 4) | ((data - 28) <= 3)       # \t\n\v\f\r, \x1c-\x1f
+    word_starts = np.flatnonzero(~space[1:] & space[:-1]) + 1
+    if len(data) and not space[0]:
+        word_starts = np.concatenate(([0], word_starts))
+    newlines = np.flatnonzero(data == 10)
+    columns = np.bincount(np.searchsorted(newlines, word_starts), minlength=len(newlines) + 1)
+    lines = np.flatnonzero(columns)
+    return lines + 1, columns[lines]
 
 
 def space_hint(columns, expected):
@@ -255,16 +290,24 @@ def check_audio_files(list_path, root, names, line_numbers, allow_outside=False,
     """Samples per file for `names`, or ListError naming the list line of the first bad file."""
     recheck = recheck or RECHECK_ALL["on"]
     manifest_path = Path(f"{list_path}.manifest.npz")
-    paths = full_paths(list_path, root, names, line_numbers, allow_outside)
-    folders = sorted({path.rpartition("/")[0] for path in paths})
-    cached = _load_manifest(manifest_path, list_path, root, len(paths))
-    if cached is not None and not recheck and _folders_unchanged(cached, folders):
+    plain = all_plain(names)
+    # Entries leaving the root are refused before the manifest is consulted (it may have been
+    # written by a run with --allow_outside_paths).
+    paths = None if plain else full_paths(list_path, root, names, line_numbers, allow_outside)
+    cached = _load_manifest(manifest_path, list_path, root, len(names))
+    if cached is not None and not recheck and _folders_unchanged(cached, root, paths):
         return cached["lengths"]
+    if paths is None:
+        paths = full_paths(list_path, root, names, line_numbers, allow_outside)
     lengths, sizes, mtimes, problems = _check_each(list_path, paths, cached)
     if problems:
         _raise_first(list_path, line_numbers, problems)
-    _save_manifest(manifest_path, list_path, root, lengths, sizes, mtimes, folders)
+    _save_manifest(manifest_path, list_path, root, lengths, sizes, mtimes, _folders_of(paths))
     return lengths
+
+
+def _folders_of(paths):
+    return sorted({path.rpartition("/")[0] for path in paths})
 
 
 def _check_each(list_path, paths, cached, block=4096):
@@ -324,8 +367,18 @@ def _raise_first(list_path, line_numbers, problems):
     raise ListError(f"{list_path}:{line_numbers[i]}: {message}{more}")
 
 
-def _folders_unchanged(cached, folders):
-    if cached["folders"].tolist() != folders:
+def _folders_unchanged(cached, root, paths=None):
+    """Whether the manifest's folders are this list's and none has changed since.
+
+    The manifest matches the list (its size and time) and the resolved root, so for plain
+    entries (`paths` None) its folders are this list's whenever they are spelled under the
+    same root; sorted, the first and the last bound all. Otherwise every folder is compared."""
+    folders = cached["folders"].tolist()
+    if paths is None:
+        prefix = os.path.join(str(root), "")
+        if folders and not (folders[0].startswith(prefix) and folders[-1].startswith(prefix)):
+            return False
+    elif folders != _folders_of(paths):
         return False
     for folder, mtime in zip(folders, cached["folder_mtimes"].tolist()):
         try:
