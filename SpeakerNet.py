@@ -16,7 +16,6 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from speakernet import precision
-from speakernet.audio import to_float
 from speakernet.checkpoint import restore_rng
 from speakernet.extractor import Extractor
 from speakernet.tracking import Tracker
@@ -146,8 +145,6 @@ class Trainer:
         labels = labels.to(self.device, non_blocking=True) if self.uses_labels else None
         if self.augment is not None and any(e is not None for e in extras):
             views = self.augment(views, [_to_device(e, self.device) for e in extras])
-        # Crops read from packs travel as int16 (half the bytes); every encoder gets float.
-        views = [to_float(v) if v.dtype == torch.int16 else v for v in views]
         self.contract.on_batch_start(frames)
         with self._autocast():
             loss, metric = self.net(views, labels)

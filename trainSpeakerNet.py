@@ -37,8 +37,9 @@ from speakernet.commands import (calibrate_only, evaluate_only, extract_only,  #
 from speakernet.validation import Validation
 from speakernet.embedder import resolve_device  # also checks Embedder's device
 from speakernet.augment import Augmenter, CollateAndMix, planner_from_options
-from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, check_speed_classes, collate_views, read_train_list,
-                           speed_factors, training_packs)
+from speakernet.sampler import SpeakerBalancedSampler, check_speed_classes, speed_factors
+from speakernet.train_data import TrainDataset, collate_views, training_packs
+from speakernet.train_list import read_train_list
 from speakernet.errors import UserError, message_of
 from speakernet.options import OptionError, parse_options, save_options
 from SpeakerNet import SpeakerNet, Trainer

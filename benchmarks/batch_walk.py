@@ -29,7 +29,7 @@ def walk(argv):
     import torch
 
     import trainSpeakerNet
-    from DatasetLoader import read_train_list
+    from speakernet.train_list import read_train_list
     from speakernet.options import parse_options
     options = parse_options(argv)
     device = torch.device("cpu")

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models._layers import PreEmphasis, check_encoder_type
-from speakernet.audio import SAMPLE_RATE, to_float
+from speakernet.audio import SAMPLE_RATE
 from speakernet.errors import UserError
 
 # voxceleb_trainer's RawNet3 (MainModel and RawNet3.__init__): width C, Res2Net scale, filter
@@ -141,8 +141,6 @@ class SincFrontend(nn.Module):
 
     def forward(self, wav):
         with torch.autocast(device_type=wav.device.type, enabled=False):
-            # int16 crops are scaled to floats; float64 stays float64 (as the reference computes).
-            wav = wav if wav.is_floating_point() else to_float(wav)
             magnitudes = self.conv1(self.preprocess(wav)).abs()
             feats = torch.log(magnitudes + LOG_FLOOR)
             feats = feats - feats.mean(dim=-1, keepdim=True)

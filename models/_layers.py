@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import torchaudio
 from torchaudio.compliance.kaldi import get_mel_banks
 
-from speakernet.audio import HOP, SAMPLE_RATE, to_float
+from speakernet.audio import HOP, SAMPLE_RATE
 from speakernet.errors import UserError
 
 WINDOW = 400      # 25 ms at 16 kHz
@@ -50,7 +50,7 @@ class FrontEnd(nn.Module):
 
     def forward(self, wav):
         with torch.no_grad(), torch.autocast(device_type=wav.device.type, enabled=False):
-            wav = to_float(wav)
+            wav = wav.float()          # waveforms come as float (the loader converts packs' int16)
             if self.sample_lengths is None:
                 feats = self.compute_features(wav)
             else:

@@ -19,7 +19,7 @@ import numpy as np
 
 from speakernet.atomic import write_text
 from speakernet.errors import UserError
-from tuneThreshold import bootstrap_replicates, compute_metrics
+from speakernet.metrics import bootstrap_replicates, compute_metrics
 
 
 @dataclass

@@ -22,7 +22,6 @@ import torchaudio.functional as AF
 
 from speakernet.audio import ListError, check_audio_files
 from speakernet.errors import UserError
-from speakernet.audio import to_float
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +261,8 @@ class Augmenter:
                 out.append(clean)
                 continue
             shape = clean.shape
-            # One copy (or the int16 -> float conversion), then in-place row updates
-            # (out-of-place index_add is several times slower).
-            audio = clean.reshape(-1, shape[-1])
-            audio = to_float(audio) if audio.dtype == torch.int16 else audio.clone()
+            # One copy, then in-place row updates (out-of-place index_add is several times slower).
+            audio = clean.reshape(-1, shape[-1]).clone()
             rows = extra["reverb"].nonzero().squeeze(1)
             if len(rows):
                 rir = _flagged(extra["rir"], extra["reverb"], rows)

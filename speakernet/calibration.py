@@ -43,7 +43,7 @@ import numpy as np
 
 from speakernet import checkpoint
 from speakernet.errors import CheckpointError, UserError
-from tuneThreshold import compute_eer, detection_cost, error_rates_at
+from speakernet.metrics import compute_eer, detection_cost, error_rates_at
 
 log = logging.getLogger("evaluation")
 

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from DatasetLoader import read_train_list
+from speakernet.train_list import read_train_list
 from speakernet.audio import ChangedAudio, NonFiniteAudio
 from speakernet.eval_crops import locate_bad_audio
 from speakernet.errors import UserError

@@ -31,7 +31,7 @@ import torch
 
 from speakernet import calibration as calibrating
 from speakernet import score_norm
-from DatasetLoader import read_train_list
+from speakernet.train_list import read_train_list
 from speakernet.embeddings import cohort_embeddings, embed_files, file_embeddings
 from speakernet.errors import UserError
 from speakernet.option_types import OptionValueError, count, durations, probability_list
@@ -39,7 +39,7 @@ from speakernet.result_files import (EvaluationReport, ListResult, write_list_ou
                                      write_report)
 from speakernet.scoring import pair_scores, system_scores
 from speakernet.trial_sets import load_trial_lists, select_cohort, with_dev_list
-from tuneThreshold import bootstrap_intervals, compute_metrics
+from speakernet.metrics import bootstrap_intervals, compute_metrics
 
 # Known by these names from here as well: the run folder's file naming (trainSpeakerNet) and
 # extraction shared across ranks (distributed callers).

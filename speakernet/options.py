@@ -19,7 +19,7 @@ from speakernet import evaluation
 from speakernet import packed_audio
 from speakernet import plugins
 from speakernet import pseudo_labels
-import DatasetLoader as sampler
+from speakernet import sampler
 from models import _specaugment as spec_augment
 from models._layers import N_FFT
 from speakernet.errors import CheckpointError, OptionError, UserError  # noqa: F401 (OptionError re-exported)

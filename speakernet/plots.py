@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
-from tuneThreshold import det_curve
+from speakernet.metrics import det_curve
 
 from speakernet.atomic import atomic_file
 

@@ -32,7 +32,7 @@ from speakernet.embedder import Embedder
 from speakernet.embeddings import embed_files
 from speakernet.errors import OptionError
 from speakernet.options import parse_options
-from DatasetLoader import read_train_list
+from speakernet.train_list import read_train_list
 from speakernet.extractor import Extractor
 from speakernet.precision import autocast
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-import tuneThreshold
-from tuneThreshold import _WeightedPoints, bootstrap_intervals, compute_eer, compute_min_dcf
+import speakernet.metrics as tuneThreshold
+from speakernet.metrics import _WeightedPoints, bootstrap_intervals, compute_eer, compute_min_dcf
 
 
 def crossed_trials(rng, files=80, trials=3000, separation=3.0, file_sd=1.0, noise_sd=0.5):

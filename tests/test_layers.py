@@ -1,6 +1,12 @@
-"""Imports point down the layers of docs/design.md: plug-ins never import the option
-parser, the trainer, the data side or the metrics (their own folders and speakernet/'s helpers
-are below them), and the shared helpers import nothing of the project but each other."""
+"""Imports point down the layers of docs/design.md, lazy imports included:
+
+    entry points          trainSpeakerNet.py, data_prep.py, ablate.py, benchmarks/
+    voxceleb_trainer's    SpeakerNet.py, DatasetLoader.py, tuneThreshold.py, utils.py
+    machinery             speakernet/ (but the shared helpers)
+    plug-ins              models/, loss/, optimizer/, scheduler/
+    shared helpers        speakernet/: errors, audio, atomic, option_types, config_file
+
+Each file may import its own layer and those below it, never one above."""
 import ast
 
 import pytest
@@ -10,40 +16,87 @@ from conftest import REPO
 SHARED_HELPERS = {"speakernet.errors", "speakernet.audio", "speakernet.atomic", "speakernet.option_types",
                   "speakernet.config_file"}
 PLUG_IN_FOLDERS = ("models", "loss", "optimizer", "scheduler")
-ABOVE_PLUG_INS = {"speakernet.options", "trainSpeakerNet", "SpeakerNet", "DatasetLoader", "tuneThreshold", "data_prep"}
-PROJECT_TOP = {"trainSpeakerNet", "SpeakerNet", "DatasetLoader", "tuneThreshold", "data_prep", "speakernet",
-               *PLUG_IN_FOLDERS}
+VOXCELEB_TRAINER_FILES = ("SpeakerNet", "DatasetLoader", "tuneThreshold", "utils")
+ENTRY_POINTS = ("trainSpeakerNet", "data_prep", "ablate", "benchmarks")
+PROJECT_TOP = {"speakernet", *PLUG_IN_FOLDERS, *VOXCELEB_TRAINER_FILES, *ENTRY_POINTS}
+LAYERS = ("shared helpers", "plug-ins", "machinery", "voxceleb_trainer's files", "entry points")
 
 
-def project_imports(path):
-    """Modules of this project that `path` imports, anywhere in the file (lazy imports too)."""
+def layer_of(module):
+    """The layer of a dotted module name of this project."""
+    top = module.split(".")[0]
+    if module in SHARED_HELPERS or any(module.startswith(h + ".") for h in SHARED_HELPERS):
+        return "shared helpers"
+    if top in PLUG_IN_FOLDERS:
+        return "plug-ins"
+    if top == "speakernet":
+        return "machinery"
+    if top in VOXCELEB_TRAINER_FILES:
+        return "voxceleb_trainer's files"
+    return "entry points"
+
+
+def project_imports(source):
+    """Modules of this project that `source` imports, anywhere in it (lazy imports too);
+    `from speakernet import x` counts as speakernet.x."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            names = [f"{node.module}.{alias.name}" for alias in node.names] if node.module in PROJECT_TOP \
+                else [node.module]
         else:
             continue
         found |= {n for n in names if n.split(".")[0] in PROJECT_TOP}
     return found
 
 
-def module_files(folder):
-    return sorted((REPO / folder).glob("*.py"))
+def upward_imports(module, source):
+    """['module imports X (layer)'] for every import of a layer above the module's own."""
+    own = LAYERS.index(layer_of(module))
+    return [f"{module} imports {name} ({layer_of(name)})" for name in sorted(project_imports(source))
+            if LAYERS.index(layer_of(name)) > own]
 
 
-@pytest.mark.parametrize("folder", PLUG_IN_FOLDERS)
-def test_plug_ins_import_nothing_above_them(folder):
-    for path in module_files(folder):
-        for name in project_imports(path):
-            assert not any(name == a or name.startswith(a + ".") for a in ABOVE_PLUG_INS), \
-                f"{path.relative_to(REPO)} imports {name}"
+def project_modules():
+    """(dotted name, path) of every Python file of the project, benchmarks included."""
+    for path in sorted(REPO.rglob("*.py")):
+        relative = path.relative_to(REPO)
+        if relative.parts[0] in ("tests", "exps", "data") or relative.parts[0].startswith("."):
+            continue
+        yield ".".join(relative.with_suffix("").parts).removesuffix(".__init__"), path
 
 
-def test_shared_helpers_import_nothing_above_them():
-    for module in SHARED_HELPERS:
-        path = REPO / (module.replace(".", "/") + ".py")
-        for name in project_imports(path):
-            assert name in SHARED_HELPERS or any(name.startswith(h + ".") for h in SHARED_HELPERS), \
-                f"{path.relative_to(REPO)} imports {name}"
+def test_every_import_points_down():
+    problems = [p for module, path in project_modules() for p in upward_imports(module, path.read_text())]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_layer_is_populated():
+    layers = {layer_of(module) for module, _ in project_modules()}
+    assert layers == set(LAYERS)
+
+
+@pytest.mark.parametrize("module,line", [
+    ("speakernet.evaluation", "from DatasetLoader import read_train_list"),
+    ("speakernet.audio", "from speakernet import checkpoint"),
+    ("speakernet.errors", "import models._layers"),
+    ("models.ResNet", "from speakernet.options import OptionError"),
+    ("loss.aamsoftmax", "def f():\n    from SpeakerNet import Trainer"),      # lazy
+    ("speakernet.plots", "import tuneThreshold as metrics"),
+    ("SpeakerNet", "from trainSpeakerNet import main"),
+])
+def test_an_injected_upward_import_is_caught(module, line):
+    path = REPO / (module.replace(".", "/") + ".py")
+    assert not upward_imports(module, path.read_text())
+    assert upward_imports(module, path.read_text() + "\n" + line + "\n")
+
+
+def test_plug_ins_and_helpers_import_within_their_layers():
+    """The helpers import only each other; plug-ins only helpers and plug-in files."""
+    for module, path in project_modules():
+        layer = layer_of(module)
+        if layer in ("shared helpers", "plug-ins"):
+            allowed = {"shared helpers"} | ({"plug-ins"} if layer == "plug-ins" else set())
+            assert {layer_of(n) for n in project_imports(path.read_text())} <= allowed, module

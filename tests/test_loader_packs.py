@@ -86,7 +86,10 @@ def test_packed_loader_gives_bit_identical_batches(data, caplog):
             for ea, eb in zip(a[2], b[2]):
                 for key in ea:
                     assert (ea[key] is None and eb[key] is None) or torch.equal(ea[key], eb[key]), key
-            mixed_a, mixed_b = augment.Augmenter()(a[0], a[2]), augment.Augmenter()(b[0], b[2])
+            # The collation converts them, so the augmentation and the encoders see float32 only.
+            converted = collate_views(b)[0]
+            assert all(x.dtype == torch.float32 for x in converted)
+            mixed_a, mixed_b = augment.Augmenter()(a[0], a[2]), augment.Augmenter()(converted, b[2])
             assert all(torch.equal(x, y) for x, y in zip(mixed_a, mixed_b))
     # Unperturbed packed batches are int16; a perturbed crop in a run makes it float32.
     assert dtypes == {torch.int16, torch.float32}
@@ -130,7 +133,7 @@ def test_batch_equals_its_groups_read_alone(data, use_packs, speeds):
                                  view_frames=lambda e, r: (60, 60, 25, 25), augment_planner=planner,
                                  speeds=speeds)
     for batch in [b for s in (sampler, ssl) for epoch in (1, 2) for b in s.plan(epoch)]:
-        alone = [dataset[r] for r in batch]
+        alone = [collate_views(dataset[r]) for r in batch]
         expected = ([_cat_views(runs) for runs in zip(*(a[0] for a in alone))], torch.cat([a[1] for a in alone]),
                     [None if ex[0] is None else {k: _cat_rows([e[k] for e in ex]) for k in ex[0]}
                      for ex in zip(*(a[2] for a in alone))])
@@ -206,14 +209,16 @@ def test_mixing_equals_float64_reference_in_both_row_layouts():
     assert torch.equal(views.reshape(n, length), torch.from_numpy(clean))         # input untouched
 
 
-@pytest.mark.parametrize("model", ["ResNetSE34L", "ResNetSE34", "ECAPA_TDNN"])
-def test_front_ends_read_int16_as_the_float_samples(model):
+def test_collation_hands_float_views_only():
+    """int16 runs from packs become float32 at collation, as libsndfile reads them (x 2^-15);
+    float runs and the rest of the batch pass through untouched."""
     rng = np.random.default_rng(4)
-    samples = torch.from_numpy(rng.integers(-20000, 20000, (2, 8000)).astype(np.int16))
-    frontend = plugins.factory("models", model)(encoder_type="ASP").features.eval()
-    as_float = samples.float() / 32768
-    assert torch.equal(packed_audio.to_float(samples), as_float)
-    assert torch.equal(frontend(samples), frontend(as_float))
+    samples = torch.from_numpy(rng.integers(-32768, 32767, (2, 3, 800)).astype(np.int16))
+    floats = torch.rand(2, 1, 400)
+    labels, extras, frames = torch.tensor([0, 1]), [None, None], (3, 3, 3, 1)
+    views, *rest = collate_views(([samples, floats], labels, extras, frames))
+    assert views[0].dtype == torch.float32 and torch.equal(views[0], samples.double().div(32768).float())
+    assert views[1] is floats and rest == [labels, extras, frames]
 
 
 def test_training_reads_from_packs(corpus, tmp_path, caplog):

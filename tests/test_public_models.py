@@ -132,8 +132,6 @@ def test_kaldi_front_end_equals_torchaudio_fbank_minus_its_mean():
         assert torch.equal(frontend.frame_counts(torch.tensor([samples])), torch.tensor([ours.shape[-1]]))
         for row, wav in zip(ours, batch):
             assert (row - kaldi_cmn(wav)).abs().max() < 1e-4
-    pcm = (batch * 32768).round().clamp(-32768, 32767).to(torch.int16)
-    assert torch.equal(frontend(pcm), frontend(pcm.float() / 32768))
     # Dither (wespeaker's training default) while training only.
     assert not torch.equal(frontend.train()(batch), frontend.eval()(batch))
 

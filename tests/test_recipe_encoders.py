@@ -1,5 +1,5 @@
 """wespeaker's ResNet family (models/ResNet.py) and CAM++ (models/CAMPPlus.py): sizes and MACs
-against the published tables, shapes, int16 input, eval-mode determinism and batch
+against the published tables, shapes, eval-mode determinism and batch
 independence, a few training steps, TorchScript export, options and the recipe configs.
 
 Published figures: wenet-e2e/wespeaker examples/voxceleb/v2/README.md (ResNet-34 / 221 / 293:

@@ -63,7 +63,7 @@ def checked_paths(test_list, test_path, first_line):
 
 def baseline_eer(test_list, test_path):
     """EER (%) of cosine scoring between utterance-mean log-mel vectors over a trial list."""
-    from tuneThreshold import tuneThresholdfromScore
+    from speakernet.metrics import tuneThresholdfromScore
     trials, first_line = labelled_trials(test_list)
     paths = checked_paths(test_list, test_path, first_line)
     fbank, feats = mel_filterbank(), {}
