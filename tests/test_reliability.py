@@ -1,5 +1,6 @@
 """Nothing lost: kill -9 and resume, NaN losses, pruning, full disks, paths outside the root."""
 import os
+from pathlib import Path
 import shutil
 import signal
 import subprocess
@@ -227,3 +228,38 @@ def test_yaml_payload_control(tmp_path):
     loaded = yaml.unsafe_load(_yaml_payload(target))
     loaded["nOut"].close()
     assert target.exists()
+
+
+def _entry_moved_outside(list_path, root, outside):
+    """The list with its first line's file copied out of `root` and named by absolute path."""
+    lines = list_path.read_text().splitlines()
+    fields = lines[0].split()
+    shutil.copy(root / fields[1], outside)
+    fields[1] = str(outside)
+    lines[0] = " ".join(fields)
+    moved = list_path.with_name("outside_" + list_path.name)
+    moved.write_text("\n".join(lines) + "\n")
+    return str(moved)
+
+
+@pytest.mark.parametrize("which", ["trial list", "AS-norm cohort"])
+def test_outside_paths_option_reaches_the_trial_lists_and_the_cohort(tmp_path, which):
+    """--allow_outside_paths applies to every list of the run, as its help says: the trial
+    lists and the AS-norm cohort too. Without it an entry outside the root is refused, naming
+    the option."""
+    from speakernet.errors import UserError
+    from speakernet.evaluation import Evaluation
+    from speakernet.options import parse_options
+    corpus = make_corpus(tmp_path / "corpus")
+    outside = tmp_path / "elsewhere.wav"
+    listed = corpus.test_list if which == "trial list" else corpus.train_list
+    option = "--test_list" if which == "trial list" else "--train_list"
+    argv = _argv(corpus, tmp_path / "exp", max_epoch=1) + ["--asnorm_top_n", "2", option,
+                                                            _entry_moved_outside(listed, corpus.root, outside)]
+    with pytest.raises(UserError, match="--allow_outside_paths"):
+        Evaluation.from_options(parse_options(argv))
+    evaluation = Evaluation.from_options(parse_options(argv + ["--allow_outside_paths"]))
+    if which == "trial list":
+        assert str(outside) in map(str, evaluation.trial_set.files)
+    else:
+        assert evaluation.cohort is not None
