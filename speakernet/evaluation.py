@@ -272,9 +272,10 @@ class Evaluation:
         """From parsed options; reads (and checks) --train_list for the cohort only when
         AS-norm is on and no TrainList is given."""
         settings = EvalSettings.from_options(options)
+        outside = getattr(options, "allow_outside_paths", False)
         if settings.asnorm_top_n and train_list is None:
             train_list = read_train_list(options.train_list, options.train_path, need_labels=False,
-                                         allow_outside=options.allow_outside_paths)
+                                         allow_outside=outside)
         dev_list = getattr(options, "calibrate", "") or None
         # --eval of a checkpoint written by --calibrate reports with its calibration.
         calibration = None
@@ -286,7 +287,7 @@ class Evaluation:
                          calibration.prior)
         return cls(options.test_list, options.test_path, settings,
                    out_dir=Path(options.save_path) / "result", cohort_list=train_list,
-                   calibration=calibration, dev_list=dev_list, allow_outside=options.allow_outside_paths)
+                   calibration=calibration, dev_list=dev_list, allow_outside=outside)
 
     def run(self, extract, normalize=True, tag="", score=True, on_calibrated=None):
         """Embed the lists' files (and the cohort), score, write outputs -> EvaluationReport.
