@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from models._specaugment import attach_spec_augment
-from speakernet import audio, checkpoint
+from speakernet import checkpoint
 from speakernet import curriculum_data
 from speakernet import evaluation
 from speakernet import plugins
@@ -135,7 +135,7 @@ def build_training_data(options, model, device, rank, world_size):
     views = views_per_group(options, contract)
     uses_labels = contract.needs.labels
     train_list = read_train_list(options.train_list, options.train_path, need_labels=uses_labels,
-                                 allow_outside=options.allow_outside_paths)
+                                 allow_outside=options.allow_outside_paths, recheck=options.recheck_audio)
     if uses_labels and len(train_list.speakers) > options.nClasses:
         raise OptionError(f"--nClasses {options.nClasses} is smaller than the {len(train_list.speakers)} "
                           f"speakers in {options.train_list}; set --nClasses {len(train_list.speakers)}")
@@ -322,7 +322,6 @@ def train_stage(options):
 
 
 def run(options, argv=None):
-    audio.RECHECK_ALL["on"] = options.recheck_audio
     if options.pseudo_rounds and not (options.eval or options.extract or options.calibrate or options.verify):
         return pseudo_rounds.Pipeline(argv, options, train_stage).run()
     rank, world_size, local_rank = init_distributed(options)

@@ -282,13 +282,10 @@ def full_paths(list_path, root, names, line_numbers, allow_outside=False):
     return paths
 
 
-# --recheck_audio: the entry point sets it for every list of the run (train, trials, cohort).
-RECHECK_ALL = {"on": False}
 
 
 def check_audio_files(list_path, root, names, line_numbers, allow_outside=False, recheck=False):
     """Samples per file for `names`, or ListError naming the list line of the first bad file."""
-    recheck = recheck or RECHECK_ALL["on"]
     manifest_path = Path(f"{list_path}.manifest.npz")
     plain = all_plain(names)
     # Entries leaving the root are refused before the manifest is consulted (it may have been

@@ -54,26 +54,27 @@ class AugmentSpec:
     snr: float = 0.0
 
 
-def scan_audio(root, what):
-    """Sorted audio files under `root`, validated (16 kHz mono) through the manifest cache."""
+def scan_audio(root, what, recheck=False):
+    """Sorted audio files under `root`, validated (16 kHz mono) through the manifest cache
+    (every header read again with `recheck`, --recheck_audio)."""
     root = Path(root)
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
                    if p.suffix.lower() in (".wav", ".flac"))
     if not files:
         raise ListError(f"{root}: no .wav or .flac files for {what}; prepare them with "
                         f"data_prep.py (or set the path option)")
-    lengths = check_audio_files(str(root), root, files, list(range(1, len(files) + 1)))
+    lengths = check_audio_files(str(root), root, files, list(range(1, len(files) + 1)), recheck=recheck)
     return [str(root / f) for f in files], lengths
 
 
 class AugmentBank:
     """The noise and RIR files available, grouped by kind."""
 
-    def __init__(self, musan_path, rir_path):
+    def __init__(self, musan_path, rir_path, recheck=False):
         self.files, self.lengths = {}, {}
         for kind in NOISE_KINDS:
-            self.files[kind], self.lengths[kind] = scan_audio(Path(musan_path) / kind, f"MUSAN {kind}")
-        self.files["reverb"], self.lengths["reverb"] = scan_audio(rir_path, "room impulse responses")
+            self.files[kind], self.lengths[kind] = scan_audio(Path(musan_path) / kind, f"MUSAN {kind}", recheck)
+        self.files["reverb"], self.lengths["reverb"] = scan_audio(rir_path, "room impulse responses", recheck)
         log.info("augmentation: %s", ", ".join(f"{len(v)} {k}" for k, v in self.files.items()))
 
 
@@ -109,7 +110,7 @@ def planner_from_options(options):
     """An AugmentPlanner for --augment, or None without it."""
     if not options.augment:
         return None
-    bank = AugmentBank(options.musan_path, options.rir_path)
+    bank = AugmentBank(options.musan_path, options.rir_path, getattr(options, "recheck_audio", False))
     snr = {"noise": options.aug_snr_noise, "speech": options.aug_snr_speech, "music": options.aug_snr_music}
     return AugmentPlanner(bank, options.aug_probs, snr, options.aug_babble, options.aug_fraction)
 

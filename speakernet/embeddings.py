@@ -115,11 +115,13 @@ def files_to_export(options):
     check_writable(Path(options.extract).parent, f"--extract {options.extract}")
     if not options.extract_list:
         trial_set = load_trial_lists(options.test_list, options.test_path,
-                                     getattr(options, "allow_outside_paths", False))
+                                     getattr(options, "allow_outside_paths", False),
+                                     getattr(options, "recheck_audio", False))
         return FileSet(trial_set.files, trial_set.lengths, options.test_path, list(trial_set.files),
                        origins=trial_set.origins)
     train = read_train_list(options.extract_list, options.train_path, need_labels=False,
-                            allow_outside=getattr(options, "allow_outside_paths", False))
+                            allow_outside=getattr(options, "allow_outside_paths", False),
+                            recheck=getattr(options, "recheck_audio", False))
     root = str(Path(options.train_path))
     names = [f[len(root) + 1:] if f.startswith(root + os.sep) else f for f in train.files]
     speakers = [train.speakers[i] for i in train.labels] if train.speakers else None

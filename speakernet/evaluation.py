@@ -248,7 +248,7 @@ class Evaluation:
     """
 
     def __init__(self, list_paths, test_path, settings, out_dir=None, cohort_list=None, plots=True,
-                 calibration=None, dev_list=None, allow_outside=False):
+                 calibration=None, dev_list=None, allow_outside=False, recheck=False):
         self.test_path = test_path
         self.settings = settings
         self.out_dir = out_dir
@@ -256,9 +256,10 @@ class Evaluation:
         self.calibration = calibration
         self.dev_list, self.dev_trials = dev_list or None, None
         if self.dev_list:
-            self.trial_set, self.dev_trials = with_dev_list(list_paths, self.dev_list, test_path, allow_outside)
+            self.trial_set, self.dev_trials = with_dev_list(list_paths, self.dev_list, test_path, allow_outside,
+                                                            recheck)
         else:
-            self.trial_set = load_trial_lists(list_paths, test_path, allow_outside)
+            self.trial_set = load_trial_lists(list_paths, test_path, allow_outside, recheck)
         self.cohort = None
         if settings.asnorm_top_n:
             if cohort_list is None:
@@ -272,10 +273,10 @@ class Evaluation:
         """From parsed options; reads (and checks) --train_list for the cohort only when
         AS-norm is on and no TrainList is given."""
         settings = EvalSettings.from_options(options)
-        outside = getattr(options, "allow_outside_paths", False)
+        outside, recheck = getattr(options, "allow_outside_paths", False), getattr(options, "recheck_audio", False)
         if settings.asnorm_top_n and train_list is None:
             train_list = read_train_list(options.train_list, options.train_path, need_labels=False,
-                                         allow_outside=outside)
+                                         allow_outside=outside, recheck=recheck)
         dev_list = getattr(options, "calibrate", "") or None
         # --eval of a checkpoint written by --calibrate reports with its calibration.
         calibration = None
@@ -287,7 +288,8 @@ class Evaluation:
                          calibration.prior)
         return cls(options.test_list, options.test_path, settings,
                    out_dir=Path(options.save_path) / "result", cohort_list=train_list,
-                   calibration=calibration, dev_list=dev_list, allow_outside=outside)
+                   calibration=calibration, dev_list=dev_list, allow_outside=outside,
+                   recheck=recheck)
 
     def run(self, extract, normalize=True, tag="", score=True, on_calibrated=None):
         """Embed the lists' files (and the cohort), score, write outputs -> EvaluationReport.

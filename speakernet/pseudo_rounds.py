@@ -154,7 +154,7 @@ class Pipeline:
         """Embed the unlabelled list with `model`, cluster, write the kept utterances' list."""
         options = self.options
         train_list = read_train_list(unlabelled, options.train_path, need_labels=False,
-                                     allow_outside=options.allow_outside_paths)
+                                     allow_outside=options.allow_outside_paths, recheck=options.recheck_audio)
         log.info("round %d: embedding %d utterances with %s", number, len(train_list.files), model)
         embeddings = embed_with(model, train_list, options)
         pseudo_labels.finite_or_fail(embeddings, model)

@@ -62,7 +62,7 @@ def refuse_contradictions(list_path, trials, labels, lines):
         first.setdefault((trial, label), line)
 
 
-def read_trial_list(list_path, test_path, allow_outside=False):
+def read_trial_list(list_path, test_path, allow_outside=False, recheck=False):
     """Parse the trial lines (parse_trial_lines); validate each unique file once."""
     labels, ends, lines = parse_trial_lines(list_path)
     files, first_line, index = [], [], {}
@@ -72,7 +72,7 @@ def read_trial_list(list_path, test_path, allow_outside=False):
                 index[name] = len(files)
                 files.append(name)
                 first_line.append(number)
-    lengths = check_audio_files(list_path, test_path, files, first_line, allow_outside)
+    lengths = check_audio_files(list_path, test_path, files, first_line, allow_outside, recheck)
     pairs = np.array([[index[a], index[b]] for a, b in ends], dtype=np.int64)
     return TrialList(labels=np.array(labels), pairs=pairs, files=files, lengths=lengths,
                      origins=[f"{list_path}:{n}" for n in first_line])
@@ -119,7 +119,7 @@ def unique_lists(list_paths):
     return paths
 
 
-def load_trial_lists(list_paths, test_path, allow_outside=False):
+def load_trial_lists(list_paths, test_path, allow_outside=False, recheck=False):
     """Read and validate every list (str, comma-separated str or list of paths) -> TrialSet.
 
     Every file of every list is checked before this returns; problems in all lists are
@@ -129,7 +129,7 @@ def load_trial_lists(list_paths, test_path, allow_outside=False):
     loaded, problems = [], []
     for path in paths:
         try:
-            loaded.append(read_trial_list(path, test_path, allow_outside))
+            loaded.append(read_trial_list(path, test_path, allow_outside, recheck))
         except ListError as err:
             problems.append(str(err))
     if problems:
@@ -154,14 +154,14 @@ def load_trial_lists(list_paths, test_path, allow_outside=False):
                     origins=origins)
 
 
-def with_dev_list(list_paths, dev_list, test_path, allow_outside=False):
+def with_dev_list(list_paths, dev_list, test_path, allow_outside=False, recheck=False):
     """(TrialSet of the --test_list lists over the files of those lists and the dev list,
     the dev list's TrialList); files named by both are embedded once."""
     paths = unique_lists(list_paths)
     if dev_list in paths:
         log.warning("--calibrate %s is also a --test_list list: its actDCF and Cllr are measured on "
                     "the trials the calibration was fitted to (optimistic)", dev_list)
-    combined = load_trial_lists(paths + [dev_list] if dev_list not in paths else paths, test_path, allow_outside)
+    combined = load_trial_lists(paths + [dev_list] if dev_list not in paths else paths, test_path, allow_outside, recheck)
     dev = combined.lists[combined.paths.index(dev_list)]
     if not ((dev.labels == 1).any() and (dev.labels == 0).any()):
         raise UserError(f"--calibrate {dev_list}: needs labelled target (1) and non-target (0) "
