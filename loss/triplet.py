@@ -34,6 +34,16 @@ def add_arguments(parser):
                         help="chnm: after the switch, negatives come from this hardest fraction")
 
 
+def check_options(hard_rank=10, hard_prob=0.5, triplet_chnm_fraction=0.01, **kwargs):
+    """The mining settings, checked once here (options.validate calls it for --trainfunc triplet)."""
+    if not 0 <= hard_prob <= 1:
+        raise OptionError(f"--hard_prob must lie in [0, 1] (a probability), got {hard_prob:g}")
+    if hard_rank < 1:
+        raise OptionError(f"--hard_rank must be at least 1, got {hard_rank}")
+    if not 0 < triplet_chnm_fraction <= 1:
+        raise OptionError(f"--triplet_chnm_fraction must lie in (0, 1], got {triplet_chnm_fraction:g}")
+
+
 class LossFunction(Objective):
     needs = Needs(min_views=2)
     test_normalize = True
@@ -46,9 +56,7 @@ class LossFunction(Objective):
         if nPerSpeaker > 2:
             raise OptionError(f"triplet uses exactly 2 utterances per speaker (anchor, positive); "
                               f"set --nPerSpeaker 2 (got {nPerSpeaker})")
-        if not 0 < triplet_chnm_fraction <= 1 or hard_rank < 1 or not 0 <= hard_prob <= 1:
-            raise OptionError("triplet needs --hard_rank >= 1, 0 <= --hard_prob <= 1 and "
-                              "0 < --triplet_chnm_fraction <= 1")
+        check_options(hard_rank=hard_rank, hard_prob=hard_prob, triplet_chnm_fraction=triplet_chnm_fraction)
         self.margin = margin
         self.hard_rank = hard_rank
         self.hard_prob = hard_prob

@@ -134,9 +134,6 @@ def verify_only(options, device):
     alone, with a warning saying which checkpoints decide -> the score."""
     from speakernet.embedder import Embedder
 
-    if not options.initial_model:
-        raise OptionError("--verify needs --initial_model CKPT (a checkpoint written by --calibrate "
-                          "gives an LLR and a decision)")
     embedder = Embedder.from_checkpoint(options.initial_model, device=device)
     if not embedder.decides:
         score = embedder.score(*options.verify)

@@ -33,7 +33,7 @@ from speakernet import calibration as calibrating
 from speakernet import score_norm
 from speakernet.train_list import read_train_list
 from speakernet.embeddings import cohort_embeddings, embed_files, file_embeddings
-from speakernet.errors import UserError
+from speakernet.errors import OptionError, UserError
 from speakernet.option_types import OptionValueError, count, durations, probability_list
 from speakernet.result_files import (EvaluationReport, ListResult, write_list_outputs,
                                      write_report)
@@ -132,14 +132,14 @@ class EvalSettings:
     def __post_init__(self):
         for name in ("p_targets", "far_targets", "frr_targets"):
             probability_list(getattr(self, name))
-        if self.c_miss <= 0 or self.c_fa <= 0:
-            raise UserError(f"--dcf_c_miss and --dcf_c_fa must be positive, got {self.c_miss} "
-                            f"and {self.c_fa}")
+        for name, cost in (("dcf_c_miss", self.c_miss), ("dcf_c_fa", self.c_fa)):
+            if cost <= 0:
+                raise OptionError(f"--{name} must be positive (a cost), got {cost:g}")
         if self.ci_replicates and not 10 <= self.ci_replicates <= 100_000:
-            raise UserError(f"--ci_replicates must be 0 (no intervals) or 10 to 100000, got "
+            raise OptionError(f"--ci_replicates must be 0 (no intervals) or 10 to 100000, got "
                             f"{self.ci_replicates} (300 gives stable 95% bounds)")
         if self.asnorm_top_n < 0 or self.cohort_utts < 1 or self.cohort_speakers < 0:
-            raise UserError("--asnorm_top_n and --cohort_speakers must be 0 or more, "
+            raise OptionError("--asnorm_top_n and --cohort_speakers must be 0 or more, "
                             "--cohort_utts at least 1")
 
     @classmethod

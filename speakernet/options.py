@@ -454,6 +454,10 @@ def _check_components(options):
         raise OptionError("--trainfunc is required (a file name in loss/, e.g. angleproto)")
     if not options.model:
         raise OptionError("--model is required (a file name in models/, e.g. ResNetSE34L)")
+    for kind, name in (("models", options.model), ("loss", options.trainfunc)):
+        check = getattr(plugins.load_module(kind, name), "check_options", None)   # the component's own
+        if check is not None:
+            check(**vars(options))
 
 
 def validate(options, parser=None):
@@ -486,13 +490,7 @@ def validate(options, parser=None):
         raise OptionError(f"--margin must be 0 or more, got {options.margin:g}")
     if options.scale <= 0:
         raise OptionError(f"--scale must be positive, got {options.scale:g}")
-    if not 0 <= options.hard_prob <= 1:
-        raise OptionError(f"--hard_prob must lie in [0, 1] (a probability), got {options.hard_prob:g}")
-    if options.hard_rank < 1:
-        raise OptionError(f"--hard_rank must be at least 1, got {options.hard_rank}")
-    for name in ("dcf_c_miss", "dcf_c_fa"):
-        if getattr(options, name) <= 0:
-            raise OptionError(f"--{name} must be positive (a cost), got {getattr(options, name):g}")
+    evaluation.EvalSettings.from_options(options)      # the evaluation checks its own settings
     if options.seed < 0:
         raise OptionError(f"--seed must be 0 or more, got {options.seed}")
     _check_sizes(options)

@@ -16,6 +16,7 @@ from speakernet.errors import UserError
 from speakernet.options import OptionError, parse_options
 
 REQUIRED = ["--model", "ResNetSE34L", "--trainfunc", "angleproto"]
+TRIPLET = ["--trainfunc", "triplet"]          # its mining options are its own to check
 
 
 def run_main(argv, caplog):
@@ -108,9 +109,9 @@ def test_main_reports_non_finite_lr_once_and_touches_nothing(tmp_path, corpus, c
     (["--weight_decay", "-0.1"], "--weight_decay must be 0 or more, got -0.1", ["--weight_decay", "0"]),
     (["--margin", "-0.1"], "--margin must be 0 or more, got -0.1", ["--margin", "0"]),
     (["--scale", "0"], "--scale must be positive, got 0", ["--scale", "0.5"]),
-    (["--hard_prob", "1.5"], "--hard_prob must lie in [0, 1]", ["--hard_prob", "1"]),
-    (["--hard_prob", "-0.5"], "--hard_prob must lie in [0, 1]", ["--hard_prob", "0"]),
-    (["--hard_rank", "0"], "--hard_rank must be at least 1, got 0", ["--hard_rank", "1"]),
+    (TRIPLET + ["--hard_prob", "1.5"], "--hard_prob must lie in [0, 1]", TRIPLET + ["--hard_prob", "1"]),
+    (TRIPLET + ["--hard_prob", "-0.5"], "--hard_prob must lie in [0, 1]", TRIPLET + ["--hard_prob", "0"]),
+    (TRIPLET + ["--hard_rank", "0"], "--hard_rank must be at least 1, got 0", TRIPLET + ["--hard_rank", "1"]),
     (["--dcf_c_miss", "0"], "--dcf_c_miss must be positive", ["--dcf_c_miss", "10"]),
     (["--dcf_c_fa", "-1"], "--dcf_c_fa must be positive", ["--dcf_c_fa", "0.1"]),
     (["--seed", "-1"], "--seed must be 0 or more, got -1", ["--seed", "0"]),
