@@ -2,6 +2,7 @@
 description of our encoder for a released model, the refusal of what cannot be computed
 exactly, and the reading of a weights file as a state dict of tensors."""
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -43,6 +44,27 @@ class Release:
     state: dict
     config_path: object           # the file that describes the model
     weights_path: object
+
+
+def claims_release(path, config, suffix, config_of_file):
+    """Whether `path` is a release folder holding `config`, or a weights file ending in `suffix`
+    whose config `config_of_file(path)` finds."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / config).is_file()
+    return path.suffix == suffix and config_of_file(path) is not None
+
+
+def locate_release(path, config, weights, config_of_file, toolkit, fix):
+    """(config file, weights file) of a release folder or weights file; a folder without its
+    weights is a CheckpointError saying what to do (`fix`)."""
+    path = Path(path)
+    if path.is_file():
+        return config_of_file(path), path
+    if not (path / weights).is_file():
+        raise CheckpointError(f"{path} has {config} but no {weights} ({toolkit}'s released models hold "
+                              f"both); {fix}")
+    return path / config, path / weights
 
 
 def refuse_unless(condition, path, what, supported):

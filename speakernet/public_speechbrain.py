@@ -17,14 +17,14 @@ What this project cannot compute the same way is refused in one line naming the 
 """
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
 from speakernet.audio import SAMPLE_RATE
 from speakernet.config_file import load_config
 from speakernet.errors import CheckpointError, OptionError
-from speakernet.public_common import Architecture, Release, refuse_unless, tensor_state, whole_number
+from speakernet.public_common import (Architecture, Release, claims_release, locate_release, refuse_unless, tensor_state,
+                                      whole_number)
 
 NAME = "speechbrain"
 CONFIG = "hyperparams.yaml"
@@ -87,22 +87,13 @@ def _config_of_file(path):
 
 def claims(path):
     """A folder with hyperparams.yaml, or a .ckpt file with hyperparams.yaml beside it."""
-    path = Path(path)
-    if path.is_dir():
-        return (path / CONFIG).is_file()
-    return path.suffix == ".ckpt" and _config_of_file(path) is not None
+    return claims_release(path, CONFIG, ".ckpt", _config_of_file)
 
 
 def _locate(path):
     """(hyperparams.yaml, weights file) of a model folder or weights file."""
-    path = Path(path)
-    if path.is_file():
-        return _config_of_file(path), path
-    weights = path / WEIGHTS
-    if not weights.is_file():
-        raise CheckpointError(f"{path} has {CONFIG} but no {WEIGHTS} (speechbrain's released models hold "
-                              f"both); download {WEIGHTS} of that release into {path}")
-    return path / CONFIG, weights
+    return locate_release(path, CONFIG, WEIGHTS, _config_of_file, "speechbrain",
+                          f"download {WEIGHTS} of that release into {path}")
 
 
 def _refuse_unless(condition, path, what):

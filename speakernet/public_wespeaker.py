@@ -16,12 +16,12 @@ The embedding equals wespeaker's own (wespeaker/cli/speaker.py, bin/extract.py):
 Kaldi filterbanks of the samples x 2^15 with CMN (models._layers.KaldiFbankFrontend), the
 network in eval mode.
 """
-from pathlib import Path
 
 from speakernet.audio import SAMPLE_RATE
 from speakernet.config_file import load_config
 from speakernet.errors import CheckpointError, OptionError
-from speakernet.public_common import Architecture, Release, refuse_unless, tensor_state, whole_number
+from speakernet.public_common import (Architecture, Release, claims_release, locate_release, refuse_unless, tensor_state,
+                                      whole_number)
 from speakernet.public_3dspeaker import CAMPPLUS_FIXED, campplus_architecture
 
 NAME = "wespeaker"
@@ -40,22 +40,13 @@ def _config_of_file(path):
 
 def claims(path):
     """A folder with config.yaml, or a .pt file with config.yaml beside it or one folder up."""
-    path = Path(path)
-    if path.is_dir():
-        return (path / CONFIG).is_file()
-    return path.suffix == ".pt" and _config_of_file(path) is not None
+    return claims_release(path, CONFIG, ".pt", _config_of_file)
 
 
 def _locate(path):
     """(config.yaml, weights file) of a model folder or weights file."""
-    path = Path(path)
-    if path.is_file():
-        return _config_of_file(path), path
-    weights = path / WEIGHTS
-    if not weights.is_file():
-        raise CheckpointError(f"{path} has {CONFIG} but no {WEIGHTS} (wespeaker's released models hold "
-                              f"both); give the .pt file to use, e.g. {path}/models/model_150.pt")
-    return path / CONFIG, weights
+    return locate_release(path, CONFIG, WEIGHTS, _config_of_file, "wespeaker",
+                          f"give the .pt file to use, e.g. {path}/models/model_150.pt")
 
 
 def _refuse_unless(condition, path, what):
