@@ -34,7 +34,7 @@ from speakernet import score_norm
 from speakernet.train_list import read_train_list
 from speakernet.embeddings import cohort_embeddings, embed_files, file_embeddings
 from speakernet.errors import OptionError, UserError
-from speakernet.option_types import OptionValueError, count, durations, probability_list
+from speakernet.option_types import OptionValueError, count, durations, probability_list, resumable
 from speakernet.result_files import (EvaluationReport, ListResult, write_list_outputs,
                                      write_report)
 from speakernet.scoring import pair_scores, system_scores
@@ -57,37 +57,37 @@ def add_arguments(parser):
     """Options of evaluation.py (options.py keeps --test_list, --dcf_p_target, --dcf_c_miss,
     --dcf_c_fa; see EvalSettings.from_options for the types it expects of them)."""
     g = parser.add_argument_group("evaluation (evaluation.py)")
-    g.add_argument("--far_targets", type=probability_list, default="0.01",
-                   help="also report the false-rejection rate (and threshold) at these "
-                        "false-acceptance rates; comma-separated fractions, '' for none")
-    g.add_argument("--frr_targets", type=probability_list, default="0.01",
-                   help="also report the false-acceptance rate (and threshold) at these "
-                        "false-rejection rates; comma-separated fractions, '' for none")
-    g.add_argument("--ci_replicates", type=count, default=300,
-                   help="report 95%% intervals beside EER and minDCF from this many bootstrap "
-                        "replicates, resampling files (trials share them); 0 = none, else at "
-                        "least 10")
-    g.add_argument("--asnorm_top_n", type=count, default=0,
-                   help="adaptive s-norm: normalise with the mean/std of each side's N best "
-                        "cohort scores, reported beside the raw scores (0 = off; 300 is usual "
-                        "with the VoxCeleb2 training speakers as cohort)")
-    g.add_argument("--cohort_utts", type=count, default=5,
-                   help="AS-norm cohort: utterances per training speaker averaged into its "
-                        "cohort embedding")
-    g.add_argument("--cohort_speakers", type=count, default=0,
-                   help="AS-norm cohort: at most this many training speakers, drawn with "
-                        "--seed (0 = all; an unlabelled list counts each utterance as one)")
-    g.add_argument("--eval_seconds", type=durations, default="",
-                   help="with --eval: also evaluate with every test file cut to each of these "
-                        "durations (its middle segment), comma-separated seconds, e.g. 1,2,3")
-    g.add_argument("--extract", type=str, default="",
-                   help="write embeddings ('names', 'embeddings' files x D, optionally "
-                        "'crops') to this .npz and exit; needs --initial_model")
-    g.add_argument("--extract_list", type=str, default="",
-                   help="for --extract: 'speaker path' or 'path' lines under --train_path "
-                        "(default: every file of the --test_list lists)")
-    g.add_argument("--extract_crops", action=argparse.BooleanOptionalAction, default=False,
-                   help="for --extract: also store every crop's embedding (files x crops x D)")
+    resumable(g.add_argument("--far_targets", type=probability_list, default="0.01",
+                             help="also report the false-rejection rate (and threshold) at these "
+                                  "false-acceptance rates; comma-separated fractions, '' for none"))
+    resumable(g.add_argument("--frr_targets", type=probability_list, default="0.01",
+                             help="also report the false-acceptance rate (and threshold) at these "
+                                  "false-rejection rates; comma-separated fractions, '' for none"))
+    resumable(g.add_argument("--ci_replicates", type=count, default=300,
+                             help="report 95%% intervals beside EER and minDCF from this many bootstrap "
+                                  "replicates, resampling files (trials share them); 0 = none, else at "
+                                  "least 10"))
+    resumable(g.add_argument("--asnorm_top_n", type=count, default=0,
+                             help="adaptive s-norm: normalise with the mean/std of each side's N best "
+                                  "cohort scores, reported beside the raw scores (0 = off; 300 is usual "
+                                  "with the VoxCeleb2 training speakers as cohort)"))
+    resumable(g.add_argument("--cohort_utts", type=count, default=5,
+                             help="AS-norm cohort: utterances per training speaker averaged into its "
+                                  "cohort embedding"))
+    resumable(g.add_argument("--cohort_speakers", type=count, default=0,
+                             help="AS-norm cohort: at most this many training speakers, drawn with "
+                                  "--seed (0 = all; an unlabelled list counts each utterance as one)"))
+    resumable(g.add_argument("--eval_seconds", type=durations, default="",
+                             help="with --eval: also evaluate with every test file cut to each of these "
+                                  "durations (its middle segment), comma-separated seconds, e.g. 1,2,3"))
+    resumable(g.add_argument("--extract", type=str, default="",
+                             help="write embeddings ('names', 'embeddings' files x D, optionally "
+                                  "'crops') to this .npz and exit; needs --initial_model"))
+    resumable(g.add_argument("--extract_list", type=str, default="",
+                             help="for --extract: 'speaker path' or 'path' lines under --train_path "
+                                  "(default: every file of the --test_list lists)"))
+    resumable(g.add_argument("--extract_crops", action=argparse.BooleanOptionalAction, default=False,
+                             help="for --extract: also store every crop's embedding (files x crops x D)"))
     g.add_argument("--calibrate", type=str, default="",
                    help="fit a score calibration (score -> LLR) on this labelled trial list, "
                         "scored with the same model; writes <checkpoint stem>.calibrated.model "

@@ -97,3 +97,11 @@ class ListOption(argparse.Action):
         current = getattr(namespace, self.dest, None)
         kept = [] if current is None or current is self.default else split_list(current)
         setattr(namespace, self.dest, kept + split_list(values))
+
+
+def resumable(action):
+    """Mark an option a resumed run may change (where data lives, how and on what the run
+    computes, how long it goes, what evaluation reports); every other option changes the
+    training being resumed. Wraps a parser's add_argument: resumable(g.add_argument(...))."""
+    action.resumable = True
+    return action

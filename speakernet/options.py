@@ -26,7 +26,8 @@ from speakernet.errors import CheckpointError, OptionError, UserError  # noqa: F
 from speakernet.atomic import write_text
 from speakernet.audio import HOP, SAMPLE_RATE
 from speakernet.config_file import load_config  # noqa: F401 (re-exported)
-from speakernet.option_types import ListOption, OptionValueError, durations, probability_list, quoted, split_list
+from speakernet.option_types import (ListOption, OptionValueError, durations, probability_list, quoted, resumable,
+                                     split_list)
 
 # Modules that declare options of their own (add_arguments): each owner keeps its options.
 OPTION_OWNERS = (augment, spec_augment, packed_audio, sampler, evaluation, pseudo_labels)
@@ -69,7 +70,7 @@ def build_parser():
     p = argparse.ArgumentParser(
         description="Train or evaluate a speaker-embedding network.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", type=str, default=None, help="YAML file of options (command line wins)")
+    resumable(p.add_argument("--config", type=str, default=None, help="YAML file of options (command line wins)"))
     for add_group in CORE_GROUPS:
         add_group(p)
     for owner in OPTION_OWNERS:            # the modules that declare their own options
@@ -80,20 +81,20 @@ def build_parser():
 def add_loader_options(p):
     g = p.add_argument_group("data loader")
     g.add_argument("--max_frames", type=int, default=200, help="training crop length in 10 ms frames")
-    g.add_argument("--eval_frames", type=int, default=300,
-                   help="evaluation crop length in frames; 0 scores whole files")
-    g.add_argument("--num_eval", type=int, default=10, help="evaluation crops per file")
+    resumable(g.add_argument("--eval_frames", type=int, default=300,
+                             help="evaluation crop length in frames; 0 scores whole files"))
+    resumable(g.add_argument("--num_eval", type=int, default=10, help="evaluation crops per file"))
     g.add_argument("--batch_size", type=int, default=200, help="groups (speakers) per batch, per process")
     g.add_argument("--max_seg_per_spk", type=int, default=500, help="utterances per speaker per epoch, at most")
-    g.add_argument("--nDataLoaderThread", type=int, default=5, help="data-loading worker processes")
+    resumable(g.add_argument("--nDataLoaderThread", type=int, default=5, help="data-loading worker processes"))
     g.add_argument("--augment", help="augment training crops with MUSAN noise and RIR reverberation", **FLAG)
     g.add_argument("--seed", type=int, default=10, help="seed for sampling, crops and initialisation")
 
 
 def add_training_options(p):
     g = p.add_argument_group("training")
-    g.add_argument("--test_interval", type=int, default=10, help="evaluate and save every this many epochs")
-    g.add_argument("--max_epoch", type=int, default=500, help="epochs to train")
+    resumable(g.add_argument("--test_interval", type=int, default=10, help="evaluate and save every this many epochs"))
+    resumable(g.add_argument("--max_epoch", type=int, default=500, help="epochs to train"))
     g.add_argument("--trainfunc", type=str, default="", help="objective: a file name in loss/")
     g.add_argument("--optimizer", type=str, default="adam", help="a file name in optimizer/")
     g.add_argument("--scheduler", type=str, default="steplr", help="a file name in scheduler/")
@@ -114,41 +115,41 @@ def add_objective_options(p):
 
 def add_evaluation_options(p):
     g = p.add_argument_group("evaluation")
-    g.add_argument("--dcf_p_target", type=probability_list, default="0.05,0.01",
-                   help="minDCF target priors, comma-separated (the papers: 0.05 and 0.01)")
-    g.add_argument("--dcf_c_miss", type=float, default=1.0, help="minDCF cost of a miss")
-    g.add_argument("--dcf_c_fa", type=float, default=1.0, help="minDCF cost of a false alarm")
+    resumable(g.add_argument("--dcf_p_target", type=probability_list, default="0.05,0.01",
+                             help="minDCF target priors, comma-separated (the papers: 0.05 and 0.01)"))
+    resumable(g.add_argument("--dcf_c_miss", type=float, default=1.0, help="minDCF cost of a miss"))
+    resumable(g.add_argument("--dcf_c_fa", type=float, default=1.0, help="minDCF cost of a false alarm"))
 
 
 def add_checkpoint_options(p):
     g = p.add_argument_group("load and save")
-    g.add_argument("--initial_model", type=str, default="", help="start from these weights "
-                   "(this project's or voxceleb_trainer's checkpoint)")
-    g.add_argument("--save_path", type=str, default="exps/exp1", help="checkpoints, scores and logs go here")
-    g.add_argument("--keep_last", type=int, default=0,
-                   help="keep only the newest N epoch checkpoints (0 keeps all); best.model is kept apart")
-    g.add_argument("--checkpoint_minutes", type=float, default=0.0,
-                   help="also save a mid-epoch checkpoint (model/partial.model) every this many "
-                        "minutes, so a restart resumes at the next batch (0 = off)")
-    g.add_argument("--checkpoint_steps", type=int, default=0,
-                   help="also save a mid-epoch checkpoint every this many batches (0 = off)")
+    resumable(g.add_argument("--initial_model", type=str, default="", help="start from these weights "
+                             "(this project's or voxceleb_trainer's checkpoint)"))
+    resumable(g.add_argument("--save_path", type=str, default="exps/exp1", help="checkpoints, scores and logs go here"))
+    resumable(g.add_argument("--keep_last", type=int, default=0,
+                             help="keep only the newest N epoch checkpoints (0 keeps all); best.model is kept apart"))
+    resumable(g.add_argument("--checkpoint_minutes", type=float, default=0.0,
+                             help="also save a mid-epoch checkpoint (model/partial.model) every this many "
+                                  "minutes, so a restart resumes at the next batch (0 = off)"))
+    resumable(g.add_argument("--checkpoint_steps", type=int, default=0,
+                             help="also save a mid-epoch checkpoint every this many batches (0 = off)"))
 
 
 def add_data_options(p):
     g = p.add_argument_group("data")
     g.add_argument("--train_list", type=str, default="data/train_list.txt", help="'speaker path' lines")
-    g.add_argument("--test_list", type=str, action=ListOption, default="data/test_list.txt",
-                   help="'label path1 path2' trial lists: comma-separated or repeated; each is "
-                        "reported on its own, shared files are embedded once")
-    g.add_argument("--train_path", type=str, default="data/voxceleb2", help="root of train_list paths")
-    g.add_argument("--test_path", type=str, default="data/voxceleb1", help="root of test_list paths")
-    g.add_argument("--musan_path", type=str, default="data/musan_split", help="MUSAN noise root")
-    g.add_argument("--rir_path", type=str, default="data/RIRS_NOISES/simulated_rirs", help="RIR root")
-    g.add_argument("--recheck_audio", help="check every listed file's size and time again, rereading "
-                   "changed headers (a later start otherwise trusts the manifest while the list and "
-                   "the folders are unchanged)", **FLAG)
-    g.add_argument("--allow_outside_paths", help="let list entries be absolute or use '..' "
-                   "(by default they must stay under --train_path/--test_path)", **FLAG)
+    resumable(g.add_argument("--test_list", type=str, action=ListOption, default="data/test_list.txt",
+                             help="'label path1 path2' trial lists: comma-separated or repeated; each is "
+                                  "reported on its own, shared files are embedded once"))
+    resumable(g.add_argument("--train_path", type=str, default="data/voxceleb2", help="root of train_list paths"))
+    resumable(g.add_argument("--test_path", type=str, default="data/voxceleb1", help="root of test_list paths"))
+    resumable(g.add_argument("--musan_path", type=str, default="data/musan_split", help="MUSAN noise root"))
+    resumable(g.add_argument("--rir_path", type=str, default="data/RIRS_NOISES/simulated_rirs", help="RIR root"))
+    resumable(g.add_argument("--recheck_audio", help="check every listed file's size and time again, rereading "
+                             "changed headers (a later start otherwise trusts the manifest while the list and "
+                             "the folders are unchanged)", **FLAG))
+    resumable(g.add_argument("--allow_outside_paths", help="let list entries be absolute or use '..' "
+                             "(by default they must stay under --train_path/--test_path)", **FLAG))
 
 
 def add_model_options(p):
@@ -162,15 +163,15 @@ def add_model_options(p):
 
 def add_run_options(p):
     g = p.add_argument_group("run")
-    g.add_argument("--eval", help="only evaluate --initial_model (or the newest checkpoint)", **FLAG)
-    g.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--mixedprec", help="mixed precision (bf16 on CPU, fp16 on CUDA)", **FLAG)
-    g.add_argument("--distributed", help="DistributedDataParallel under torchrun", **FLAG)
-    g.add_argument("--max_bad_steps", type=int, default=0,
-                   help="steps with a NaN/Inf loss skipped per epoch before training stops")
-    g.add_argument("--tensorboard", help="also log training to TensorBoard in save_path/tensorboard: "
-                   "loss, metric, learning rate, data wait, EER and minDCF per list, DET curves, and "
-                   "test embeddings for the projector (needs the tensorboard package)", **FLAG)
+    resumable(g.add_argument("--eval", help="only evaluate --initial_model (or the newest checkpoint)", **FLAG))
+    resumable(g.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N"))
+    resumable(g.add_argument("--mixedprec", help="mixed precision (bf16 on CPU, fp16 on CUDA)", **FLAG))
+    resumable(g.add_argument("--distributed", help="DistributedDataParallel under torchrun", **FLAG))
+    resumable(g.add_argument("--max_bad_steps", type=int, default=0,
+                             help="steps with a NaN/Inf loss skipped per epoch before training stops"))
+    resumable(g.add_argument("--tensorboard", help="also log training to TensorBoard in save_path/tensorboard: "
+                             "loss, metric, learning rate, data wait, EER and minDCF per list, DET curves, and "
+                             "test embeddings for the projector (needs the tensorboard package)", **FLAG))
 
 
 # The core's option groups, in --help order.

@@ -41,6 +41,7 @@ from speakernet.audio import INT16_SCALE as SCALE, SAMPLE_RATE, to_float  # noqa
 from speakernet.audio import (arrays_problem, check_audio_files, list_lines, load_npz,
                               pack_exists as exists, pack_prefix as default_prefix)
 from speakernet.errors import ListError, UserError
+from speakernet.option_types import resumable
 
 log = logging.getLogger("packed_audio")
 VERSION = 2          # 2: each file's size and modification time, to tell files changed since
@@ -48,11 +49,11 @@ VERSION = 2          # 2: each file's size and modification time, to tell files 
 
 def add_arguments(parser):
     g = parser.add_argument_group("packed audio (packed_audio.py)")
-    g.add_argument("--packs", type=str, default="auto",
-                   help="read training, MUSAN and RIR crops from int16 packs: 'auto' uses those "
-                        "packed_audio.py writes by default (train_list.pack beside the list, "
-                        "DIR.pack beside --musan_path/--rir_path), 'none' reads the audio files, "
-                        "or comma-separated pack prefixes")
+    resumable(g.add_argument("--packs", type=str, default="auto",
+                             help="read training, MUSAN and RIR crops from int16 packs: 'auto' uses those "
+                                  "packed_audio.py writes by default (train_list.pack beside the list, "
+                                  "DIR.pack beside --musan_path/--rir_path), 'none' reads the audio files, "
+                                  "or comma-separated pack prefixes"))
 
 
 def pack(names, root, prefix, desc="packing"):

@@ -24,36 +24,37 @@ import numpy as np
 from speakernet import clustering
 from speakernet.atomic import write_text
 from speakernet.errors import OptionError
+from speakernet.option_types import resumable
 
 log = logging.getLogger("pseudo_labels")
 
 
 def add_arguments(parser):
     g = parser.add_argument_group("pseudo-label rounds (after self-supervised training)")
-    g.add_argument("--pseudo_rounds", type=int, default=0,
-                   help="rounds of cluster -> pseudo-labelled list -> supervised training after "
-                        "the first stage (0: plain training)")
-    g.add_argument("--pseudo_clusters", type=int, default=0,
-                   help="K, the pseudo-speakers per round; 0 chooses it from --pseudo_k_candidates "
-                        "by the silhouette score")
-    g.add_argument("--pseudo_k_candidates", type=int, nargs="+", default=[],
-                   help="K values to choose from when --pseudo_clusters is 0 (default: 8 values "
-                        "from utterances/100 to utterances/5 on a log scale)")
-    g.add_argument("--pseudo_keep", type=float, default=0.8,
-                   help="share of each cluster kept, those with the largest margin to the next "
-                        "cluster (the label-noise guard); 1 keeps all")
-    g.add_argument("--pseudo_round_options", type=str, default="",
-                   help="options of each round's training on top of the run's, as name=value "
-                        "(more values of a list option follow with spaces; true/false for "
-                        "flags), e.g. 'trainfunc=aamsoftmax nPerSpeaker=1 max_epoch=4'")
-    g.add_argument("--pseudo_from", type=str, default="",
-                   help="a checkpoint to cluster with in round 1 instead of training a first stage")
+    resumable(g.add_argument("--pseudo_rounds", type=int, default=0,
+                             help="rounds of cluster -> pseudo-labelled list -> supervised training after "
+                                  "the first stage (0: plain training)"))
+    resumable(g.add_argument("--pseudo_clusters", type=int, default=0,
+                             help="K, the pseudo-speakers per round; 0 chooses it from --pseudo_k_candidates "
+                                  "by the silhouette score"))
+    resumable(g.add_argument("--pseudo_k_candidates", type=int, nargs="+", default=[],
+                             help="K values to choose from when --pseudo_clusters is 0 (default: 8 values "
+                                  "from utterances/100 to utterances/5 on a log scale)"))
+    resumable(g.add_argument("--pseudo_keep", type=float, default=0.8,
+                             help="share of each cluster kept, those with the largest margin to the next "
+                                  "cluster (the label-noise guard); 1 keeps all"))
+    resumable(g.add_argument("--pseudo_round_options", type=str, default="",
+                             help="options of each round's training on top of the run's, as name=value "
+                                  "(more values of a list option follow with spaces; true/false for "
+                                  "flags), e.g. 'trainfunc=aamsoftmax nPerSpeaker=1 max_epoch=4'"))
+    resumable(g.add_argument("--pseudo_from", type=str, default="",
+                             help="a checkpoint to cluster with in round 1 instead of training a first stage"))
     # Crops of one length batch well; whole files of many lengths run several times slower on a
     # CPU (4,800 demo files: 6 minutes whole, about 1 minute as two 2 s crops).
-    g.add_argument("--pseudo_frames", type=int, default=200,
-                   help="frames per crop to embed utterances for clustering (0: whole files)")
-    g.add_argument("--pseudo_crops", type=int, default=2,
-                   help="crops per utterance, evenly spaced from its start to its end, averaged")
+    resumable(g.add_argument("--pseudo_frames", type=int, default=200,
+                             help="frames per crop to embed utterances for clustering (0: whole files)"))
+    resumable(g.add_argument("--pseudo_crops", type=int, default=2,
+                             help="crops per utterance, evenly spaced from its start to its end, averaged"))
 
 
 def check_options(options, utterances):

@@ -15,24 +15,16 @@ import numpy as np
 
 from speakernet import checkpoint
 from speakernet.errors import ResumeConflict
-from speakernet.options import stored_options
+from speakernet.options import build_parser, stored_options
 
 log = logging.getLogger(__name__)
 
-# Options that may differ on resume and take effect from there: where data lives, how and on
-# what the run computes, how long it goes, and what evaluation reports. Every other option
-# (model, objective, optimisation, sampling, augmentation) changes the training being resumed.
-RESUMABLE = frozenset({
-    "config", "save_path", "initial_model", "device", "mixedprec", "distributed", "nDataLoaderThread",
-    "max_epoch", "test_interval", "keep_last", "max_bad_steps", "checkpoint_minutes", "checkpoint_steps",
-    "train_path", "recheck_audio", "test_list", "test_path", "musan_path", "rir_path", "packs", "allow_outside_paths",
-    "eval_frames", "num_eval", "dcf_p_target", "dcf_c_miss", "dcf_c_fa", "far_targets", "frr_targets",
-    "asnorm_top_n", "ci_replicates", "cohort_utts", "cohort_speakers", "eval", "extract", "extract_list", "extract_crops",
-    "eval_seconds", "tensorboard",
-    # The pipeline's: a stage's own training does not read them.
-    "pseudo_rounds", "pseudo_clusters", "pseudo_k_candidates", "pseudo_keep", "pseudo_round_options",
-    "pseudo_from", "pseudo_frames", "pseudo_crops",
-})
+
+
+def resumable_options():
+    """The options a resumed run may change: those declared with option_types.resumable
+    (speakernet/options.py, evaluation.py, packed_audio.py, pseudo_labels.py)."""
+    return frozenset(a.dest for a in build_parser()._actions if getattr(a, "resumable", False))
 
 
 @dataclass
@@ -100,7 +92,7 @@ def _newer_name(path, than):
 
 
 def check_options(options, point):
-    """Refuse a restart whose options differ from the checkpoint's in anything but RESUMABLE,
+    """Refuse a restart whose options differ from the checkpoint's in anything not resumable,
     and an --initial_model other than the one the run started from; log what takes effect."""
     saved = point.state.get("options", {})
     current = vars(options)
@@ -110,10 +102,11 @@ def check_options(options, point):
                              f"resume ({point.path}); drop --initial_model to resume it, or give a new "
                              f"--save_path to start from {wanted}")
     conflicts, changed = [], []
+    resumable = resumable_options()
     for key in sorted(saved):
         if key not in current or _plain(saved[key]) == _plain(current[key]):
             continue
-        (changed if key in RESUMABLE else conflicts).append(f"--{key} {saved[key]!r} -> {current[key]!r}")
+        (changed if key in resumable else conflicts).append(f"--{key} {saved[key]!r} -> {current[key]!r}")
     if conflicts:
         raise ResumeConflict(f"resuming {point.path} with options that change its training: "
                              f"{', '.join(conflicts)} (restore them to resume, or start a new --save_path, "

@@ -189,3 +189,12 @@ def test_eval_mode_reproduces_the_epoch_scores(runs, tmp_path):
         assert g.split()[1:] == e.split()[1:]
         assert float(g.split()[0]) == pytest.approx(float(e.split()[0]), abs=2e-6)
     assert not (tmp_path / "eval" / "model").exists() or not any((tmp_path / "eval" / "model").iterdir())
+
+
+def test_resumable_options_are_marked_where_they_are_declared():
+    """Each owner marks its own (option_types.resumable); the resume check reads the marks."""
+    from speakernet.resume import resumable_options
+    marked = resumable_options()
+    # one declared in each owner: options.py, evaluation.py, packed_audio.py, pseudo_labels.py
+    assert {"max_epoch", "dcf_c_miss", "packs", "pseudo_keep"} <= marked
+    assert not {"lr", "trainfunc", "model", "batch_size", "seed"} & marked
