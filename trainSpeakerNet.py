@@ -41,7 +41,7 @@ from speakernet.sampler import SpeakerBalancedSampler, check_speed_classes, spee
 from speakernet.train_data import TrainDataset, collate_views, training_packs
 from speakernet.train_list import read_train_list
 from speakernet.errors import UserError, message_of
-from speakernet.options import OptionError, parse_options, save_options
+from speakernet.options import OptionError, component_values, parse_options, save_options
 from SpeakerNet import SpeakerNet, Trainer
 
 log = logging.getLogger("trainSpeakerNet")
@@ -58,9 +58,11 @@ def seed_everything(seed):
 
 
 def build_model(options):
-    kwargs = vars(options)
-    encoder = attach_spec_augment(plugins.factory("models", options.model)(**kwargs), **kwargs)
-    objective = plugins.factory("loss", options.trainfunc)(**kwargs)
+    """The encoder and the objective, each built with its own options only (component_values);
+    SpecAugment is the trainer's, attached to the encoder's front end here."""
+    encoder = plugins.factory("models", options.model)(**component_values("models", options.model, options))
+    encoder = attach_spec_augment(encoder, **vars(options))
+    objective = plugins.factory("loss", options.trainfunc)(**component_values("loss", options.trainfunc, options))
     return SpeakerNet(encoder, objective)
 
 
@@ -168,9 +170,10 @@ def build_training_data(options, model, device, rank, world_size):
 
 
 def build_trainer(options, model, device, data, is_main):
-    optimizer = plugins.factory("optimizer", options.optimizer)(model.parameters(), **vars(options))
-    settings = {k: v for k, v in vars(options).items() if k != "optimizer"}
-    settings["steps_per_epoch"] = data.sampler.planned_steps(1)      # iteration schedules
+    optimizer = plugins.factory("optimizer", options.optimizer)(
+        model.parameters(), **component_values("optimizer", options.optimizer, options))
+    settings = component_values("scheduler", options.scheduler, options)
+    settings["steps_per_epoch"] = data.sampler.planned_steps(1)      # iteration schedules, from the real plan
     scheduler, step_unit = plugins.factory("scheduler", options.scheduler)(optimizer, **settings)
     ddp_model = None
     if options.distributed:

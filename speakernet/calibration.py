@@ -355,8 +355,9 @@ def _stored_weights(source):
 def _our_names(stored, options, source):
     import torch.nn as nn
     from speakernet import plugins
+    from speakernet.options import component_values
 
-    encoder = plugins.factory("models", options.model)(**vars(options))
+    encoder = plugins.factory("models", options.model)(**component_values("models", options.model, options))
     return checkpoint.model_state(stored, nn.ModuleDict({"encoder": encoder}), source)
 
 

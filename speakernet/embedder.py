@@ -45,7 +45,7 @@ from speakernet import plugins
 from speakernet import public_models
 from speakernet.audio import INT16_SCALE, SAMPLE_RATE, crop_samples
 from speakernet.errors import CheckpointError, OptionError, UnknownComponentError, UserError
-from speakernet.options import stored_options
+from speakernet.options import component_values, stored_options
 
 log = logging.getLogger("embedder")
 
@@ -125,7 +125,7 @@ class Embedder:
             raise CheckpointError(f"{path} was trained with model '{name}', which this copy of the "
                                   f"project lacks ({err})") from None
         options = vars(stored_options(options, path))
-        encoder = factory(**options)
+        encoder = factory(**component_values("models", name, options))
         holder = nn.ModuleDict({"encoder": encoder})    # the trainer's parameter names
         state = checkpoint.model_state(stored, holder, path)
         # The objective's tensors (classifier weights) are not needed to embed.

@@ -8,6 +8,7 @@ closest valid key.
 import argparse
 import copy
 import difflib
+import inspect
 import logging
 import math
 import sys
@@ -236,6 +237,33 @@ def stored_options(values, source):
         raise CheckpointError(f"{source}: {err} (the file was altered or written by another version "
                               f"of this project; use another checkpoint)") from None
     return options
+
+
+# The generic option groups a component may read beyond the options it declares and the
+# parameters its factory names: voxceleb_trainer's files take them through **kwargs.
+GENERIC_GROUPS = {"models": ("model",), "loss": ("objectives", "model"), "optimizer": ("training",),
+                  "scheduler": ("training",)}
+
+
+def component_values(kind, name, options):
+    """What component `name` of `kind` is built with: the values of the options it declares
+    (its add_arguments), of the parameters its factory names, and, when the factory takes
+    **kwargs, of the generic options of its kind (GENERIC_GROUPS); not the whole option bag."""
+    module = plugins.load_module(kind, str(name))
+    wanted = set()
+    if hasattr(module, "add_arguments"):
+        declared = argparse.ArgumentParser(add_help=False)
+        module.add_arguments(declared)
+        wanted |= {a.dest for a in declared._actions}
+    parameters = inspect.signature(getattr(module, plugins.FACTORIES[kind])).parameters
+    wanted |= set(parameters)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        wanted |= {a.dest for group in build_parser()._action_groups if group.title in GENERIC_GROUPS[kind]
+                   for a in group._group_actions if a.dest not in COMPONENT_OPTIONS}      # not --model etc.
+    if kind in ("optimizer", "scheduler"):     # Optimizer(parameters, ...), Scheduler(optimizer, ...):
+        wanted.discard(next(iter(parameters)))    # the first argument comes from the trainer
+    values = options if isinstance(options, dict) else vars(options)
+    return {k: v for k, v in values.items() if k in wanted}
 
 
 def _add_components(parser, chosen):

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from speakernet import checkpoint, plugins, public_3dspeaker, public_speechbrain, public_wespeaker
 from speakernet.errors import CheckpointError
-from speakernet.options import stored_options
+from speakernet.options import component_values, stored_options
 from speakernet.public_common import Architecture
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def load(path):
     release = _read(path)
     architecture = release.architecture
     options = stored_options({**architecture.options, **EVALUATION}, release.config_path)
-    encoder = plugins.factory("models", options.model)(**vars(options))
+    encoder = plugins.factory("models", options.model)(**component_values("models", options.model, options))
     encoder.load_state_dict(_our_state(release.state, architecture, encoder, release))
     log.info("%s: %s", path, architecture.description)
     return PublicModel(str(path), architecture, encoder.eval(), options)

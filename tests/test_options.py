@@ -222,3 +222,24 @@ def test_saved_options_reload_identically(tmp_path):
     again = parse_options(["--config", str(path)])
     expected = {k: v for k, v in vars(opts).items() if k != "config"}
     assert {k: v for k, v in vars(again).items() if k != "config"} == expected
+
+
+def test_each_component_is_built_with_its_own_options_only():
+    """Not the whole option bag: what the component declares, what its factory names, and for
+    **kwargs factories (voxceleb_trainer's convention) the generic options of its kind."""
+    from speakernet.options import component_values
+    options = parse_options(["--model", "ResNetSE34L", "--trainfunc", "aamsoftmax", "--optimizer", "sgd",
+                             "--scheduler", "warmup_exp"])
+    model = component_values("models", "ResNetSE34L", options)
+    loss = component_values("loss", "aamsoftmax", options)
+    optimizer = component_values("optimizer", "sgd", options)
+    scheduler = component_values("scheduler", "warmup_exp", options)
+    assert {"nOut", "n_mels", "encoder_type", "log_input"} <= set(model)
+    assert {"nOut", "nClasses", "margin", "scale", "aam_initial_margin"} <= set(loss)
+    assert {"lr", "weight_decay"} <= set(optimizer) and "optimizer" not in optimizer
+    assert {"lr", "warmup_epochs", "max_epoch"} <= set(scheduler) and "optimizer" not in scheduler
+    everywhere = set(model) | set(loss) | set(optimizer) | set(scheduler)
+    assert not {"save_path", "test_list", "musan_path", "seed", "specaugment", "ci_replicates"} & everywhere
+    assert "margin" not in model and "lr" not in loss and "nOut" not in optimizer
+    assert all(value == getattr(options, key) for part in (model, loss, optimizer, scheduler)
+               for key, value in part.items())
