@@ -28,19 +28,12 @@ recipe (2 x 128) peaks at 0.4; 3D-Speaker uses its lr as given (batch 256 in all
 Unit 'iteration': the trainer steps the scheduler after every optimizer step, and the
 checkpointed scheduler state holds t, so a resumed run (even mid-epoch) continues the curve.
 The iterations per epoch are the trainer's: it plans the first epoch before building the
-scheduler and passes the planned steps per process (`steps_per_epoch`). --iters_per_epoch N
-overrides them. Built without the trainer (no steps given), they are counted from
---train_list the way the sampler plans an epoch for labelled objectives, an upper bound (each
-speaker gives floor(min(utterances, --max_seg_per_spk) / --nPerSpeaker) groups, a one-column
-list one group per utterance; batches = floor(groups / --batch_size) per process of
---distributed); on the demo corpus that counts 96 where the sampler plans 95. With a data
-curriculum the later epochs plan more steps than the first: a wrong count only stretches or
-squeezes the curve in time.
+scheduler and passes the planned steps per process (`steps_per_epoch`); --iters_per_epoch N
+overrides them. With a data curriculum the later epochs plan more steps than the first: the
+curve is then stretched or squeezed in time, never cut.
 """
 import logging
 import math
-import os
-from collections import Counter
 
 import torch
 
@@ -79,38 +72,8 @@ def lr_at(t, lr, final_lr, warmup_iters, total_iters, decay="exp"):
                                                         / (total_iters - warmup_iters))) / 2.0
 
 
-def groups_per_speaker(train_list):
-    """{speaker: utterances} of a 'speaker path' list, or None for a one-column list."""
-    counts = Counter()
-    try:
-        with open(train_list, encoding="utf-8-sig") as handle:
-            for line in handle:
-                columns = line.split()
-                if len(columns) == 1:
-                    return None
-                if columns:
-                    counts[columns[0]] += 1
-    except OSError as err:
-        raise OptionError(f"--scheduler warmup_exp: cannot read --train_list {train_list} to count "
-                          f"the iterations per epoch ({err.strerror or err}); give "
-                          f"--iters_per_epoch") from None
-    return counts
-
-
-def iterations_per_epoch(train_list, batch_size, views=1, max_seg_per_spk=500, world_size=1):
-    """Optimizer steps per epoch and process that the sampler plans (an upper bound)."""
-    counts = groups_per_speaker(train_list)
-    if counts is None:
-        with open(train_list, encoding="utf-8-sig") as handle:
-            groups = sum(1 for line in handle if line.split())
-    else:
-        groups = sum(min(n, max_seg_per_spk) // views for n in counts.values())
-    return groups // batch_size // world_size
-
-
 def Scheduler(optimizer, lr=0.001, final_lr=5e-5, warmup_epochs=6.0, warmup_decay="exp",
-              iters_per_epoch=0, max_epoch=500, train_list=None, batch_size=200, nPerSpeaker=1,
-              max_seg_per_spk=500, distributed=False, steps_per_epoch=0, **kwargs):
+              iters_per_epoch=0, max_epoch=500, steps_per_epoch=0, **kwargs):
     if warmup_decay not in DECAYS:
         raise OptionError(f"--warmup_decay '{warmup_decay}': choose exp or cosine")
     if max_epoch < 1:
@@ -128,21 +91,11 @@ def Scheduler(optimizer, lr=0.001, final_lr=5e-5, warmup_epochs=6.0, warmup_deca
                           f"{warmup_decay}, got {final_lr:g}")
     if iters_per_epoch < 0:
         raise OptionError(f"--iters_per_epoch must be 0 (computed) or more, got {iters_per_epoch}")
-    if iters_per_epoch == 0 and steps_per_epoch > 0:
-        iters_per_epoch, source = steps_per_epoch, "planned by the sampler"
-    elif iters_per_epoch == 0:
-        if not train_list:
-            raise OptionError("--scheduler warmup_exp needs --iters_per_epoch or a --train_list "
-                              "to count them from")
-        world_size = int(os.environ.get("WORLD_SIZE", 1)) if distributed else 1
-        iters_per_epoch = iterations_per_epoch(train_list, batch_size, nPerSpeaker,
-                                               max_seg_per_spk, world_size)
-        if iters_per_epoch < 1:
-            raise OptionError(f"--scheduler warmup_exp: {train_list} gives no complete batch of "
-                              f"--batch_size {batch_size}; lower --batch_size or give --iters_per_epoch")
-        source = f"computed from {train_list}"
-    else:
-        source = "--iters_per_epoch"
+    if iters_per_epoch == 0 and steps_per_epoch < 1:
+        raise OptionError("--scheduler warmup_exp needs the optimizer steps per epoch: the trainer "
+                          "passes those it plans; built without it, give --iters_per_epoch")
+    source = "planned by the sampler" if iters_per_epoch == 0 else "--iters_per_epoch"
+    iters_per_epoch = iters_per_epoch or steps_per_epoch
     warmup_iters = round(warmup_epochs * iters_per_epoch)
     total_iters = max_epoch * iters_per_epoch
     log.info("warmup_exp: %s decay %g -> %g over %d iterations (%d per epoch, %s), %d of "

@@ -23,7 +23,6 @@ sys.path.insert(0, ROOT)
 
 from conftest import make_corpus, to_argv  # noqa: E402
 from speakernet import checkpoint, options, plugins  # noqa: E402
-from DatasetLoader import SpeakerBalancedSampler  # noqa: E402
 from scheduler import warmup_exp  # noqa: E402
 import trainSpeakerNet  # noqa: E402
 
@@ -293,20 +292,14 @@ def test_resumed_scheduler_continues_the_curve():
     assert rates == pytest.approx(through[17:], rel=1e-12)
 
 
-def test_iterations_per_epoch_from_the_list_bound_the_sampler(tmp_path):
-    corpus = make_corpus(tmp_path / "c", train_speakers=7, train_utts=5)
-    labels = np.repeat(np.arange(7), 5)
-    for batch_size, views, max_seg in [(3, 1, 500), (2, 2, 500), (4, 1, 3), (5, 1, 500)]:
-        counted = warmup_exp.iterations_per_epoch(corpus.train_list, batch_size, views, max_seg)
-        sampler = SpeakerBalancedSampler(labels, batch_size, views, max_seg)
-        planned = [len(sampler.plan(epoch)) for epoch in (1, 2, 3)]
-        assert counted == (7 * (min(5, max_seg) // views)) // batch_size
-        assert all(counted - 1 <= p <= counted for p in planned), (batch_size, views, max_seg)
-    # Built with the trainer's options and no --iters_per_epoch: counted from --train_list.
+def test_iterations_per_epoch_are_the_planned_steps_or_the_option():
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    scheduler, _ = warmup_exp.Scheduler(optimizer, lr=0.1, final_lr=1e-3, train_list=corpus.train_list,
-                                        batch_size=3, nPerSpeaker=1, max_seg_per_spk=500, max_epoch=2)
-    assert scheduler.iters_per_epoch == 35 // 3
+    planned, _ = warmup_exp.Scheduler(optimizer, lr=0.1, final_lr=1e-3, max_epoch=2, steps_per_epoch=11)
+    given, _ = warmup_exp.Scheduler(optimizer, lr=0.1, final_lr=1e-3, max_epoch=2, steps_per_epoch=11,
+                                    iters_per_epoch=7)
+    assert (planned.iters_per_epoch, given.iters_per_epoch) == (11, 7)
+    with pytest.raises(options.OptionError, match="--iters_per_epoch"):        # neither: no guessing
+        warmup_exp.Scheduler(optimizer, lr=0.1, final_lr=1e-3, max_epoch=2, train_list="any.txt")
 
 
 @pytest.mark.parametrize("kwargs", [dict(final_lr=0.0), dict(final_lr=0.2), dict(warmup_epochs=-1),
