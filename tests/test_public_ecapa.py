@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
@@ -28,7 +27,7 @@ from speakernet import public_models
 from speakernet.embedder import Embedder
 from speakernet.errors import CheckpointError, UserError
 from speakernet.options import parse_options
-from test_public_models import kaldi_cmn, speech_like
+from test_public_models import Given, kaldi_cmn, speech_like
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SPEECHBRAIN = json.loads((FIXTURES / "speechbrain_ecapa.json").read_text())
@@ -102,20 +101,6 @@ def speechbrain_features(wav, n_mels=80):
     decibels = 10 * np.log10(np.maximum(power @ banks.T, 1e-10))
     decibels = np.maximum(decibels, decibels.max() - 80)
     return torch.from_numpy((decibels - decibels.mean(axis=0)).T).float()
-
-
-class Given(nn.Module):
-    """A front end that returns features computed elsewhere."""
-
-    def __init__(self, features):
-        super().__init__()
-        self.features = features
-
-    def forward(self, wav):
-        return self.features
-
-    def frame_counts(self, sample_lengths):
-        return torch.tensor(self.features.shape[-1])
 
 
 def direct_embedding(encoder, state, features, wav):
