@@ -25,6 +25,7 @@ from pathlib import Path
 from speakernet import ablation
 from speakernet.errors import UserError
 from speakernet.options import COMPONENT_OPTIONS, parse_options
+from speakernet.option_types import option_argv
 
 log = logging.getLogger("ablate")
 TRAINER = Path(__file__).resolve().parent / "trainSpeakerNet.py"
@@ -98,7 +99,7 @@ def folder_of(name):
 def run_argv(args, extra, pairs, seed, save):
     argv = ["--config", args.config]
     for key, value in pairs:
-        argv += [f"--{key}", value]
+        argv += option_argv(key, value)          # key=true / key=false set a flag
     return argv + list(extra) + ["--seed", str(seed), "--save_path", str(save)]
 
 

@@ -105,3 +105,12 @@ def resumable(action):
     training being resumed. Wraps a parser's add_argument: resumable(g.add_argument(...))."""
     action.resumable = True
     return action
+
+
+def option_argv(name, value):
+    """The command-line words of option `name` set to `value` (text): 'true'/'false' give a
+    flag's --name / --no-name, anything else --name value."""
+    name = name.lstrip("-")
+    if value.lower() in ("true", "false"):
+        return [f"--{'' if value.lower() == 'true' else 'no-'}{name}"]
+    return [f"--{name}", value]

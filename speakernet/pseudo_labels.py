@@ -24,7 +24,7 @@ import numpy as np
 from speakernet import clustering
 from speakernet.atomic import write_text
 from speakernet.errors import OptionError
-from speakernet.option_types import resumable
+from speakernet.option_types import option_argv, resumable
 
 log = logging.getLogger("pseudo_labels")
 
@@ -85,10 +85,8 @@ def round_argv(text):
                 raise OptionError(f"--pseudo_round_options {text!r}: starts with {token!r}; write "
                                   f"each option as name=value, e.g. 'trainfunc=aamsoftmax max_epoch=4'")
             argv.append(token)                  # one more value of a list option
-        elif value.lower() in ("true", "false"):
-            argv.append(f"--{'' if value.lower() == 'true' else 'no-'}{name.lstrip('-')}")
         else:
-            argv += [f"--{name.lstrip('-')}", value]
+            argv += option_argv(name, value)
     return argv
 
 

@@ -108,3 +108,14 @@ def test_bad_ablations_are_one_line_before_any_run(tiny_config, tmp_path, monkey
         assert ablate.main(["--config", str(tiny_config), "--save_path", str(tmp_path / "a"), *extra]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and message in errors[0]
+
+
+def test_a_flag_varies_as_true_and_false(tiny_config, tmp_path, caplog):
+    """mixedprec=true,false: each run gets --mixedprec / --no-mixedprec (not '--mixedprec false',
+    which the trainer would refuse), and both pass the option check before any run."""
+    with caplog.at_level(logging.INFO):
+        assert ablate.main(["--config", str(tiny_config), "--save_path", str(tmp_path / "a"),
+                            "--vary", "mixedprec=true,false", "--seeds", "1", "--dry_run"]) == 0
+    runs = [r.getMessage() for r in caplog.records if "trainSpeakerNet.py" in r.getMessage()]
+    assert [[w for w in run.split() if "mixedprec" in w and w.startswith("--")] for run in runs] == \
+        [["--mixedprec"], ["--no-mixedprec"]]
