@@ -6,7 +6,8 @@ table (markdown and CSV) and one figure with intervals and paired tests against 
     python3 ablate.py --config X.yaml --variant "trainfunc=aamsoftmax margin=0.2" --variant "trainfunc=angleproto"
     python3 ablate.py --config X.yaml --vary margin=0.1,0.2 --vary scale=15,30 -- --max_epoch 4
 
-`--vary` values make a grid (every combination); `--variant` gives the variants one by one.
+`--vary` values make a grid (every combination); `--variant` gives the variants one by one
+(a word without '=' is one more value of the list option before it: "cl_data=1:0.5 3:1.0").
 The first variant is the base every other is compared with. Options after `--` go to every
 run. Each run trains in save_path/<variant>/seed<S> as trainSpeakerNet.py would, so a stopped
 ablation resumes where it stopped and finished runs are not run again; a run that fails is
@@ -47,10 +48,14 @@ def build_parser():
 
 
 def parse_assignments(text, origin):
-    """'a=1 b=2' -> [('a', '1'), ('b', '2')]."""
+    """'a=1 b=2 3' -> [('a', '1'), ('b', '2 3')]: a word without '=' is one more value of the
+    option before it (a list option such as cl_data=1:0.5 3:1.0)."""
     pairs = []
     for item in text.split():
         key, sep, value = item.partition("=")
+        if not sep and pairs:
+            pairs[-1] = (pairs[-1][0], f"{pairs[-1][1]} {item}")
+            continue
         if not sep or not key or not value:
             raise UserError(f"{origin} {text!r}: expected OPTION=VALUE items, got {item!r}")
         pairs.append((key.lstrip("-"), value))
@@ -99,7 +104,8 @@ def folder_of(name):
 def run_argv(args, extra, pairs, seed, save):
     argv = ["--config", args.config]
     for key, value in pairs:
-        argv += option_argv(key, value)          # key=true / key=false set a flag
+        first, *more = value.split()
+        argv += option_argv(key, first) + more   # key=true / key=false set a flag
     return argv + list(extra) + ["--seed", str(seed), "--save_path", str(save)]
 
 

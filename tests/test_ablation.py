@@ -119,3 +119,16 @@ def test_a_flag_varies_as_true_and_false(tiny_config, tmp_path, caplog):
     runs = [r.getMessage() for r in caplog.records if "trainSpeakerNet.py" in r.getMessage()]
     assert [[w for w in run.split() if "mixedprec" in w and w.startswith("--")] for run in runs] == \
         [["--mixedprec"], ["--no-mixedprec"]]
+
+
+def test_a_list_option_takes_several_values_in_a_variant(tiny_config, tmp_path, caplog):
+    """'cl_data=1:0.5 2:1.0 max_epoch=2': the bare word is one more value of cl_data, so the run
+    gets --cl_data 1:0.5 2:1.0 and then --max_epoch 2."""
+    with caplog.at_level(logging.INFO):
+        assert ablate.main(["--config", str(tiny_config), "--save_path", str(tmp_path / "a"),
+                            "--variant", "trainfunc=cel", "--variant",
+                            "trainfunc=cel cl_data=1:0.5 2:1.0 max_epoch=2",
+                            "--seeds", "1", "--dry_run"]) == 0
+    runs = [r.getMessage() for r in caplog.records if "trainSpeakerNet.py" in r.getMessage()]
+    assert "--trainfunc cel --cl_data 1:0.5 2:1.0 --max_epoch 2" in runs[1]
+    assert "--cl_data" not in runs[0]
