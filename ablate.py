@@ -113,8 +113,12 @@ def plan(args, extra):
     """[(variant, seed, save_path, argv, max_epoch)], every run's options checked first."""
     runs = []
     seeds = seeds_of(args.seeds)
-    base_options = set(vars(parse_options(run_argv(args, extra, [], seeds[0], args.save_path))))
-    for name, pairs in variants_of(args):
+    variants = variants_of(args)
+    # The options after '--' may belong to a component that only the variants choose (dino_*
+    # with trainfunc=dino), so the option names are those of the first variant's run.
+    base_name, base_pairs = variants[0]
+    base_options = set(vars(_parsed(run_argv(args, extra, base_pairs, seeds[0], args.save_path), base_name)))
+    for name, pairs in variants:
         changes_components = any(key in COMPONENT_OPTIONS for key, _ in pairs)
         for key, _ in pairs:
             if key not in base_options and not changes_components:
@@ -123,17 +127,22 @@ def plan(args, extra):
         for seed in seeds:
             save = Path(args.save_path) / folder_of(name) / f"seed{seed}"
             argv = run_argv(args, extra, pairs, seed, save)
-            try:
-                options = parse_options(argv)
-            except SystemExit:          # argparse has printed why (an unknown option, say)
-                raise UserError(f"variant {name}: the trainer refuses its options (see above)") from None
-            except UserError as err:
-                raise UserError(f"variant {name}: {err}") from None
+            options = _parsed(argv, name)
             unknown = [k for k, _ in pairs if k not in vars(options)]
             if unknown:
                 raise UserError(f"variant {name}: no option {', '.join(unknown)}")
             runs.append((name, seed, save, argv, options.max_epoch))
     return runs
+
+
+def _parsed(argv, name):
+    """The trainer's options of one run, or a UserError naming the variant."""
+    try:
+        return parse_options(argv)
+    except SystemExit:          # argparse has printed why (an unknown option, say)
+        raise UserError(f"variant {name}: the trainer refuses its options (see above)") from None
+    except UserError as err:
+        raise UserError(f"variant {name}: {err}") from None
 
 
 def finished(save, max_epoch):

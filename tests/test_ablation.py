@@ -132,3 +132,11 @@ def test_a_list_option_takes_several_values_in_a_variant(tiny_config, tmp_path, 
     runs = [r.getMessage() for r in caplog.records if "trainSpeakerNet.py" in r.getMessage()]
     assert "--trainfunc cel --cl_data 1:0.5 2:1.0 --max_epoch 2" in runs[1]
     assert "--cl_data" not in runs[0]
+
+
+def test_options_after_the_separator_may_belong_to_a_component_the_variants_choose(tiny_config, tmp_path):
+    """The base config trains softmaxproto; '-- --cel_similarity ap' is an option of cel, which
+    every variant chooses, so the plan accepts it."""
+    assert ablate.main(["--config", str(tiny_config), "--save_path", str(tmp_path / "a"),
+                        "--variant", "trainfunc=cel", "--variant", "trainfunc=cel lr=0.01",
+                        "--seeds", "1", "--dry_run", "--", "--cel_similarity", "ap"]) == 0
