@@ -115,9 +115,10 @@ def plan(args, extra):
     seeds = seeds_of(args.seeds)
     variants = variants_of(args)
     # The options after '--' may belong to a component that only the variants choose (dino_*
-    # with trainfunc=dino), so the option names are those of the first variant's run.
+    # with trainfunc=dino), so the option names are those of the components the first variant chooses.
     base_name, base_pairs = variants[0]
-    base_options = set(vars(_parsed(run_argv(args, extra, base_pairs, seeds[0], args.save_path), base_name)))
+    choices = [(key, value) for key, value in base_pairs if key in COMPONENT_OPTIONS]
+    base_options = set(vars(_parsed(run_argv(args, extra, choices, seeds[0], args.save_path), base_name)))
     for name, pairs in variants:
         changes_components = any(key in COMPONENT_OPTIONS for key, _ in pairs)
         for key, _ in pairs:
