@@ -323,44 +323,6 @@ def check_new_file(path, source):
                         f"or copy {source} to a writable folder and calibrate the copy)") from None
 
 
-def write_calibrated_checkpoint(source, target, calibration, options):
-    """The checkpoint `source` with `calibration` and the calibrating run's options, saved as a new
-    file `target` (never replacing one) -> target."""
-    stored = _stored_weights(source)
-    if isinstance(stored, dict) and stored.get("format") == checkpoint.FORMAT:
-        new = dict(stored)
-    else:       # voxceleb_trainer's state dict: our format, our parameter names
-        new = {"format": checkpoint.FORMAT, "model": _our_names(stored, options, source)}
-    new["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()}
-    new["calibration"] = calibration.to_dict()
-    new["calibrated_from"] = str(source)
-    target = Path(target)
-    if target.exists():
-        raise UserError(f"{target} appeared during the calibration; nothing was written (move it away "
-                        f"and run again)")
-    checkpoint.save_atomic(new, target)
-    log.info("wrote the calibrated checkpoint %s (llr = %.6g * score + %.6g, prior %g); %s is unchanged",
-             target, calibration.scale, calibration.offset, calibration.prior, source)
-    return target
-
-
-def _stored_weights(source):
-    """The checkpoint `source`; a public model folder as one of ours (its encoder, our names)."""
-    from speakernet import public_models
-    if public_models.is_public_model(source):
-        return {"format": checkpoint.FORMAT, "model": public_models.our_state(source)}
-    return checkpoint.load_file(source)
-
-
-def _our_names(stored, options, source):
-    import torch.nn as nn
-    from speakernet import plugins
-    from speakernet.options import component_values
-
-    encoder = plugins.factory("models", options.model)(**component_values("models", options.model, options))
-    return checkpoint.model_state(stored, nn.ModuleDict({"encoder": encoder}), source)
-
-
 def from_checkpoint(stored, source="the checkpoint"):
     """The Calibration in a loaded checkpoint, or None when it has none."""
     if isinstance(stored, dict) and stored.get("calibration") is not None:

@@ -6,11 +6,14 @@ import os
 import shutil
 from pathlib import Path
 
-from speakernet import calibration, checkpoint, evaluation, public_models
+import torch.nn as nn
+
+from speakernet import calibration, checkpoint, evaluation, plugins, public_models
 from speakernet.atomic import make_folders
 from speakernet.audio import SAMPLE_RATE
 from speakernet.embeddings import embed_files, extract_to_npz, files_to_export, shared_extract
-from speakernet.options import OptionError
+from speakernet.errors import UserError
+from speakernet.options import OptionError, component_values
 from speakernet.extractor import Extractor
 from speakernet.precision import autocast
 
@@ -123,8 +126,41 @@ def calibrate_only(options, model, device, rank=0):
              ", ".join(map(str, evaluator.trial_set.paths)))
     return evaluator.run(make_extractor(extractor, options), tag="eval",
                          normalize=model.contract.test_normalize,
-                         on_calibrated=lambda fitted: calibration.write_calibrated_checkpoint(
+                         on_calibrated=lambda fitted: write_calibrated_checkpoint(
                              source, target, fitted, options))
+
+
+def write_calibrated_checkpoint(source, target, calibration, options):
+    """The checkpoint `source` with `calibration` and the calibrating run's options, saved as a new
+    file `target` (never replacing one) -> target."""
+    stored = _stored_weights(source)
+    if isinstance(stored, dict) and stored.get("format") == checkpoint.FORMAT:
+        new = dict(stored)
+    else:       # voxceleb_trainer's state dict: our format, our parameter names
+        new = {"format": checkpoint.FORMAT, "model": _our_names(stored, options, source)}
+    new["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()}
+    new["calibration"] = calibration.to_dict()
+    new["calibrated_from"] = str(source)
+    target = Path(target)
+    if target.exists():
+        raise UserError(f"{target} appeared during the calibration; nothing was written (move it away "
+                        f"and run again)")
+    checkpoint.save_atomic(new, target)
+    log.info("wrote the calibrated checkpoint %s (llr = %.6g * score + %.6g, prior %g); %s is unchanged",
+             target, calibration.scale, calibration.offset, calibration.prior, source)
+    return target
+
+
+def _stored_weights(source):
+    """The checkpoint `source`; a public model folder as one of ours (its encoder, our names)."""
+    if public_models.is_public_model(source):
+        return {"format": checkpoint.FORMAT, "model": public_models.our_state(source)}
+    return checkpoint.load_file(source)
+
+
+def _our_names(stored, options, source):
+    encoder = plugins.factory("models", options.model)(**component_values("models", options.model, options))
+    return checkpoint.model_state(stored, nn.ModuleDict({"encoder": encoder}), source)
 
 
 def verify_only(options, device):
