@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from speakernet import precision
-from speakernet.checkpoint import restore_rng
-from speakernet.extractor import Extractor
-from speakernet.tracking import Tracker
+from speakernet.run import precision
+from speakernet.core.checkpoint import restore_rng
+from speakernet.eval.extractor import Extractor
+from speakernet.run.tracking import Tracker
 from loss._objective import ContractDefaults, RunContext, as_contract
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ class Trainer:
                 "utt_s": f"{totals['utterances'] / elapsed:.0f}", "wait": f"{100 * wait / elapsed:.0f}%"}
 
     def extractor(self):
-        """The one embedding path (speakernet/extractor.py) over this model's encoder, with the
+        """The one embedding path (speakernet/eval/extractor.py) over this model's encoder, with the
         run's device and autocast."""
         self.model.eval()
         return Extractor(self.model.encoder, self.device, self._autocast, show_progress=self.is_main)

@@ -11,7 +11,7 @@ table (markdown and CSV) and one figure with intervals and paired tests against 
 The first variant is the base every other is compared with. Options after `--` go to every
 run. Each run trains in save_path/<variant>/seed<S> as trainSpeakerNet.py would, so a stopped
 ablation resumes where it stopped and finished runs are not run again; a run that fails is
-marked in the table and the others go on. speakernet/ablation.py computes the table.
+marked in the table and the others go on. speakernet/eval/ablation.py computes the table.
 """
 import argparse
 import difflib
@@ -23,10 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-from speakernet import ablation
-from speakernet.errors import UserError
-from speakernet.options import COMPONENT_OPTIONS, parse_options
-from speakernet.option_types import option_argv
+from speakernet.eval import ablation
+from speakernet.core.errors import UserError
+from speakernet.run.options import COMPONENT_OPTIONS, parse_options
+from speakernet.core.option_types import option_argv
 
 log = logging.getLogger("ablate")
 TRAINER = Path(__file__).resolve().parent / "trainSpeakerNet.py"

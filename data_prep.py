@@ -20,7 +20,7 @@ import logging
 import math
 import os
 
-from speakernet.errors import UserError
+from speakernet.core.errors import UserError
 from speakernet.prep.baseline import baseline_eer, mean_log_mel, mel_filterbank
 from speakernet.prep.common import PrepError, blocking_file, log, os_error_line
 from speakernet.prep.convert import convert, prepare_augment

@@ -21,27 +21,27 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from models._specaugment import attach_spec_augment
-from speakernet import checkpoint
-from speakernet import curriculum_data
-from speakernet import evaluation
-from speakernet import plugins
-from speakernet import pseudo_rounds
-from speakernet import resume
-from speakernet import run_lock
-from speakernet import run_log
-from speakernet import tracking
+from speakernet.core import checkpoint
+from speakernet.data import curriculum_data
+from speakernet.eval import evaluation
+from speakernet.run import plugins
+from speakernet.tools import pseudo_rounds
+from speakernet.run import resume
+from speakernet.run import run_lock
+from speakernet.run import run_log
+from speakernet.run import tracking
 # The modes besides training; their helpers stay importable from here too.
-from speakernet.commands import (calibrate_only, evaluate_only, extract_only,  # noqa: F401
+from speakernet.tools.commands import (calibrate_only, evaluate_only, extract_only,  # noqa: F401
                                  load_initial_weights, make_extractor, newest_checkpoint,
                                  prepare_save_path, verify_only)
-from speakernet.validation import Validation
-from speakernet.embedder import resolve_device  # also checks Embedder's device
-from speakernet.augment import Augmenter, CollateAndMix, planner_from_options
-from speakernet.sampler import SpeakerBalancedSampler, check_speed_classes, speed_factors
-from speakernet.train_data import TrainDataset, collate_views, training_packs
-from speakernet.train_list import read_train_list
-from speakernet.errors import UserError, message_of
-from speakernet.options import OptionError, component_values, parse_options, save_options
+from speakernet.tools.validation import Validation
+from speakernet.model.embedder import resolve_device  # also checks Embedder's device
+from speakernet.data.augment import Augmenter, CollateAndMix, planner_from_options
+from speakernet.data.sampler import SpeakerBalancedSampler, check_speed_classes, speed_factors
+from speakernet.data.train_data import TrainDataset, collate_views, training_packs
+from speakernet.core.train_list import read_train_list
+from speakernet.core.errors import UserError, message_of
+from speakernet.run.options import OptionError, component_values, parse_options, save_options
 from SpeakerNet import SpeakerNet, Trainer
 
 log = logging.getLogger("trainSpeakerNet")

@@ -29,12 +29,12 @@ def walk(argv):
     import torch
 
     import trainSpeakerNet
-    from speakernet.train_list import read_train_list
-    from speakernet.options import parse_options
+    from speakernet.core.train_list import read_train_list
+    from speakernet.run.options import parse_options
     options = parse_options(argv)
     device = torch.device("cpu")
     model = trainSpeakerNet.build_model(options)
-    # The first read of a list writes its header manifest (speakernet/atomic.py, once); the walk
+    # The first read of a list writes its header manifest (speakernet/core/atomic.py, once); the walk
     # is that of every later start.
     read_train_list(options.train_list, options.train_path)
     seen = []
@@ -44,7 +44,7 @@ def walk(argv):
         if event == "call" and name.startswith(str(REPO)) and "benchmarks" not in name and name not in seen:
             seen.append(name)
 
-    from speakernet import resume
+    from speakernet.run import resume
     checkpoints = resume.MidEpochCheckpoints(Path(options.save_path) / "model", options.checkpoint_minutes,
                                              options.checkpoint_steps)
 

@@ -1,6 +1,6 @@
 #! /usr/bin/python
 # -*- encoding: utf-8 -*-
-"""Time speakernet.clustering.spherical_kmeans on synthetic speaker-like embeddings.
+"""Time speakernet.data.clustering.spherical_kmeans on synthetic speaker-like embeddings.
 
 Usage:
     python benchmarks/bench_clustering.py [--n 1000000] [--dim 192] [--k 6000] [--seed 0]
@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from speakernet import clustering  # noqa: E402
+from speakernet.data import clustering  # noqa: E402
 
 log = logging.getLogger("bench_clustering")
 

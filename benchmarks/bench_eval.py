@@ -35,11 +35,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from speakernet import evaluation as ev  # noqa: E402
-from speakernet import score_norm  # noqa: E402
-from speakernet.trial_sets import TrialList, TrialSet  # noqa: E402
+from speakernet.eval import evaluation as ev  # noqa: E402
+from speakernet.eval import score_norm  # noqa: E402
+from speakernet.eval.trial_sets import TrialList, TrialSet  # noqa: E402
 from models.ResNetSE34L import MainModel  # noqa: E402
-from speakernet.scoring import pair_scores, score_trials  # noqa: E402
+from speakernet.eval.scoring import pair_scores, score_trials  # noqa: E402
 from SpeakerNet import SpeakerNet, Trainer  # noqa: E402
 from tuneThreshold import compute_eer, compute_min_dcf  # noqa: E402
 from bench_metrics import best_time  # noqa: E402  (this folder is on the path when run)

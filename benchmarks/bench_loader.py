@@ -41,10 +41,10 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from speakernet import augment  # noqa: E402
+from speakernet.data import augment  # noqa: E402
 import data_prep  # noqa: E402
-from speakernet import packed_audio  # noqa: E402
-from speakernet.augment import CollateAndMix  # noqa: E402
+from speakernet.data import packed_audio  # noqa: E402
+from speakernet.data.augment import CollateAndMix  # noqa: E402
 from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, collate_views,  # noqa: E402
                            crop_samples, read_train_list)
 

@@ -18,7 +18,7 @@ its own:
               that peak less the process's resident set before the model was built
               ("+training": model, optimizer, batch, activations and gradients);
   GFLOP/s     achieved = 2 x MACs (encoder without its front end, torch.utils.flop_counter,
-              as `python3 -m speakernet.model_tools --profile`) x 3 (forward + backward) x compute segments/s,
+              as `python3 -m speakernet.tools.model_tools --profile`) x 3 (forward + backward) x compute segments/s,
               beside the machine's dense fp32 matmul GFLOP/s.
 Each rate is the median over the timed steps after --warmup steps; the first step of a run
 builds oneDNN primitives and fills the loader's pipeline. A segment is one view (a batch is
@@ -112,7 +112,7 @@ def step_rates(marks, segments, warmup):
 
 
 def trainer_options(model, objective, args, extra=()):
-    from speakernet import options
+    from speakernet.run import options
     argv = ["--model", model, "--trainfunc", objective, "--nClasses", "200",
             "--nPerSpeaker", str(args.views), "--batch_size", str(args.batch),
             "--max_frames", str(args.frames), "--device", args.device, "--log_input",
@@ -124,7 +124,7 @@ def trainer_options(model, objective, args, extra=()):
 
 
 def build_trainer(opts, device, fused=False, compile_encoder=False):
-    from speakernet import plugins
+    from speakernet.run import plugins
     from SpeakerNet import Trainer
     from trainSpeakerNet import build_model
     torch.manual_seed(0)
@@ -162,12 +162,12 @@ def measure_configuration(model_name, objective, args):
     """Compute and end-to-end rates and peak memory of one (encoder, objective) -> dict."""
     from torch.utils.data import DataLoader
 
-    from speakernet.augment import Augmenter, planner_from_options
-    from speakernet.augment import CollateAndMix
+    from speakernet.data.augment import Augmenter, planner_from_options
+    from speakernet.data.augment import CollateAndMix
     from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, collate_views,
                                read_train_list)
-    from speakernet.model_tools import count_macs
-    from speakernet.packed_audio import packs_from_options
+    from speakernet.tools.model_tools import count_macs
+    from speakernet.data.packed_audio import packs_from_options
     from trainSpeakerNet import views_per_group
     device = torch.device(args.device)
     resident_before = current_rss_mb()
@@ -433,7 +433,7 @@ def run_compare(args):
 
 
 def count_encoder_macs(model, frames):
-    from speakernet.model_tools import count_macs
+    from speakernet.tools.model_tools import count_macs
     return count_macs(model.encoder, samples_for(frames))
 
 

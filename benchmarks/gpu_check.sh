@@ -19,9 +19,9 @@ python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 
 echo "== data: the synthetic demo corpus and its packs"
 [ -f "$work/demo/train_list.txt" ] || python3 data_prep.py --synthetic --save_path "$work/demo" >/dev/null
-python3 -m speakernet.packed_audio --list "$work/demo/train_list.txt" --root "$work/demo/wav" >/dev/null
-python3 -m speakernet.packed_audio --dir "$work/demo/musan" >/dev/null
-python3 -m speakernet.packed_audio --dir "$work/demo/rirs" >/dev/null
+python3 -m speakernet.data.packed_audio --list "$work/demo/train_list.txt" --root "$work/demo/wav" >/dev/null
+python3 -m speakernet.data.packed_audio --dir "$work/demo/musan" >/dev/null
+python3 -m speakernet.data.packed_audio --dir "$work/demo/rirs" >/dev/null
 data=(--train_list "$work/demo/train_list.txt" --train_path "$work/demo/wav"
       --test_list "$work/demo/test_list.txt" --test_path "$work/demo/wav"
       --musan_path "$work/demo/musan" --rir_path "$work/demo/rirs")

@@ -153,7 +153,7 @@ def train_within(command, save_path, epochs, budget, eval_timeout, env, log_file
 
 
 def newest_checkpoint(save_path):
-    from speakernet import resume
+    from speakernet.run import resume
     point = resume.find_resume_point(save_path / "model")
     return (point.path, point.state) if point else (None, None)
 

@@ -5,7 +5,7 @@ calls on_epoch_start(epoch) gets exactly the state an uninterrupted run had.
 List-valued options arrive as lists (YAML lists, or several values after the flag); a
 comma-separated string ("0.40,0.35,0.32") is accepted too.
 """
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 
 def parse_list(values, convert, option):

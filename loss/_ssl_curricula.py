@@ -40,7 +40,7 @@ Augmentation curriculum (CL_A, sec. 4.2): epoch e augments a share f(e) of the c
 import logging
 import numpy as np
 
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from loss._objective import Needs, Objective, additive_angular_target, flatten_labelled, top1_accuracy
 from loss._curriculum import held_then_ramped
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 
 def add_arguments(parser):

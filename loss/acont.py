@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from loss._objective import Needs, ScaledCosineObjective, require_views, top1_accuracy
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 
 class LossFunction(ScaledCosineObjective):

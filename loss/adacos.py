@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from loss._objective import Needs, Objective, flatten_labelled, top1_accuracy
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 
 class LossFunction(Objective):

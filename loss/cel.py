@@ -37,7 +37,7 @@ from loss._objective import Needs, Objective, require_views
 from loss._ssl_common import full_precision
 from loss._ssl_curricula import Curricula, CurriculumHooks
 from loss._ssl_curricula import add_arguments as add_curriculum_arguments
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 SIMILARITIES = ("ap", "acont")
 

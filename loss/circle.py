@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from loss._objective import Needs, Objective, flatten_labelled, top1_accuracy
 from loss._curriculum import check_stage_starts, parse_intervals, parse_list, stage_of
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 # Defaults of generic options when the user sets them neither in YAML nor on the command line
 # (options.parse_options): Xiao et al. 2021, sec. 4 ("As to circle loss, s is set to 60") and

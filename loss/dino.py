@@ -71,7 +71,7 @@ from loss._objective import Needs, Objective, RunContext
 from loss._ssl_common import MomentumCopy, StudentLink, all_reduce_mean, full_precision, views_at
 from loss._ssl_curricula import Curricula, CurriculumHooks
 from loss._ssl_curricula import add_arguments as add_curriculum_arguments
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from loss._objective import Needs, Objective, require_views, top1_accuracy
 from loss._ssl_common import MomentumCopy, StudentLink, all_gather_rows, full_precision, views_at
 from loss._ssl_curricula import Curricula, CurriculumHooks
 from loss._ssl_curricula import add_arguments as add_curriculum_arguments
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 PRETEXTS = ("insdis", "ap", "p")
 

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from loss import aamsoftmax
 from loss._curriculum import held_then_ramped
 from loss._objective import Needs, Objective, additive_angular_target, flatten_labelled, sine_of, top1_accuracy
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 # wespeaker's recipe values (projections.py and resnet_mqmha_intertopk_subcenter.yaml) when the
 # user sets the generic --margin / --scale neither in YAML nor on the command line.

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from loss._objective import Needs, Objective, require_views
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 MINING_MODES = ("hard", "semihard", "random", "chnm")
 

@@ -27,7 +27,7 @@ Hyperparameters and where they come from (paper sec. 2 and Fig. 1; DTDNN.py / la
 
 Size with the defaults: 7,176,224 parameters (3D-Speaker egs/voxceleb/sv-cam++/README.md
 and wespeaker examples/voxceleb/v2/README.md: 7.18 M), 1.14 GMACs for 2 s (202 frames,
-speakernet.model_tools.count_macs; wespeaker's table: CAM++ "Flops" 1.15 G, thop MACs for 200 frames).
+speakernet.tools.model_tools.count_macs; wespeaker's table: CAM++ "Flops" 1.15 G, thop MACs for 200 frames).
 The paper's own complexity figure could not be checked here (for 3 s, 302 frames, this
 network has 1.70 GMACs).
 
@@ -36,7 +36,7 @@ Kaldi fbank; --input_features kaldi_fbank_povey computes 3D-Speaker's own featur
 (speakerlab/process/processor.py FBank: torchaudio.compliance.kaldi.fbank of the samples in
 [-1, 1] with Kaldi's default povey window and no dither, minus their mean over the file) and
 kaldi_fbank wespeaker's (x 2^15, Hamming window, models._layers.KaldiFbankFrontend), which
-their released models need (speakernet/public_models.py). The statistics pooling adds 1e-8
+their released models need (speakernet/model/public_models.py). The statistics pooling adds 1e-8
 under the square root of the (unbiased) variance (3D-Speaker adds nothing, wespeaker 1e-7).
 """
 import torch
@@ -47,7 +47,7 @@ from models._layers import (KaldiFbankFrontend, add_input_features_option, as_im
                             check_encoder_type, use_channels_last)
 from models.ResNet import (BasicBlock, TemporalStatsPooling, make_stage,
                            mean_normalised_log_mels, strided_size)
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 # The paper's defaults when the user sets neither YAML nor command line (3D-Speaker VoxCeleb).
 OPTION_DEFAULTS = {"nOut": 512, "n_mels": 80, "log_input": True, "encoder_type": "TSTP"}

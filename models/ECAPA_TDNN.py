@@ -17,7 +17,7 @@ results table: 6.2 M and 14.7 M). Input: 80 log-mels (default) or 80 MFCCs as in
 (--input_features mfcc), both instance-normalised; --n_mels sets the number of either.
 
 --ecapa_layout speechbrain / wespeaker computes the ECAPA-TDNN of those toolkits instead
-(LAYOUTS), whose released weights load (speakernet/public_models.py), with their features
+(LAYOUTS), whose released weights load (speakernet/model/public_models.py), with their features
 (--input_features speechbrain_fbank / kaldi_fbank).
 """
 import itertools
@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torchaudio
 
-from speakernet.errors import UserError
+from speakernet.core.errors import UserError
 from models._ecapa_blocks import Conv1dReluBn, SERes2NetBlock
 from models._layers import (HOP, N_FFT, SAMPLE_RATE, WINDOW, ChannelAttentiveStatsPooling, FrontEnd,
                             KaldiFbankFrontend, LogMelFrontend, add_input_features_option, check_encoder_type)

@@ -25,8 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models._layers import PreEmphasis, check_encoder_type
-from speakernet.audio import SAMPLE_RATE
-from speakernet.errors import UserError
+from speakernet.core.audio import SAMPLE_RATE
+from speakernet.core.errors import UserError
 
 # voxceleb_trainer's RawNet3 (MainModel and RawNet3.__init__): width C, Res2Net scale, filter
 # length and the asteroid-filterbanks ParamSincFB defaults it relies on (min_low_hz, min_band_hz).

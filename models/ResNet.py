@@ -16,7 +16,7 @@ Hyperparameters and where they come from:
   two_emb_layer False).
 
 Sizes with the defaults (80 mels, 256-d embedding); MACs for 2 s (32,240 samples, 202 frames)
-from speakernet.model_tools.count_macs, against wespeaker's VoxCeleb model table
+from speakernet.tools.model_tools.count_macs, against wespeaker's VoxCeleb model table
 (examples/voxceleb/v2/README.md: Params / "Flops", which are thop MACs for 200 frames):
     ResNet-34   6,634,336 parameters (published 6.63 M),   4.61 GMACs (4.55 G)
     ResNet-221 23,792,224 parameters (published 23.79 M), 21.32 GMACs (21.29 G)
@@ -26,7 +26,7 @@ from speakernet.model_tools.count_macs, against wespeaker's VoxCeleb model table
 Differences from wespeaker: by default a torchaudio mel filterbank on the waveform inside the
 model (a Hamming window, no Kaldi pre-emphasis, DC removal or dither) instead of Kaldi fbank
 features; --input_features kaldi_fbank computes wespeaker's own features
-(models._layers.KaldiFbankFrontend), which its released models need (speakernet/public_models.py).
+(models._layers.KaldiFbankFrontend), which its released models need (speakernet/model/public_models.py).
 Initialisation is PyTorch's default, as in wespeaker: with the He-normal start of
 models._layers an untrained ResNet-293 in eval mode (BN still the identity) doubles its
 activations at every residual block and gives embeddings of order 1e16.
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from models._layers import (KaldiFbankFrontend, LogMelFrontend, StridedPointwiseConv, TimePooling,
                             add_input_features_option, as_image, check_encoder_type, use_channels_last)
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 # The paper's defaults when the user sets neither YAML nor command line (resnet.yaml).
 OPTION_DEFAULTS = {"nOut": 256, "n_mels": 80, "log_input": True, "encoder_type": "TSTP"}

@@ -13,7 +13,7 @@ window is also stored in the checkpoint).
 import torch
 import torch.nn as nn
 
-from speakernet.errors import UserError
+from speakernet.core.errors import UserError
 from models._layers import LogMelFrontend, build_pooling
 
 N_MELS = 40

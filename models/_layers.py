@@ -17,8 +17,8 @@ import torch.nn.functional as F
 import torchaudio
 from torchaudio.compliance.kaldi import get_mel_banks
 
-from speakernet.audio import HOP, SAMPLE_RATE
-from speakernet.errors import UserError
+from speakernet.core.audio import HOP, SAMPLE_RATE
+from speakernet.core.errors import UserError
 
 WINDOW = 400      # 25 ms at 16 kHz
 N_FFT = 512
@@ -113,7 +113,7 @@ class LogSpectrogramFrontend(FrontEnd):
 
 def add_input_features_option(parser, choices, help):
     """A model's --input_features (the front end; the first of `choices` is its default). Where
-    another model declared it already (python3 -m speakernet.model_tools reads every model's options into one
+    another model declared it already (python3 -m speakernet.tools.model_tools reads every model's options into one
     parser), `choices` join that declaration's instead."""
     for action in parser._actions:
         if "--input_features" in action.option_strings:

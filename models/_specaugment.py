@@ -10,7 +10,7 @@ import logging
 import torch
 import torch.nn as nn
 
-from speakernet.errors import UserError
+from speakernet.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

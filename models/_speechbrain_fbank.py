@@ -19,7 +19,7 @@ import math
 import torch
 
 from models._layers import FrontEnd
-from speakernet.audio import HOP, SAMPLE_RATE
+from speakernet.core.audio import HOP, SAMPLE_RATE
 
 N_FFT = 400           # also the window: 25 ms at 16 kHz
 AMIN = 1e-10

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 
 def add_arguments(parser):

@@ -37,7 +37,7 @@ import math
 
 import torch
 
-from speakernet.errors import OptionError
+from speakernet.core.errors import OptionError
 
 log = logging.getLogger(__name__)
 

@@ -1,2 +1,3 @@
-"""The machinery under the entry points: shared helpers (audio constants, atomic files), and
-the layers the trainer, the loader and evaluation are built on. See docs/design.md."""
+"""The machinery under the entry points, one subpackage per role, each importing only those
+before it: core (shared helpers) < [plug-ins] < data < eval < run < model < tools, and prep
+(corpus preparation) beside tools. See docs/design.md."""

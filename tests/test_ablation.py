@@ -1,4 +1,4 @@
-"""The ablation table (speakernet/ablation.py) against direct computations, and ablate.py end to
+"""The ablation table (speakernet/eval/ablation.py) against direct computations, and ablate.py end to
 end on a tiny corpus: runs, failures marked, resumption, bad inputs."""
 import logging
 
@@ -8,8 +8,8 @@ import pytest
 import ablate
 import trainSpeakerNet
 from conftest import make_corpus
-from speakernet import ablation
-from speakernet.errors import UserError
+from speakernet.eval import ablation
+from speakernet.core.errors import UserError
 from tuneThreshold import compute_eer, compute_min_dcf
 
 

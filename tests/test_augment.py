@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from speakernet import augment  # noqa: E402
+from speakernet.data import augment  # noqa: E402
 from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, TrainList, collate_views,  # noqa: E402
                            read_crop)
 

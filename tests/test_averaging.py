@@ -1,4 +1,4 @@
-"""Checkpoint averaging (speakernet/averaging.py): the mean of the last N checkpoints' weights,
+"""Checkpoint averaging (speakernet/run/averaging.py): the mean of the last N checkpoints' weights,
 checked against a direct computation, usable by --eval, and its bad inputs."""
 import logging
 
@@ -7,7 +7,8 @@ import torch
 
 import trainSpeakerNet
 from conftest import train_argv
-from speakernet import averaging, checkpoint
+from speakernet.run import averaging
+from speakernet.core import checkpoint
 
 
 def fake_checkpoint(path, epoch, scale):

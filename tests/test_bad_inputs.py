@@ -8,8 +8,8 @@ import pytest
 import soundfile
 import torch
 
-from speakernet import audio
-from speakernet import checkpoint
+from speakernet.core import audio
+from speakernet.core import checkpoint
 import SpeakerNet
 import trainSpeakerNet
 from conftest import SR, snapshot, tone, train_argv, write_wav

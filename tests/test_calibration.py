@@ -1,4 +1,4 @@
-"""speakernet/calibration.py against sklearn and direct loops, and --calibrate end to end:
+"""speakernet/eval/calibration.py against sklearn and direct loops, and --calibrate end to end:
 calibrated on one half of a trial list, evaluated on the other (a tiny corpus, and the demo
 corpus when /tmp/demo_data and its trained checkpoint exist)."""
 import json
@@ -15,9 +15,9 @@ from sklearn.linear_model import LogisticRegression
 
 import trainSpeakerNet
 from conftest import make_corpus, train_argv, write_wav
-from speakernet import calibration as cal
-from speakernet import checkpoint
-from speakernet.errors import CheckpointError, UserError
+from speakernet.eval import calibration as cal
+from speakernet.core import checkpoint
+from speakernet.core.errors import CheckpointError, UserError
 from tuneThreshold import compute_min_dcf
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speakernet import checkpoint
+from speakernet.core import checkpoint
 from conftest import SR
 from loss.angleproto import LossFunction as AngleProto
 from models.ResNetSE34L import MainModel as ResNetSE34L

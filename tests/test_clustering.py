@@ -6,8 +6,8 @@ import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score, silhouette_score
 
-from speakernet import clustering
-from speakernet.errors import OptionError
+from speakernet.data import clustering
+from speakernet.core.errors import OptionError
 
 
 def separated_clusters(clusters=20, per_cluster=30, dim=32, noise=0.02, seed=0):

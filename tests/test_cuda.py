@@ -7,7 +7,7 @@ import torch
 
 import trainSpeakerNet
 from conftest import train_argv
-from speakernet import checkpoint
+from speakernet.core import checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -199,7 +199,7 @@ def test_noise_sets_layout_format_and_counts(corpus):
 
 
 def test_noise_sets_load_in_the_augmentation_bank(corpus):
-    from speakernet import augment
+    from speakernet.data import augment
     bank = augment.AugmentBank(corpus / "musan", corpus / "rirs")
     assert {k: len(v) for k, v in bank.files.items()} == {"music": 3, "speech": 6, "noise": 8, "reverb": 6}
 

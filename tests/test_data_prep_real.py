@@ -357,7 +357,7 @@ def test_augment_splits_musan_and_keeps_the_simulated_rooms(augment_archives):
     assert sr == SR and np.array_equal(chunk, source[3 * SR:8 * SR])
     rooms = sorted(p.parent.parent.name for p in (root / "RIRS_NOISES").rglob("*.wav"))
     assert rooms == ["mediumroom", "smallroom"]
-    from speakernet import augment                                                   # what training reads
+    from speakernet.data import augment  # what training reads
     bank = augment.AugmentBank(split, root / "RIRS_NOISES" / "simulated_rirs")
     assert {k: len(v) for k, v in bank.files.items()} == {"music": 3, "speech": 2, "noise": 1, "reverb": 2}
     mtimes = {p: p.stat().st_mtime_ns for p in split.rglob("*.wav")}
@@ -433,7 +433,7 @@ def test_modes_do_not_mix(tmp_path):
 
 # ----------------------------------------------------------------------------- packed audio
 def test_packed_crops_equal_wav_crops_and_fall_back(tmp_path):
-    from speakernet import packed_audio
+    from speakernet.data import packed_audio
     from DatasetLoader import read_crop
     root = tmp_path / "wav"
     names = ["a/v/1.wav", "a/v/2.wav", "b/w/1.wav"]
@@ -457,7 +457,7 @@ def test_packed_crops_equal_wav_crops_and_fall_back(tmp_path):
 
 
 def test_pack_command_line(tmp_path, capsys, caplog):
-    from speakernet import packed_audio
+    from speakernet.data import packed_audio
     write(tmp_path / "musan/noise/a.wav", wav_bytes(0.2))
     write(tmp_path / "musan/music/b.wav", wav_bytes(0.3, seed=1))
     packed_audio.main(["--dir", str(tmp_path / "musan"), "--out", str(tmp_path / "musan.pack")])

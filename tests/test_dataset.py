@@ -7,7 +7,7 @@ import soundfile
 import torch
 
 import DatasetLoader as DL
-from speakernet import eval_crops, trial_sets
+from speakernet.eval import eval_crops, trial_sets
 from conftest import group_views, read_all, write_wav
 
 MAX_FRAMES = 20

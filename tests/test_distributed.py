@@ -38,7 +38,7 @@ def _free_port():
 
 
 def _setup(corpus_root, rank, world):
-    from speakernet import options
+    from speakernet.run import options
     from DatasetLoader import SpeakerBalancedSampler, TrainDataset, read_train_list
     from trainSpeakerNet import build_model
     argv = ["--model", "ResNetSE34L", "--trainfunc", "softmax", "--nClasses", "6", "--nOut", "16",
@@ -223,8 +223,8 @@ def _rank_batches(rank, steps=2):
 def _record_eval_shares(corpus_root, rank):
     """Distributed evaluation of the test corpus's trial list with a seeded Fast ResNet-34;
     -> (files this rank embedded, rank 0's raw scores or None)."""
-    from speakernet import evaluation
-    from speakernet import options
+    from speakernet.eval import evaluation
+    from speakernet.run import options
     from SpeakerNet import Trainer
     from trainSpeakerNet import build_model
     opts = options.parse_options(["--model", "ResNetSE34L", "--trainfunc", "softmax", "--nClasses", "6",

@@ -14,7 +14,9 @@ import torch.nn as nn
 import trainSpeakerNet
 from conftest import REPO, train_argv
 from models.ResNetBlocks import SEBasicBlock, SEBottleneck, SELayer
-from speakernet import checkpoint, packed_audio, plugins
+from speakernet.core import checkpoint
+from speakernet.data import packed_audio
+from speakernet.run import plugins
 from utils import PreEmphasis, accuracy
 
 REFERENCE = REPO / "tests" / "fixtures" / "voxceleb_trainer-state-dicts.json"

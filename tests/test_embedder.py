@@ -1,4 +1,4 @@
-"""speakernet/embedder.py: the checkpoint's own model and protocol, scores equal to --eval's score
+"""speakernet/model/embedder.py: the checkpoint's own model and protocol, scores equal to --eval's score
 file, audio of any format, verify with a calibration, and --verify on the command line."""
 import logging
 import math
@@ -14,12 +14,12 @@ import torchaudio.functional as AF
 
 import trainSpeakerNet
 from conftest import SR, make_corpus, read_all, train_argv, write_wav
-from speakernet.eval_crops import eval_crop_starts
-from speakernet import calibration as cal
-from speakernet import checkpoint
-from speakernet.audio import crop_samples
-from speakernet.embedder import CalibrationMissing, Embedder
-from speakernet.errors import CheckpointError, UserError
+from speakernet.eval.eval_crops import eval_crop_starts
+from speakernet.eval import calibration as cal
+from speakernet.core import checkpoint
+from speakernet.core.audio import crop_samples
+from speakernet.model.embedder import CalibrationMissing, Embedder
+from speakernet.core.errors import CheckpointError, UserError
 
 
 def errors(caplog):

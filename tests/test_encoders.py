@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speakernet import plugins
-from speakernet.model_tools import (count_macs, count_parameters, export_torchscript,
+from speakernet.run import plugins
+from speakernet.tools.model_tools import (count_macs, count_parameters, export_torchscript,
                              load_encoder_weights, main, max_abs_difference, samples_for)
 
 # voxceleb_trainer's checkpoints: parameter names and shapes of each encoder.

@@ -12,18 +12,18 @@ import pytest
 import torch
 from sklearn.metrics import roc_curve
 
-from speakernet import embeddings
-from speakernet import evaluation as ev
-from speakernet import option_types
-from speakernet import plots
+from speakernet.eval import embeddings
+from speakernet.eval import evaluation as ev
+from speakernet.core import option_types
+from speakernet.eval import plots
 import tuneThreshold
-from speakernet import run_log
-from speakernet import score_norm
-from speakernet import trial_sets
+from speakernet.run import run_log
+from speakernet.eval import score_norm
+from speakernet.eval import trial_sets
 from conftest import make_corpus
 from DatasetLoader import ListError, TrainList, read_train_list
-from speakernet.errors import UserError
-from speakernet.scoring import score_trials
+from speakernet.core.errors import UserError
+from speakernet.eval.scoring import score_trials
 from tuneThreshold import compute_eer, compute_metrics, compute_min_dcf
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

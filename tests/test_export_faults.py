@@ -1,4 +1,4 @@
-"""python3 -m speakernet.model_tools --export: bad weights, checkpoints, outputs and configs end in exit code 2
+"""python3 -m speakernet.tools.model_tools --export: bad weights, checkpoints, outputs and configs end in exit code 2
 with one logged line, and never change a file already on disk."""
 import importlib
 import os
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from speakernet import checkpoint
-from speakernet import plugins
-export_cli = importlib.import_module("speakernet.model_tools")
+from speakernet.core import checkpoint
+from speakernet.run import plugins
+export_cli = importlib.import_module("speakernet.tools.model_tools")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 TINY = ["--export", "ResNetSE34L", "--nOut", "16"]

@@ -17,14 +17,14 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from speakernet import audio
-from speakernet import checkpoint
-from speakernet import resume
-from speakernet import run_lock
+from speakernet.core import audio
+from speakernet.core import checkpoint
+from speakernet.run import resume
+from speakernet.run import run_lock
 import trainSpeakerNet
 from conftest import REPO, SR, make_corpus, snapshot, tone, to_argv, tiny_options, train_argv, write_wav
 from DatasetLoader import read_train_list
-from speakernet.trial_sets import read_trial_list
+from speakernet.eval.trial_sets import read_trial_list
 
 
 def run_main(argv, caplog):
@@ -387,7 +387,7 @@ DIE_AFTER_PARTIAL = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
 import trainSpeakerNet
-from speakernet import resume
+from speakernet.run import resume
 save = resume.MidEpochCheckpoints.save
 def save_then_die(self, state):
     save(self, state)

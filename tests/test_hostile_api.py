@@ -1,4 +1,4 @@
-"""Hostile inputs to the Python API (speakernet/embedder.py) and to --verify / --calibrate: each
+"""Hostile inputs to the Python API (speakernet/model/embedder.py) and to --verify / --calibrate: each
 gives the correct result or one UserError line (exit status 2 on the command line)."""
 import logging
 import math
@@ -15,10 +15,10 @@ import torchaudio.functional as AF
 import trainSpeakerNet
 from conftest import SR, read_all, train_argv, write_wav
 from test_calibration import eval_argv, noisy_corpus
-from speakernet import calibration as cal
-from speakernet import checkpoint
-from speakernet.embedder import Embedder
-from speakernet.errors import CheckpointError, OptionError, UserError
+from speakernet.eval import calibration as cal
+from speakernet.core import checkpoint
+from speakernet.model.embedder import Embedder
+from speakernet.core.errors import CheckpointError, OptionError, UserError
 
 
 def one_line_error(call, kind=UserError):

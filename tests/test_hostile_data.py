@@ -13,10 +13,12 @@ import torch
 import trainSpeakerNet
 from conftest import REPO, tone, train_argv, write_wav
 from DatasetLoader import SpeakerBalancedSampler, TrainDataset, read_train_list
-from speakernet import audio, eval_crops, packed_audio
-from speakernet.embeddings import check_writable, embed_files
-from speakernet.errors import ChangedAudio, ListError, UserError, message_of
-from speakernet.trial_sets import read_trial_list
+from speakernet.core import audio
+from speakernet.eval import eval_crops
+from speakernet.data import packed_audio
+from speakernet.eval.embeddings import check_writable, embed_files
+from speakernet.core.errors import ChangedAudio, ListError, UserError, message_of
+from speakernet.eval.trial_sets import read_trial_list
 
 
 def warnings_of(caplog):
@@ -272,7 +274,7 @@ def test_packs_prefix_holding_none_of_the_files_warns(corpus, caplog):
     assert any(f"--packs {prefix} holds none" in m for m in warnings_of(caplog)), caplog.text
 
 
-# ------------------------------------------------------------------ python -m speakernet.packed_audio
+# ------------------------------------------------------------------ python -m speakernet.data.packed_audio
 
 def _missing_list(corpus, tmp_path):
     return ["--list", tmp_path / "nope.txt", "--root", corpus.root], "nope.txt"
@@ -309,7 +311,7 @@ def test_pack_command_bad_input_is_one_line_and_writes_nothing(corpus, tmp_path,
 
 
 def test_pack_command_exit_status(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "speakernet.packed_audio", "--dir", str(tmp_path / "nowhere")],
+    result = subprocess.run([sys.executable, "-m", "speakernet.data.packed_audio", "--dir", str(tmp_path / "nowhere")],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]

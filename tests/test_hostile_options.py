@@ -7,12 +7,12 @@ import torch
 
 from loss import subcenter_aamsoftmax
 from models import _specaugment
-from speakernet import config_file
-from speakernet import evaluation as ev
-from speakernet import options
-from speakernet.errors import UserError
-from speakernet.option_types import QUOTED_CHARS
-from speakernet.options import OptionError, parse_options
+from speakernet.core import config_file
+from speakernet.eval import evaluation as ev
+from speakernet.run import options
+from speakernet.core.errors import UserError
+from speakernet.core.option_types import QUOTED_CHARS
+from speakernet.run.options import OptionError, parse_options
 import trainSpeakerNet
 from conftest import snapshot, train_argv
 from DatasetLoader import read_train_list

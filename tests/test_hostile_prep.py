@@ -1,4 +1,4 @@
-"""Hostile inputs to data_prep.py, the trial lists and python3 -m speakernet.model_tools: each ends in one logged
+"""Hostile inputs to data_prep.py, the trial lists and python3 -m speakernet.tools.model_tools: each ends in one logged
 line naming the input and the fix, exit status 2, and nothing written - or in a correct result
 with a warning."""
 import importlib
@@ -13,10 +13,10 @@ import pytest
 
 import data_prep
 from conftest import REPO, SR, tone, write_wav
-from speakernet.errors import ListError
-from speakernet.trial_sets import load_trial_lists, read_trial_list
+from speakernet.core.errors import ListError
+from speakernet.eval.trial_sets import load_trial_lists, read_trial_list
 
-models_cli = importlib.import_module("speakernet.model_tools")
+models_cli = importlib.import_module("speakernet.tools.model_tools")
 
 # A corpus that --synthetic would write in about a second; every bad value below is refused
 # before anything is.
@@ -41,7 +41,7 @@ def prep_fails(caplog, *argv):
 
 
 def models_fails(caplog, *argv):
-    """python3 -m speakernet.model_tools with argv returns 2 after exactly one ERROR line; returns that line."""
+    """python3 -m speakernet.tools.model_tools with argv returns 2 after exactly one ERROR line; returns that line."""
     caplog.clear()
     assert models_cli.main([str(a) for a in argv]) == 2
     (message,) = errors(caplog)
@@ -202,7 +202,7 @@ def test_same_trial_list_twice_is_scored_once_with_a_warning(trial_files, caplog
     assert f"--test_list names {trials} 2 times; it is scored once" in caplog.text
 
 
-# ---------------------------------------------------------------------------- python3 -m speakernet.model_tools
+# ---------------------------------------------------------------------------- python3 -m speakernet.tools.model_tools
 
 @pytest.mark.parametrize("bad", [["--batch", "0"], ["--frames", "-1"], ["--iterations", "0"],
                                  ["--device", "bogus"], ["--nOut", "0"]])

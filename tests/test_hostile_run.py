@@ -13,8 +13,9 @@ import torch
 
 import trainSpeakerNet
 from conftest import make_corpus, snapshot, train_argv
-from speakernet import checkpoint, resume, run_lock, run_log
-from speakernet.errors import CheckpointError, LockedError, UserError
+from speakernet.core import checkpoint
+from speakernet.run import resume, run_lock, run_log
+from speakernet.core.errors import CheckpointError, LockedError, UserError
 
 
 def errors_of(caplog):
@@ -195,7 +196,7 @@ def test_tampered_checkpoint_is_refused_by_name(finished, tmp_path, name):
     ("num_eval", 0, "--num_eval must be at least 1, got 0"),
 ])
 def test_stored_options_out_of_type_or_range_are_refused(finished, tmp_path, key, value, fragment):
-    from speakernet.embedder import Embedder
+    from speakernet.model.embedder import Embedder
     path = tampered(finished[1], tmp_path, lambda s: s["options"].__setitem__(key, value))
     with pytest.raises(CheckpointError) as caught:
         Embedder.from_checkpoint(path)

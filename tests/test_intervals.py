@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-import speakernet.metrics as tuneThreshold
-from speakernet.metrics import _WeightedPoints, bootstrap_intervals, compute_eer, compute_min_dcf
+import speakernet.eval.metrics as tuneThreshold
+from speakernet.eval.metrics import _WeightedPoints, bootstrap_intervals, compute_eer, compute_min_dcf
 
 
 def crossed_trials(rng, files=80, trials=3000, separation=3.0, file_sd=1.0, noise_sd=0.5):
@@ -103,9 +103,9 @@ def test_file_names_unlabelled_trials_and_seeding():
 
 def test_evaluation_reports_intervals_in_log_json_and_metrics_record():
     import torch
-    from speakernet import evaluation
-    from speakernet.result_files import EvaluationReport
-    from speakernet.trial_sets import TrialList
+    from speakernet.eval import evaluation
+    from speakernet.eval.result_files import EvaluationReport
+    from speakernet.eval.trial_sets import TrialList
     rng = np.random.default_rng(2)
     speakers = np.repeat(np.arange(10), 4)
     embeddings = torch.as_tensor(rng.normal(size=(10, 16))[speakers] + 0.8 * rng.normal(size=(40, 16)))

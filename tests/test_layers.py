@@ -2,9 +2,13 @@
 
     entry points          trainSpeakerNet.py, data_prep.py, ablate.py, benchmarks/
     voxceleb_trainer's    SpeakerNet.py, DatasetLoader.py, tuneThreshold.py, utils.py
-    machinery             speakernet/ (but the shared helpers)
+    tools                 speakernet/tools/, speakernet/prep/
+    model                 speakernet/model/
+    run                   speakernet/run/
+    evaluation            speakernet/eval/
+    data                  speakernet/data/
     plug-ins              models/, loss/, optimizer/, scheduler/
-    shared helpers        speakernet/: errors, audio, atomic, option_types, config_file
+    shared helpers        speakernet/core/
 
 Each file may import its own layer and those below it, never one above."""
 import ast
@@ -13,25 +17,28 @@ import pytest
 
 from conftest import REPO
 
-SHARED_HELPERS = {"speakernet.errors", "speakernet.audio", "speakernet.atomic", "speakernet.option_types",
-                  "speakernet.config_file"}
 PLUG_IN_FOLDERS = ("models", "loss", "optimizer", "scheduler")
 VOXCELEB_TRAINER_FILES = ("SpeakerNet", "DatasetLoader", "tuneThreshold", "utils")
 ENTRY_POINTS = ("trainSpeakerNet", "data_prep", "ablate", "benchmarks")
 PROJECT_TOP = {"speakernet", *PLUG_IN_FOLDERS, *VOXCELEB_TRAINER_FILES, *ENTRY_POINTS}
-LAYERS = ("shared helpers", "plug-ins", "machinery", "voxceleb_trainer's files", "entry points")
+SUBPACKAGES = {"core": "shared helpers", "data": "data", "eval": "evaluation", "run": "run", "model": "model",
+               "tools": "tools", "prep": "tools"}
+LAYERS = ("shared helpers", "plug-ins", "data", "evaluation", "run", "model", "tools",
+          "voxceleb_trainer's files", "entry points")
 
 
 def layer_of(module):
     """The layer of a dotted module name of this project."""
-    top = module.split(".")[0]
-    if module in SHARED_HELPERS or any(module.startswith(h + ".") for h in SHARED_HELPERS):
-        return "shared helpers"
-    if top in PLUG_IN_FOLDERS:
+    parts = module.split(".")
+    if module == "speakernet":
+        return "shared helpers"         # the package's __init__, which imports nothing
+    if parts[0] == "speakernet":
+        if parts[1] not in SUBPACKAGES:
+            raise AssertionError(f"{module}: not in a subpackage of speakernet/ ({', '.join(SUBPACKAGES)})")
+        return SUBPACKAGES[parts[1]]
+    if parts[0] in PLUG_IN_FOLDERS:
         return "plug-ins"
-    if top == "speakernet":
-        return "machinery"
-    if top in VOXCELEB_TRAINER_FILES:
+    if parts[0] in VOXCELEB_TRAINER_FILES:
         return "voxceleb_trainer's files"
     return "entry points"
 
@@ -78,13 +85,25 @@ def test_every_layer_is_populated():
     assert layers == set(LAYERS)
 
 
+def test_speakernet_holds_subpackages_only():
+    """Every module of speakernet/ sits in the subpackage of its role (layer_of refuses others)."""
+    loose = sorted(p.name for p in (REPO / "speakernet").glob("*.py") if p.name != "__init__.py")
+    assert not loose, f"modules outside the subpackages: {loose}"
+    assert {p.parent.name for p in (REPO / "speakernet").glob("*/__init__.py")} == set(SUBPACKAGES)
+
+
 @pytest.mark.parametrize("module,line", [
-    ("speakernet.evaluation", "from DatasetLoader import read_train_list"),
-    ("speakernet.audio", "from speakernet import checkpoint"),
-    ("speakernet.errors", "import models._layers"),
-    ("models.ResNet", "from speakernet.options import OptionError"),
+    ("speakernet.eval.evaluation", "from DatasetLoader import read_train_list"),
+    ("speakernet.core.audio", "from speakernet.run import options"),
+    ("speakernet.data.sampler", "from speakernet.eval.metrics import compute_eer"),
+    ("speakernet.eval.evaluation", "from speakernet.run.options import parse_options"),
+    ("speakernet.run.resume", "from speakernet.model.embedder import Embedder"),
+    ("speakernet.model.embedder", "def f():\n    from speakernet.tools import commands"),      # lazy
+    ("speakernet.tools.commands", "import SpeakerNet"),
+    ("speakernet.core.errors", "import models._layers"),
+    ("models.ResNet", "from speakernet.run.options import OptionError"),
     ("loss.aamsoftmax", "def f():\n    from SpeakerNet import Trainer"),      # lazy
-    ("speakernet.plots", "import tuneThreshold as metrics"),
+    ("speakernet.eval.plots", "import tuneThreshold as metrics"),
     ("SpeakerNet", "from trainSpeakerNet import main"),
 ])
 def test_an_injected_upward_import_is_caught(module, line):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from speakernet import augment
-from speakernet import packed_audio
-from speakernet import plugins
+from speakernet.data import augment
+from speakernet.data import packed_audio
+from speakernet.run import plugins
 import trainSpeakerNet
 from conftest import SR, train_argv, write_wav
 from DatasetLoader import SpeakerBalancedSampler, TrainDataset, collate_views, read_train_list
-from speakernet.errors import UserError
+from speakernet.core.errors import UserError
 
 
 @pytest.fixture
@@ -235,7 +235,7 @@ def test_mixing_in_workers_equals_mixing_in_the_trainer(data):
     bit-identical to collating there and mixing in the training process (the GPU/0-worker path),
     and no noise or RIR rows may be left to send."""
     from torch.utils.data import DataLoader
-    from speakernet.augment import CollateAndMix
+    from speakernet.data.augment import CollateAndMix
 
     train = read_train_list(data / "train_list.txt", data / "wav")
     bank = augment.AugmentBank(data / "musan", data / "rirs")
@@ -256,7 +256,7 @@ def test_mixing_in_workers_equals_mixing_in_the_trainer(data):
 def test_augmented_training_is_the_same_with_and_without_workers(corpus, data, tmp_path):
     """The same augmented epoch trained with the mixing in the training process (0 workers) and
     in two loader workers (CollateAndMix) ends with identical weights."""
-    from speakernet import checkpoint
+    from speakernet.core import checkpoint
     weights = []
     for workers in (0, 2):
         save_path = tmp_path / f"workers{workers}"

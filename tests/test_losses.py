@@ -18,8 +18,8 @@ import torch.nn as nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from speakernet import options  # noqa: E402
-from speakernet import plugins  # noqa: E402
+from speakernet.run import options  # noqa: E402
+from speakernet.run import plugins  # noqa: E402
 import trainSpeakerNet  # noqa: E402
 from scheduler.plateau import Scheduler as PlateauScheduler  # noqa: E402
 

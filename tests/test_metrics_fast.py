@@ -4,8 +4,8 @@ list written out with its weights."""
 import numpy as np
 import pytest
 
-import speakernet.metrics as tuneThreshold
-from speakernet.metrics import _WeightedPoints, bootstrap_replicates, compute_eer, compute_min_dcf
+import speakernet.eval.metrics as tuneThreshold
+from speakernet.eval.metrics import _WeightedPoints, bootstrap_replicates, compute_eer, compute_min_dcf
 
 
 @pytest.mark.parametrize("decimals", [None, 1, 0])

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from speakernet import checkpoint
-from speakernet import plugins
+from speakernet.core import checkpoint
+from speakernet.run import plugins
 import trainSpeakerNet
 from conftest import REPO, train_argv
 from loss._objective import HOOKS, ContractDefaults, Needs, Objective, PlainObjective, as_contract
@@ -116,17 +116,17 @@ def test_objectives_do_no_data_work():
     for path in (REPO / "loss").glob("*.py"):
         text = path.read_text()
         for forbidden in ("read_train_list", "DataLoader", "soundfile", "import DatasetLoader",
-                          "from DatasetLoader", "import options", "from options", "speakernet.options",
+                          "from DatasetLoader", "import options", "from options", "speakernet.run.options",
                           "from speakernet import options"):
             assert forbidden not in text, f"{path.name} uses {forbidden}"
 
 
 PARSER_IMPORTS = ("import options", "from options ", "import speakernet.options",
-                  "from speakernet.options ", "from speakernet import options")
+                  "from speakernet.run.options ", "from speakernet import options")
 
 
 def test_the_parser_import_check_catches_each_spelling():
-    for line in ("from speakernet.options import OptionError", "import speakernet.options",
+    for line in ("from speakernet.run.options import OptionError", "import speakernet.options",
                  "from speakernet import options", "from options import x"):
         assert line.startswith(PARSER_IMPORTS), line
 

@@ -1,4 +1,4 @@
-"""python3 -m speakernet.model_tools --export MODEL --format onnx: the whole encoder (front end included) with
+"""python3 -m speakernet.tools.model_tools --export MODEL --format onnx: the whole encoder (front end included) with
 dynamic batch and time axes, checked with onnxruntime; failures exit 2 and keep no file."""
 import importlib
 import json
@@ -13,10 +13,10 @@ import onnxruntime
 import pytest
 import torch
 
-from speakernet import checkpoint
-from speakernet import plugins
+from speakernet.core import checkpoint
+from speakernet.run import plugins
 
-export_cli = importlib.import_module("speakernet.model_tools")
+export_cli = importlib.import_module("speakernet.tools.model_tools")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 TINY = ["--export", "ResNetSE34L", "--nOut", "16", "--format", "onnx"]
@@ -52,7 +52,7 @@ def exported(tmp_path_factory):
                 "model": {"encoder." + k: v for k, v in encoder.state_dict().items()},
                 "calibration": CALIBRATION}, ckpt)
     out = folder / "enc.onnx"
-    records, logger = Records(), logging.getLogger("speakernet.model_tools")
+    records, logger = Records(), logging.getLogger("speakernet.tools.model_tools")
     level = logger.level
     logger.addHandler(records)
     logger.setLevel(logging.INFO)
@@ -106,7 +106,7 @@ def test_onnx_axes_are_dynamic_and_metadata_carry_the_calibration(exported):
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["speakernet.model"] == "ResNetSE34L" and meta["speakernet.sample_rate"] == "16000"
     assert json.loads(meta["speakernet.calibration"]) == CALIBRATION
-    assert meta["speakernet.eval_frames"] == "150" and meta["speakernet.checkpoint"] == str(ckpt.resolve())
+    assert meta["speakernet.eval_frames"] == "150" and meta["speakernet.core.checkpoint"] == str(ckpt.resolve())
 
 
 def test_existing_output_is_refused_before_the_export(exported, caplog):
@@ -180,7 +180,7 @@ def test_bench_times_both_engines_in_interleaved_rounds(exported, monkeypatch, c
     encoder, _, out, _ = exported
     # The export itself is tested above; the benchmark reuses that file.
     monkeypatch.setattr(export_cli, "export_onnx", lambda enc, path, name, **kw: shutil.copy(out, path))
-    caplog.set_level(logging.INFO, logger="speakernet.model_tools")
+    caplog.set_level(logging.INFO, logger="speakernet.tools.model_tools")
     rates = export_cli.bench("ResNetSE34L", encoder, seconds=0.5, files=2, rounds=2)
     assert set(rates) == {"pytorch", "onnxruntime"}
     assert all(len(v) == 2 and all(r > 0 for r in v) for v in rates.values())
@@ -204,7 +204,7 @@ def test_a_public_model_folder_exports_with_the_architecture_it_describes(tmp_pa
     """No model options given: the release's config chooses them (here wespeaker's CAM++ on
     Kaldi features, whose shortest input is longer than one window), and the file embeds as
     the Embedder does."""
-    from speakernet.embedder import Embedder
+    from speakernet.model.embedder import Embedder
     from test_public_campplus import wespeaker_folder
     folder = wespeaker_folder(tmp_path / "voxceleb_CAM++")
     out = tmp_path / "campplus.onnx"

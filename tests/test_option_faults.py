@@ -7,13 +7,13 @@ import logging
 
 import pytest
 
-from speakernet import augment
-from speakernet import options
-from speakernet import plugins
+from speakernet.data import augment
+from speakernet.run import options
+from speakernet.run import plugins
 import trainSpeakerNet
 from conftest import snapshot, train_argv
-from speakernet.errors import UserError
-from speakernet.options import OptionError, parse_options
+from speakernet.core.errors import UserError
+from speakernet.run.options import OptionError, parse_options
 
 REQUIRED = ["--model", "ResNetSE34L", "--trainfunc", "angleproto"]
 TRIPLET = ["--trainfunc", "triplet"]          # its mining options are its own to check
@@ -192,7 +192,7 @@ def test_config_unreadable(config, monkeypatch, error, strerror):
 
     def refuse(*args, **kwargs):
         raise error
-    from speakernet import config_file
+    from speakernet.core import config_file
     monkeypatch.setattr(config_file, "open", refuse, raising=False)   # root can read anything
     assert parse_error(REQUIRED + ["--config", path]) == f"--config {path}: {strerror} (give a YAML file)"
 

@@ -3,9 +3,9 @@ import importlib
 
 import pytest
 
-from speakernet import options
-from speakernet import plugins
-from speakernet.options import OptionError, parse_options
+from speakernet.run import options
+from speakernet.run import plugins
+from speakernet.run.options import OptionError, parse_options
 
 REQUIRED = ["--model", "ResNetSE34L", "--trainfunc", "angleproto"]
 
@@ -227,7 +227,7 @@ def test_saved_options_reload_identically(tmp_path):
 def test_each_component_is_built_with_its_own_options_only():
     """Not the whole option bag: what the component declares, what its factory names, and for
     **kwargs factories (voxceleb_trainer's convention) the generic options of its kind."""
-    from speakernet.options import component_values
+    from speakernet.run.options import component_values
     options = parse_options(["--model", "ResNetSE34L", "--trainfunc", "aamsoftmax", "--optimizer", "sgd",
                              "--scheduler", "warmup_exp"])
     model = component_values("models", "ResNetSE34L", options)

@@ -1,10 +1,10 @@
-"""--mixedprec on a CPU without bf16 instructions warns (speakernet/precision.py)."""
+"""--mixedprec on a CPU without bf16 instructions warns (speakernet/run/precision.py)."""
 import logging
 
 import pytest
 import torch
 
-from speakernet import precision
+from speakernet.run import precision
 from SpeakerNet import SpeakerNet, Trainer
 from models.ResNetSE34L import MainModel
 

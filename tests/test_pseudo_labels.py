@@ -1,4 +1,4 @@
-"""Pseudo-label rounds (speakernet/pseudo_rounds.py, speakernet/pseudo_labels.py): one command
+"""Pseudo-label rounds (speakernet/tools/pseudo_rounds.py, speakernet/data/pseudo_labels.py): one command
 runs a self-supervised first stage and rounds of clustering + supervised training; true labels
 reach only the diagnostics; a rerun skips what is finished; bad inputs stop with one line."""
 import json
@@ -11,8 +11,9 @@ import torch
 
 import trainSpeakerNet
 from conftest import make_corpus, train_argv
-from speakernet import checkpoint, clustering, pseudo_labels
-from speakernet.errors import OptionError
+from speakernet.core import checkpoint
+from speakernet.data import clustering, pseudo_labels
+from speakernet.core.errors import OptionError
 
 ROUND = "trainfunc=aamsoftmax nPerSpeaker=1 batch_size=4 max_epoch=1 margin=0.2 scale=30"
 

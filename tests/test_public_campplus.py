@@ -1,5 +1,5 @@
 """Released CAM++ models through Embedder.from_checkpoint and --initial_model
-(speakernet/public_models.py): 3D-Speaker's (a ModelScope folder of configuration.json and
+(speakernet/model/public_models.py): 3D-Speaker's (a ModelScope folder of configuration.json and
 campplus_voxceleb.bin, or the file alone as speakerlab/bin/infer_sv.py keeps it) and wespeaker's
 (config.yaml and avg_model.pt). Random weights in each toolkit's layout (names and shapes from
 tests/fixtures/3dspeaker_campplus.json and wespeaker_campplus.json, taken from their own CAM++
@@ -22,8 +22,8 @@ from conftest import SR, train_argv
 from models._layers import KaldiFbankFrontend
 from models.CAMPPlus import CAMPPlus, MainModel, PoveyKaldiFbank
 from models.ResNet import MeanNormalization
-from speakernet.embedder import Embedder
-from speakernet.errors import CheckpointError, OptionError
+from speakernet.model.embedder import Embedder
+from speakernet.core.errors import CheckpointError, OptionError
 from test_public_models import Given, kaldi_cmn, run_main, speech_like, wespeaker_state
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -1,6 +1,6 @@
-"""Released ECAPA-TDNN models through Embedder.from_checkpoint (speakernet/public_models.py):
-speechbrain's spkrec-ecapa-voxceleb (speakernet/public_speechbrain.py) and wespeaker's
-ECAPA_TDNN_GLOB_c512/c1024 (speakernet/public_wespeaker.py).
+"""Released ECAPA-TDNN models through Embedder.from_checkpoint (speakernet/model/public_models.py):
+speechbrain's spkrec-ecapa-voxceleb (speakernet/model/public_speechbrain.py) and wespeaker's
+ECAPA_TDNN_GLOB_c512/c1024 (speakernet/model/public_wespeaker.py).
 
 Random weights in each toolkit's layout (names and shapes from tests/fixtures/
 speechbrain_ecapa.json and wespeaker_ecapa_c512.json, taken from the toolkits' own modules)
@@ -23,10 +23,10 @@ import yaml
 from conftest import SR
 from models.ECAPA_TDNN import ECAPATDNN, MainModel
 from models._speechbrain_fbank import SpeechBrainFbankFrontend
-from speakernet import public_models
-from speakernet.embedder import Embedder
-from speakernet.errors import CheckpointError, UserError
-from speakernet.options import parse_options
+from speakernet.model import public_models
+from speakernet.model.embedder import Embedder
+from speakernet.core.errors import CheckpointError, UserError
+from speakernet.run.options import parse_options
 from test_public_models import Given, kaldi_cmn, speech_like
 
 FIXTURES = Path(__file__).parent / "fixtures"

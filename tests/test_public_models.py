@@ -1,5 +1,5 @@
 """wespeaker's released models (a folder of config.yaml and avg_model.pt) through
-Embedder.from_checkpoint and --initial_model (speakernet/public_models.py): random weights in
+Embedder.from_checkpoint and --initial_model (speakernet/model/public_models.py): random weights in
 wespeaker's layout (names and shapes from tests/fixtures/wespeaker_resnet34.json, taken from
 its own ResNet34) give the embedding of our encoder on Kaldi filterbanks computed here with
 torchaudio as wespeaker computes them; the Kaldi front end against torchaudio's; --eval on a
@@ -21,8 +21,8 @@ import trainSpeakerNet
 from conftest import SR, train_argv
 from models._layers import KaldiFbankFrontend
 from models.ResNet import ResNet
-from speakernet.embedder import Embedder
-from speakernet.errors import CheckpointError
+from speakernet.model.embedder import Embedder
+from speakernet.core.errors import CheckpointError
 
 SPEC = json.loads((Path(__file__).parent / "fixtures" / "wespeaker_resnet34.json").read_text())
 ARGS = SPEC["model_args"]

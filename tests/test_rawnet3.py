@@ -18,9 +18,10 @@ import torch.nn.functional as F
 import yaml
 
 from conftest import SR, train_argv
-from speakernet.model_tools import count_parameters
-from speakernet import commands, options, plugins
-from speakernet.errors import UserError
+from speakernet.tools.model_tools import count_parameters
+from speakernet.tools import commands
+from speakernet.run import options, plugins
+from speakernet.core.errors import UserError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rawnet3_state_dict.json"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "RawNet3_AAM.yaml"

@@ -11,10 +11,10 @@ and short inputs to stay within about a minute on two busy cores.
 import pytest
 import torch
 
-from speakernet import options
-from speakernet import plugins
+from speakernet.run import options
+from speakernet.run import plugins
 from loss.softmax import LossFunction
-from speakernet.model_tools import (add_component_options, build_parser, count_macs, count_parameters,
+from speakernet.tools.model_tools import (add_component_options, build_parser, count_macs, count_parameters,
                              export_torchscript, max_abs_difference, samples_for)
 from models.CAMPPlus import segment_means
 

@@ -22,7 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from conftest import make_corpus, to_argv  # noqa: E402
-from speakernet import checkpoint, options, plugins  # noqa: E402
+from speakernet.core import checkpoint  # noqa: E402
+from speakernet.run import options, plugins
 from scheduler import warmup_exp  # noqa: E402
 import trainSpeakerNet  # noqa: E402
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from speakernet import checkpoint
+from speakernet.core import checkpoint
 import trainSpeakerNet
 from conftest import REPO, make_corpus, snapshot, to_argv, tiny_options
 
@@ -247,9 +247,9 @@ def test_outside_paths_option_reaches_the_trial_lists_and_the_cohort(tmp_path, w
     """--allow_outside_paths applies to every list of the run, as its help says: the trial
     lists and the AS-norm cohort too. Without it an entry outside the root is refused, naming
     the option."""
-    from speakernet.errors import UserError
-    from speakernet.evaluation import Evaluation
-    from speakernet.options import parse_options
+    from speakernet.core.errors import UserError
+    from speakernet.eval.evaluation import Evaluation
+    from speakernet.run.options import parse_options
     corpus = make_corpus(tmp_path / "corpus")
     outside = tmp_path / "elsewhere.wav"
     listed = corpus.test_list if which == "trial list" else corpus.train_list

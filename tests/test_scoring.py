@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from speakernet.scoring import score_trials
+from speakernet.eval.scoring import score_trials
 
 FILES, CROPS, DIM = 6, 10, 16
 

@@ -9,7 +9,7 @@ import torch
 
 import trainSpeakerNet
 from conftest import SR, read_all, train_argv, write_wav
-from speakernet.eval_crops import middle
+from speakernet.eval.eval_crops import middle
 from SpeakerNet import SpeakerNet, Trainer
 from models.ResNetSE34L import MainModel
 

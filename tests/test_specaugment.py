@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from speakernet import plugins
-from speakernet.errors import UserError
+from speakernet.run import plugins
+from speakernet.core.errors import UserError
 from models._layers import LogMelFrontend, LogSpectrogramFrontend
 from models._specaugment import SpecAugment, attach_spec_augment, spec_augment_from_options
 from models.ECAPA_TDNN import MFCCFrontend
-from speakernet.options import parse_options
+from speakernet.run.options import parse_options
 
 # Options each encoder needs beyond the defaults (ECAPA-TDNN only has attentive statistics).
 ENCODER_OPTIONS = {"ECAPA_TDNN": dict(encoder_type="ASP"), "ResNetSE34V2": dict(encoder_type="ASP")}

@@ -8,13 +8,13 @@ import pytest
 import torch
 from scipy import signal
 
-from speakernet import augment
+from speakernet.data import augment
 import DatasetLoader as sampler
 import trainSpeakerNet
 from conftest import SR, group_views, train_argv, write_wav
 from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, TrainList, collate_views, crop_samples,
                            read_crop)
-from speakernet.errors import UserError
+from speakernet.core.errors import UserError
 
 SPEEDS = (1.0, 0.9, 1.1)
 

@@ -17,17 +17,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from speakernet import checkpoint
-from speakernet import curriculum_data
-from speakernet import options
-from speakernet import plugins
+from speakernet.core import checkpoint
+from speakernet.data import curriculum_data
+from speakernet.run import options
+from speakernet.run import plugins
 import trainSpeakerNet
 from conftest import make_corpus, train_argv
 from DatasetLoader import SpeakerBalancedSampler, crop_samples, read_train_list
 from loss.cel import uniformity_loss
 from loss.dino import dino_loss
 from loss._ssl_curricula import parse_schedule
-from speakernet.options import OptionError
+from speakernet.run.options import OptionError
 from scheduler import sgdr, steplr
 from SpeakerNet import SpeakerNet, Trainer
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import DatasetLoader as DL
-import speakernet.sampler
-import speakernet.train_list
+import speakernet.data.sampler
+import speakernet.core.train_list
 from DatasetLoader import CropRequest, SpeakerBalancedSampler, first_fit_slots, read_train_list
-from speakernet import audio
+from speakernet.core import audio
 
 
 # ---------------------------------------------------------------------------- the reference plan
@@ -115,7 +115,7 @@ def test_plan_builds_no_request_before_its_batches_are_read(monkeypatch):
             built.append(1)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(speakernet.sampler, "CropRequest", Counted)
+    monkeypatch.setattr(speakernet.data.sampler, "CropRequest", Counted)
     sampler = SpeakerBalancedSampler(np.arange(20000) % 500, 50, 2, 500)
     plan = sampler.plan(1)
     assert built == [] and len(plan) > 0
@@ -183,7 +183,7 @@ def test_list_columns_reads_what_list_lines_reads(tmp_path):
 
 def test_read_train_list_takes_the_fast_path(corpus, monkeypatch):
     expected = read_train_list(str(corpus.train_list), str(corpus.root))
-    monkeypatch.setattr(speakernet.train_list, "list_lines", lambda path: pytest.fail("read line by line"))
+    monkeypatch.setattr(speakernet.core.train_list, "list_lines", lambda path: pytest.fail("read line by line"))
     fast = read_train_list(str(corpus.train_list), str(corpus.root))
     assert list(fast.files) == list(expected.files)
     assert fast.speakers == expected.speakers and np.array_equal(fast.labels, expected.labels)
@@ -195,7 +195,7 @@ def test_fast_and_line_by_line_readings_agree(corpus, monkeypatch):
     text = "\n".join(f"  {s}\t{p} " for s, p in corpus.train_lines[::-1]) + "\n\n"
     corpus.train_list.write_text("\ufeff\n" + text, encoding="utf-8")
     fast = read_train_list(str(corpus.train_list), str(corpus.root))
-    monkeypatch.setattr(speakernet.train_list, "list_columns", lambda path: None)
+    monkeypatch.setattr(speakernet.core.train_list, "list_columns", lambda path: None)
     slow = read_train_list(str(corpus.train_list), str(corpus.root))
     assert list(fast.files) == list(slow.files) and fast.speakers == slow.speakers
     assert np.array_equal(fast.labels, slow.labels) and np.array_equal(fast.line_numbers, slow.line_numbers)

@@ -13,7 +13,7 @@ from tensorboard.plugins.projector import ProjectorConfig
 
 import trainSpeakerNet
 from conftest import make_corpus, snapshot, train_argv
-from speakernet import run_log, tracking
+from speakernet.run import run_log, tracking
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from speakernet import checkpoint
+from speakernet.core import checkpoint
 import SpeakerNet
 import trainSpeakerNet
 from conftest import make_corpus, read_all, snapshot, train_argv
-from speakernet.options import parse_options
+from speakernet.run.options import parse_options
 
 EVAL_FRAMES, NUM_EVAL = 30, 2
 
@@ -193,7 +193,7 @@ def test_eval_mode_reproduces_the_epoch_scores(runs, tmp_path):
 
 def test_resumable_options_are_marked_where_they_are_declared():
     """Each owner marks its own (option_types.resumable); the resume check reads the marks."""
-    from speakernet.resume import resumable_options
+    from speakernet.run.resume import resumable_options
     marked = resumable_options()
     # one declared in each owner: options.py, evaluation.py, packed_audio.py, pseudo_labels.py
     assert {"max_epoch", "dcf_c_miss", "packs", "pseudo_keep"} <= marked

@@ -7,10 +7,10 @@ import soundfile
 from numpy.lib.stride_tricks import sliding_window_view
 from tqdm import tqdm
 
-from speakernet.audio import _raise_first, _read_header, check_finite
-from speakernet.errors import ListError
+from speakernet.core.audio import _raise_first, _read_header, check_finite
+from speakernet.core.errors import ListError
 from speakernet.prep.common import F32, SR
-from speakernet.trial_sets import parse_trial_lines
+from speakernet.eval.trial_sets import parse_trial_lines
 
 
 def mel_filterbank(n_mels=40, n_fft=512, sr=SR):
@@ -63,7 +63,7 @@ def checked_paths(test_list, test_path, first_line):
 
 def baseline_eer(test_list, test_path):
     """EER (%) of cosine scoring between utterance-mean log-mel vectors over a trial list."""
-    from speakernet.metrics import tuneThresholdfromScore
+    from speakernet.eval.metrics import tuneThresholdfromScore
     trials, first_line = labelled_trials(test_list)
     paths = checked_paths(test_list, test_path, first_line)
     fbank, feats = mel_filterbank(), {}

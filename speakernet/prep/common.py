@@ -9,9 +9,9 @@ import wave
 
 import numpy as np
 
-from speakernet.atomic import atomic_file, write_text
-from speakernet.audio import SAMPLE_RATE as SR
-from speakernet.errors import UserError
+from speakernet.core.atomic import atomic_file, write_text
+from speakernet.core.audio import SAMPLE_RATE as SR
+from speakernet.core.errors import UserError
 
 log = logging.getLogger("data_prep")
 

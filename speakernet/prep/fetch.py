@@ -16,8 +16,8 @@ import zlib
 
 from tqdm import tqdm
 
-from speakernet.atomic import atomic_file
-from speakernet.audio import list_lines
+from speakernet.core.atomic import atomic_file
+from speakernet.core.audio import list_lines
 from speakernet.prep.common import PrepError, log, write_atomic
 
 # Published checksums (VoxCeleb's and OpenSLR's lists) of the archives voxceleb_trainer uses;
