@@ -1,6 +1,5 @@
 """speakernet/eval/calibration.py against sklearn and direct loops, and --calibrate end to end:
-calibrated on one half of a trial list, evaluated on the other (a tiny corpus, and the demo
-corpus when /tmp/demo_data and its trained checkpoint exist)."""
+calibrated on one half of a trial list, evaluated on the other (a tiny corpus)."""
 import json
 import logging
 import math
