@@ -9,14 +9,18 @@ table (markdown and CSV) and one figure with intervals and paired tests against 
 `--vary` values make a grid (every combination); `--variant` gives the variants one by one
 (a word without '=' is one more value of the list option before it: "cl_data=1:0.5 3:1.0").
 The first variant is the base every other is compared with. Options after `--` go to every
-run. Each run trains in save_path/<variant>/seed<S> as trainSpeakerNet.py would, so a stopped
+run. With several GPUs the runs go one per device at a time (--devices, default every GPU).
+Each run trains in save_path/<variant>/seed<S> as trainSpeakerNet.py would, so a stopped
 ablation resumes where it stopped and finished runs are not run again; a run that fails is
 marked in the table and the others go on. speakernet/eval/ablation.py computes the table.
 """
 import argparse
+import concurrent.futures
 import difflib
 import itertools
 import logging
+import os
+import queue
 import re
 import subprocess
 import sys
@@ -43,6 +47,8 @@ def build_parser():
     p.add_argument("--save_path", default="exps/ablation", help="folder of the runs and the table")
     p.add_argument("--p_target", type=float, default=0.05, help="the minDCF prior in the table")
     p.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates of intervals and tests")
+    p.add_argument("--devices", default="auto", help="CUDA indices to run on, one run per device at a "
+                   "time (e.g. 0,1); auto: every GPU when there are several, else one run at a time")
     p.add_argument("--dry_run", action="store_true", help="list the runs and exit")
     return p
 
@@ -150,30 +156,64 @@ def finished(save, max_epoch):
     return (save / "result" / f"results_epoch{max_epoch:04d}.json").is_file()
 
 
-def train(argv):
-    """One run as its own process (a crash or a bad input ends that run only) -> exit status."""
-    return subprocess.run([sys.executable, str(TRAINER), *argv]).returncode
+def train(argv, device=None):
+    """One run as its own process (a crash or a bad input ends that run only) -> exit status;
+    `device` (a CUDA index) is the only GPU the run sees."""
+    env = None if device is None else {**os.environ, "CUDA_VISIBLE_DEVICES": str(device)}
+    return subprocess.run([sys.executable, str(TRAINER), *argv], env=env).returncode
 
 
-def run_all(runs):
-    """{variant: {seed: RunScores or why not}}, running what is not finished yet."""
-    results = {}
-    for number, (name, seed, save, argv, max_epoch) in enumerate(runs, start=1):
+def devices_of(text):
+    """--devices -> CUDA indices to run on, one run per device at a time ([None]: one run at a
+    time on the device each run chooses). auto: every GPU when there are several."""
+    if text == "auto":
+        import torch
+        count = torch.cuda.device_count()
+        return list(range(count)) if count > 1 else [None]
+    items = [d.strip() for d in text.split(",") if d.strip()]
+    if not items or not all(d.isdigit() for d in items):
+        raise UserError(f"--devices {text!r}: give CUDA indices separated by commas (e.g. 0,1) or auto")
+    if len(set(items)) != len(items):
+        raise UserError(f"--devices {text}: a device is repeated")
+    return [int(d) for d in items]
+
+
+def run_all(runs, devices=(None,)):
+    """{variant: {seed: RunScores or why not}}, running what is not finished yet, one run per
+    device at a time; the results are collected in the plan's order."""
+    free = queue.Queue()
+    for device in devices:
+        free.put(device)
+
+    def run_one(number, name, seed, save, argv, max_epoch):
         label = f"[{number}/{len(runs)}] {name}, seed {seed}"
         if finished(save, max_epoch):
             log.info("%s: finished earlier, in %s", label, save)
         else:
-            log.info("%s: training in %s", label, save)
-            code = train(argv)
+            device = free.get()
+            try:
+                log.info("%s: training in %s%s", label, save, "" if device is None else f" on cuda:{device}")
+                code = train(argv) if device is None else train(argv, device)
+            finally:
+                free.put(device)
             if code != 0:
                 log.error("%s: the run failed with exit status %d (its log: %s); going on", label, code,
                           save / "train.log")
-                results.setdefault(name, {})[seed] = f"exit status {code}"
-                continue
+                return f"exit status {code}"
         try:
-            results.setdefault(name, {})[seed] = ablation.read_run_scores(save)
+            return ablation.read_run_scores(save)
         except UserError as err:
-            results.setdefault(name, {})[seed] = str(err)
+            return str(err)
+
+    numbered = list(enumerate(runs, start=1))
+    if len(devices) == 1:
+        outcomes = [run_one(number, *run) for number, run in numbered]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(devices)) as pool:
+            outcomes = list(pool.map(lambda item: run_one(item[0], *item[1]), numbered))
+    results = {}
+    for (name, seed, *_), outcome in zip(runs, outcomes):
+        results.setdefault(name, {})[seed] = outcome
     return results
 
 
@@ -187,11 +227,12 @@ def main(argv=None):
         if args.replicates < 10:
             raise UserError(f"--replicates must be at least 10, got {args.replicates}")
         runs = plan(args, extra)
+        devices = devices_of(args.devices)
         if args.dry_run:
             for name, seed, save, run, _ in runs:
                 log.info("%s, seed %d: trainSpeakerNet.py %s", name, seed, " ".join(run))
             return 0
-        results = run_all(runs)
+        results = run_all(runs, devices)
         rows = ablation.summarise(results, args.p_target, args.replicates)
         paths = ablation.write_outputs(rows, args.save_path, args.p_target, title=f"ablation of {args.config}")
     except UserError as err:

@@ -1,6 +1,8 @@
 """The ablation table (speakernet/eval/ablation.py) against direct computations, and ablate.py end to
 end on a tiny corpus: runs, failures marked, resumption, bad inputs."""
 import logging
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -140,3 +142,35 @@ def test_options_after_the_separator_may_belong_to_a_component_the_variants_choo
     assert ablate.main(["--config", str(tiny_config), "--save_path", str(tmp_path / "a"),
                         "--variant", "trainfunc=cel", "--variant", "trainfunc=cel lr=0.01",
                         "--seeds", "1", "--dry_run", "--", "--cel_similarity", "ap"]) == 0
+
+
+def test_runs_go_one_per_device_at_a_time(tiny_config, tmp_path, monkeypatch):
+    """--devices 0,1: every run gets one device, two run at once, never two on one device."""
+    lock, busy, seen, overlaps = threading.Lock(), set(), [], []
+
+    def fake_train(argv, device=None):
+        with lock:
+            assert device not in busy
+            busy.add(device)
+            seen.append(device)
+            overlaps.append(len(busy))
+        time.sleep(0.3)
+        with lock:
+            busy.discard(device)
+        return 3                        # a failed run: the table marks it, the others go on
+    monkeypatch.setattr(ablate, "train", fake_train)
+    argv = ["--config", str(tiny_config), "--save_path", str(tmp_path / "a"), "--vary",
+            "trainfunc=angleproto,softmaxproto", "--seeds", "1,2", "--devices", "0,1", "--replicates", "50"]
+    assert ablate.main(argv) == 0
+    assert sorted(seen) == [0, 0, 1, 1] and max(overlaps) == 2
+    assert "0 (2 failed)" in (tmp_path / "a" / "ablation.md").read_text()
+
+
+@pytest.mark.parametrize("devices, message", [("0,0", "--devices 0,0: a device is repeated"),
+                                              ("gpu1", "--devices 'gpu1': give CUDA indices")])
+def test_bad_device_lists_are_one_line(tiny_config, tmp_path, caplog, devices, message):
+    with caplog.at_level(logging.INFO):
+        assert ablate.main(["--config", str(tiny_config), "--save_path", str(tmp_path / "a"), "--vary",
+                            "trainfunc=angleproto,softmaxproto", "--devices", devices, "--dry_run"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and message in errors[0]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speakernet.core.atomic import write_text
+from speakernet.core.atomic import make_folders, write_text
 from speakernet.core.errors import UserError
 from speakernet.eval.metrics import bootstrap_replicates, compute_metrics
 
@@ -146,6 +146,7 @@ def markdown_table(rows, p_target=0.05):
 def write_outputs(rows, folder, p_target=0.05, title="ablation"):
     """ablation.md, ablation.csv and ablation.png in `folder` -> their paths."""
     folder = Path(folder)
+    make_folders(folder)            # every run may have failed before making it
     table = markdown_table(rows, p_target)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
