@@ -8,7 +8,7 @@ import pytest
 import soundfile
 import torch
 
-from speakernet.core import audio
+from speakernet.core import audio, audio_check
 from speakernet.core import checkpoint
 import SpeakerNet
 import trainSpeakerNet
@@ -227,12 +227,12 @@ def test_cap_below_views_is_rejected(corpus, tmp_path, caplog, no_training):
 @pytest.fixture
 def header_reads(monkeypatch):
     calls = []
-    original = audio._read_header
+    original = audio_check._read_header
 
     def counting(path):
         calls.append(str(path))
         return original(path)
-    monkeypatch.setattr(audio, "_read_header", counting)
+    monkeypatch.setattr(audio_check, "_read_header", counting)
     return calls
 
 
@@ -251,7 +251,7 @@ def test_later_start_makes_no_stat_call_per_file(corpus, monkeypatch):
     read_train_list(str(corpus.train_list), str(corpus.root))
     stats = []
     original = os.stat
-    monkeypatch.setattr(audio.os, "stat", lambda path, *a, **k: stats.append(str(path)) or original(path, *a, **k))
+    monkeypatch.setattr(audio_check.os, "stat", lambda path, *a, **k: stats.append(str(path)) or original(path, *a, **k))
     read_train_list(str(corpus.train_list), str(corpus.root))
     assert not any(path.endswith(".wav") for path in stats)          # folders and the list only
     assert len(stats) <= 2 + len({os.path.dirname(p) for _, p in corpus.train_lines})   # the list, the root
@@ -308,7 +308,7 @@ def test_corrupt_manifest_is_ignored(corpus, header_reads):
 def test_wav_header_parser_agrees_with_libsndfile(tmp_path):
     def header(path):
         with open(path, "rb") as handle:
-            return audio._wav_header(handle)
+            return audio_check._wav_header(handle)
 
     cases = [("PCM_16", 12345, 1, 16000), ("FLOAT", 777, 1, 16000), ("PCM_24", 1000, 2, 8000),
              ("PCM_32", 5, 1, 16000), ("DOUBLE", 100, 1, 44100)]

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-import speakernet.eval.metrics as tuneThreshold
-from speakernet.eval.metrics import _WeightedPoints, bootstrap_intervals, compute_eer, compute_min_dcf
+import speakernet.eval.intervals as tuneThreshold
+from speakernet.eval.intervals import _WeightedPoints, bootstrap_intervals
+from speakernet.eval.metrics import compute_eer, compute_min_dcf
 
 
 def crossed_trials(rng, files=80, trials=3000, separation=3.0, file_sd=1.0, noise_sd=0.5):

@@ -4,8 +4,10 @@ list written out with its weights."""
 import numpy as np
 import pytest
 
+import speakernet.eval.intervals as intervals
 import speakernet.eval.metrics as tuneThreshold
-from speakernet.eval.metrics import _WeightedPoints, bootstrap_replicates, compute_eer, compute_min_dcf
+from speakernet.eval.intervals import _WeightedPoints, bootstrap_replicates
+from speakernet.eval.metrics import compute_eer, compute_min_dcf
 
 
 @pytest.mark.parametrize("decimals", [None, 1, 0])
@@ -13,7 +15,7 @@ def test_order_is_the_stable_argsort(decimals):
     scores = np.random.default_rng(1).normal(size=5000)
     if decimals is not None:
         scores = np.round(scores, decimals)                   # runs of tied scores
-    order, group_end = tuneThreshold._stable_order(scores)
+    order, group_end = intervals._stable_order(scores)
     assert np.array_equal(order, np.argsort(scores, kind="stable"))
     ranked = np.sort(scores)
     assert np.array_equal(group_end, np.append(ranked[1:] != ranked[:-1], True))

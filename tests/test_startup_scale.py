@@ -10,7 +10,7 @@ import DatasetLoader as DL
 import speakernet.data.sampler
 import speakernet.core.train_list
 from DatasetLoader import CropRequest, SpeakerBalancedSampler, first_fit_slots, read_train_list
-from speakernet.core import audio
+from speakernet.core import audio, audio_check
 
 
 # ---------------------------------------------------------------------------- the reference plan
@@ -223,8 +223,8 @@ def test_later_start_builds_no_path_per_file(corpus, monkeypatch):
 def test_manifest_of_another_root_spelling_is_checked_again(corpus, monkeypatch):
     """The same resolved root spelled otherwise: its folders are compared, as before."""
     read_train_list(str(corpus.train_list), str(corpus.root))
-    checked, original = [], audio._check_each
-    monkeypatch.setattr(audio, "_check_each", lambda *args: checked.append(args[1]) or original(*args))
+    checked, original = [], audio_check._check_each
+    monkeypatch.setattr(audio_check, "_check_each", lambda *args: checked.append(args[1]) or original(*args))
     read_train_list(str(corpus.train_list), str(corpus.root))
     assert checked == []
     read_train_list(str(corpus.train_list), os.path.join(str(corpus.root), "."))

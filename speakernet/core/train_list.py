@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from speakernet.core.audio import (ListError, PathTable, check_audio_files, list_columns, list_lines, space_hint,
-                              warn_duplicates)
+from speakernet.core.audio import ListError, PathTable, list_columns, list_lines, space_hint, warn_duplicates
+from speakernet.core.audio_check import check_audio_files
 
 
 @dataclass

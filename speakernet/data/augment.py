@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-from speakernet.core.audio import ListError, check_audio_files
+from speakernet.core.audio import ListError
+from speakernet.core.audio_check import check_audio_files
 from speakernet.core.errors import UserError
 
 log = logging.getLogger(__name__)

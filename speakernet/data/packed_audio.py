@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from speakernet.core.atomic import atomic_file, make_folders
 from speakernet.core.audio import INT16_SCALE as SCALE, SAMPLE_RATE, to_float  # noqa: F401 (re-exported)
-from speakernet.core.audio import (arrays_problem, check_audio_files, list_lines, load_npz,
-                              pack_exists as exists, pack_prefix as default_prefix)
+from speakernet.core.audio import list_lines, pack_exists as exists, pack_prefix as default_prefix
+from speakernet.core.audio_check import arrays_problem, check_audio_files, load_npz
 from speakernet.core.errors import ListError, UserError
 from speakernet.core.option_types import resumable
 

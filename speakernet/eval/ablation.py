@@ -19,7 +19,8 @@ import numpy as np
 
 from speakernet.core.atomic import make_folders, write_text
 from speakernet.core.errors import UserError
-from speakernet.eval.metrics import bootstrap_replicates, compute_metrics
+from speakernet.eval.intervals import bootstrap_replicates
+from speakernet.eval.metrics import compute_metrics
 
 
 @dataclass

@@ -39,7 +39,8 @@ from speakernet.eval.result_files import (EvaluationReport, ListResult, write_li
                                      write_report)
 from speakernet.eval.scoring import pair_scores, system_scores
 from speakernet.eval.trial_sets import load_trial_lists, select_cohort, with_dev_list
-from speakernet.eval.metrics import bootstrap_intervals, compute_metrics
+from speakernet.eval.intervals import bootstrap_intervals
+from speakernet.eval.metrics import compute_metrics
 
 # Known by these names from here as well: the run folder's file naming (trainSpeakerNet) and
 # extraction shared across ranks (distributed callers).

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from speakernet.core.audio import ListError, check_audio_files, list_lines, space_hint, warn_duplicates
+from speakernet.core.audio import ListError, list_lines, space_hint, warn_duplicates
+from speakernet.core.audio_check import check_audio_files
 from speakernet.core.errors import UserError
 from speakernet.core.option_types import split_list
 

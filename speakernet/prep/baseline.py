@@ -7,7 +7,8 @@ import soundfile
 from numpy.lib.stride_tricks import sliding_window_view
 from tqdm import tqdm
 
-from speakernet.core.audio import _raise_first, _read_header, check_finite
+from speakernet.core.audio import check_finite
+from speakernet.core.audio_check import _raise_first, _read_header
 from speakernet.core.errors import ListError
 from speakernet.prep.common import F32, SR
 from speakernet.eval.trial_sets import parse_trial_lines

@@ -11,7 +11,7 @@ import subprocess
 import soundfile
 from tqdm import tqdm
 
-from speakernet.core.audio import _read_header       # one place decides what a usable audio file is
+from speakernet.core.audio_check import _read_header       # one place decides what a usable audio file is
 from speakernet.prep.common import SHOW, SR, PrepError, log, write_wav
 from speakernet.prep.fetch import checksums, extract_archive, verify
 

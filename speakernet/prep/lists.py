@@ -8,7 +8,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from speakernet.core.audio import _read_header       # one place decides what a usable audio file is
+from speakernet.core.audio_check import _read_header       # one place decides what a usable audio file is
 from speakernet.prep.common import SHOW, SR, PrepError, log, write_atomic
 
 
