@@ -35,7 +35,7 @@ def add_arguments(parser):
 
 
 def check_options(hard_rank=10, hard_prob=0.5, triplet_chnm_fraction=0.01, **kwargs):
-    """The mining settings, checked once here (options.validate calls it for --trainfunc triplet)."""
+    """The mining settings, checked once here (option_checks.validate calls it for --trainfunc triplet)."""
     if not 0 <= hard_prob <= 1:
         raise OptionError(f"--hard_prob must lie in [0, 1] (a probability), got {hard_prob:g}")
     if hard_rank < 1:

@@ -9,7 +9,7 @@ from loss import subcenter_aamsoftmax
 from models import _specaugment
 from speakernet.core import config_file
 from speakernet.eval import evaluation as ev
-from speakernet.run import options
+from speakernet.run import option_checks
 from speakernet.core.errors import UserError
 from speakernet.core.option_types import QUOTED_CHARS
 from speakernet.run.options import OptionError, parse_options
@@ -48,9 +48,9 @@ def warnings_of(caplog, fragment):
 
 # ------------------------------------------------------------------ sizes that would allocate wildly
 
-@pytest.mark.parametrize("name", sorted(options.UPPER_BOUNDS))
+@pytest.mark.parametrize("name", sorted(option_checks.UPPER_BOUNDS))
 def test_size_options_stop_at_their_bound(name):
-    largest, _ = options.UPPER_BOUNDS[name]
+    largest, _ = option_checks.UPPER_BOUNDS[name]
     small = ["--batch_size", "1", "--num_eval", "1"]       # keep the products below their bound
     assert getattr(parse_options(REQUIRED + small + [f"--{name}", str(largest)]), name) == largest
     message = parse_error(REQUIRED + small + [f"--{name}", str(largest + 1)])
@@ -135,7 +135,7 @@ def test_messages_quote_long_values_short(config, caplog):
 
 # ------------------------------------------------------------------ empty paths
 
-@pytest.mark.parametrize("name", sorted(options.REQUIRED_PATHS) + ["config"])
+@pytest.mark.parametrize("name", sorted(option_checks.REQUIRED_PATHS) + ["config"])
 def test_empty_path_options_are_refused(name):
     assert parse_error(REQUIRED + [f"--{name}", ""]).startswith(f"--{name} is empty; give a ")
 

@@ -22,7 +22,7 @@ import torchaudio.functional as AF
 
 from speakernet.core.audio import ListError
 from speakernet.core.audio_check import check_audio_files
-from speakernet.core.errors import UserError
+from speakernet.core.errors import OptionError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,36 @@ def add_arguments(parser):
                    help="how many speech files are summed for babble (inclusive range)")
     g.add_argument("--aug_fraction", type=float, default=1.0,
                    help="share of training crops that are augmented at all (the rest stay clean)")
+
+
+# Speech files summed into one babble crop, each read from disk (voxceleb_trainer: 3 to 7).
+MAX_BABBLE = 100
+
+
+def check_options(options):
+    """--aug_* values (add_arguments), before the noise files are even scanned."""
+    probs = [float(p) for p in options.aug_probs]
+    for p in probs:
+        if p < 0:
+            raise OptionError(f"--aug_probs: {p:g} is negative (weights must be 0 or more)")
+    if options.augment and sum(probs) <= 0:
+        raise OptionError(f"--aug_probs {' '.join(f'{p:g}' for p in probs)}: every probability is 0, "
+                          f"so nothing is augmented (give at least one positive weight, or drop "
+                          f"--augment)")
+    if not 0 <= options.aug_fraction <= 1:
+        raise OptionError(f"--aug_fraction must lie in [0, 1] (a share of the crops), "
+                          f"got {options.aug_fraction:g}")
+    for name in ("aug_snr_noise", "aug_snr_speech", "aug_snr_music", "aug_babble"):
+        low, high = getattr(options, name)
+        if low > high:
+            raise OptionError(f"--{name} {low:g} {high:g}: the first value is the low end of the "
+                              f"range (give LOW HIGH, e.g. {high:g} {low:g})")
+    if options.aug_babble[0] < 1:
+        raise OptionError(f"--aug_babble {options.aug_babble[0]} {options.aug_babble[1]}: babble "
+                          f"sums at least 1 speech file (voxceleb_trainer: 3 7)")
+    if options.aug_babble[1] > MAX_BABBLE:
+        raise OptionError(f"--aug_babble {options.aug_babble[0]} {options.aug_babble[1]}: babble sums "
+                          f"at most {MAX_BABBLE} speech files, each read per crop (voxceleb_trainer: 3 7)")
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,11 @@ def prior_or_zero(value):
     return number
 
 
+def check_options(options):
+    """The evaluation's options, checked where they are declared (option_checks.validate calls it)."""
+    EvalSettings.from_options(options)
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """What to measure and how to normalise; EvalSettings.from_options(options) in the trainer."""
