@@ -1,9 +1,9 @@
 """voxceleb_trainer's `utils` module, so its loss and model files import unchanged
 (`from utils import accuracy`, `from utils import PreEmphasis`).
 
-This project's own code takes these from loss/_objective.py and models/_layers.py.
+This project's own code takes these from loss/_objective.py and models/_frontends.py (PreEmphasis).
 """
-from models._layers import PreEmphasis  # noqa: F401  (B x T -> B x T, coef 0.97, reflect-padded)
+from models._frontends import PreEmphasis  # noqa: F401  (B x T -> B x T, coef 0.97, reflect-padded)
 
 
 def accuracy(output, target, topk=(1,)):

@@ -277,8 +277,8 @@ class PlainFastResNet34(nn.Module):
 
     def __init__(self, nOut=512):
         super().__init__()
-        from models._layers import LogMelFrontend
-        from models._layers import SelfAttentivePooling
+        from models._frontends import LogMelFrontend
+        from models._pooling import SelfAttentivePooling
         self.features = LogMelFrontend(n_mels=40, log_input=True)
         self.conv1 = nn.Conv2d(1, 16, kernel_size=7, stride=(2, 1), padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(16)

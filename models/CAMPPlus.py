@@ -35,7 +35,7 @@ Differences from 3D-Speaker: by default a torchaudio mel filterbank inside the m
 Kaldi fbank; --input_features kaldi_fbank_povey computes 3D-Speaker's own features
 (speakerlab/process/processor.py FBank: torchaudio.compliance.kaldi.fbank of the samples in
 [-1, 1] with Kaldi's default povey window and no dither, minus their mean over the file) and
-kaldi_fbank wespeaker's (x 2^15, Hamming window, models._layers.KaldiFbankFrontend), which
+kaldi_fbank wespeaker's (x 2^15, Hamming window, models._frontends.KaldiFbankFrontend), which
 their released models need (speakernet/model/public_models.py). The statistics pooling adds 1e-8
 under the square root of the (unbiased) variance (3D-Speaker adds nothing, wespeaker 1e-7).
 """
@@ -43,8 +43,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models._layers import (KaldiFbankFrontend, add_input_features_option, as_image,
-                            check_encoder_type, use_channels_last)
+from models._frontends import KaldiFbankFrontend, add_input_features_option
+from models._layers import as_image, use_channels_last
+from models._pooling import check_encoder_type
 from models.ResNet import (BasicBlock, TemporalStatsPooling, make_stage,
                            mean_normalised_log_mels, strided_size)
 from speakernet.core.errors import OptionError

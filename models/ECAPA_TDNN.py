@@ -30,8 +30,9 @@ import torchaudio
 
 from speakernet.core.errors import UserError
 from models._ecapa_blocks import Conv1dReluBn, SERes2NetBlock
-from models._layers import (HOP, N_FFT, SAMPLE_RATE, WINDOW, ChannelAttentiveStatsPooling, FrontEnd,
-                            KaldiFbankFrontend, LogMelFrontend, add_input_features_option, check_encoder_type)
+from speakernet.core.audio import HOP, SAMPLE_RATE
+from models._frontends import (N_FFT, WINDOW, FrontEnd, KaldiFbankFrontend, LogMelFrontend, add_input_features_option)
+from models._pooling import ChannelAttentiveStatsPooling, check_encoder_type
 from models._speechbrain_fbank import SpeechBrainFbankFrontend
 
 DILATIONS = (2, 3, 4)
@@ -57,7 +58,7 @@ class Layout:
     aggregate_channels: Optional[int]     # None: 3 x --channels
     aggregate_bn: bool                    # BN after the aggregation's ReLU
     attention_norm: bool                  # ReLU and BN in the pooling's attention
-    pooling_statistics: str               # models._layers.POOLING_STATISTICS
+    pooling_statistics: str               # models._pooling.POOLING_STATISTICS
     embedding_bn: bool                    # BN after the embedding layer
 
 

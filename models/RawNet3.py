@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models._layers import PreEmphasis, check_encoder_type
+from models._frontends import PreEmphasis
+from models._pooling import check_encoder_type
 from speakernet.core.audio import SAMPLE_RATE
 from speakernet.core.errors import UserError
 
@@ -127,7 +128,7 @@ class SincFrontend(nn.Module):
     """Waveform (B x samples) -> log sinc-filterbank magnitudes with each channel's mean over
     time removed (B x 256 x frames, one frame per `stride` samples), then SpecAugment if on.
 
-    Unlike the fixed front ends of models/_layers.py this one learns (the instance norm's gain
+    Unlike the fixed front ends of models/_frontends.py this one learns (the instance norm's gain
     and bias, the band edges), so gradients flow through it; it runs in fp32 under autocast as
     the reference does. SpecAugment's widths count these frames and filters (the first 128
     filters are the even responses, the last 128 the odd ones).

@@ -26,7 +26,7 @@ from speakernet.tools.model_tools.count_macs, against wespeaker's VoxCeleb model
 Differences from wespeaker: by default a torchaudio mel filterbank on the waveform inside the
 model (a Hamming window, no Kaldi pre-emphasis, DC removal or dither) instead of Kaldi fbank
 features; --input_features kaldi_fbank computes wespeaker's own features
-(models._layers.KaldiFbankFrontend), which its released models need (speakernet/model/public_models.py).
+(models._frontends.KaldiFbankFrontend), which its released models need (speakernet/model/public_models.py).
 Initialisation is PyTorch's default, as in wespeaker: with the He-normal start of
 models._layers an untrained ResNet-293 in eval mode (BN still the identity) doubles its
 activations at every residual block and gives embeddings of order 1e16.
@@ -35,8 +35,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models._layers import (KaldiFbankFrontend, LogMelFrontend, StridedPointwiseConv, TimePooling,
-                            add_input_features_option, as_image, check_encoder_type, use_channels_last)
+from models._frontends import KaldiFbankFrontend, LogMelFrontend, add_input_features_option
+from models._layers import StridedPointwiseConv, as_image, use_channels_last
+from models._pooling import TimePooling, check_encoder_type
 from speakernet.core.errors import OptionError
 
 # The paper's defaults when the user sets neither YAML nor command line (resnet.yaml).

@@ -14,7 +14,8 @@ input of 32,240 samples, i.e. 202 centred frames (Table 1: 0.99 G): about 0.18, 
 and 0.19 G in stages 1-4, since 257 bins keep the maps large. Fast ResNet-34
 (models/ResNetSE34L.py) has the same layers on 40 mels and costs 0.45 G.
 """
-from models._layers import N_FFT, LogSpectrogramFrontend, SEResNet34
+from models._frontends import N_FFT, LogSpectrogramFrontend
+from models._layers import SEResNet34
 
 
 class ThinResNet34(SEResNet34):

@@ -3,7 +3,8 @@
 Quarter-width SE-ResNet-34 on 40 log-mels with early strides; SAP or ASP pooling.
 1.44 M parameters with nOut 512 and SAP (the paper's Table 1 gives 1.4 M, 0.45 GMACs / 2 s).
 """
-from models._layers import LogMelFrontend, SEResNet34
+from models._frontends import LogMelFrontend
+from models._layers import SEResNet34
 
 
 class FastResNet34(SEResNet34):

@@ -12,7 +12,8 @@ and SAP takes the weighted mean, ASP the weighted mean and std.
 Names, layer order and the computed function follow voxceleb_trainer's ResNetSE34V2, so its
 checkpoints load (renames below): 8,028,492 parameters with nOut 512, ASP and 64 mels.
 """
-from models._layers import LogMelFrontend, SEResNet34
+from models._frontends import LogMelFrontend
+from models._layers import SEResNet34
 
 
 class HalfResNet34ASP(SEResNet34):

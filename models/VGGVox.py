@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from speakernet.core.errors import UserError
-from models._layers import LogMelFrontend, build_pooling
+from models._frontends import LogMelFrontend
+from models._pooling import build_pooling
 
 N_MELS = 40
 EMBED_CHANNELS = 512

@@ -8,7 +8,7 @@ The files are zero-padded to the longest, and inside `padded_batch(encoder, samp
   which is the zero padding that layer gives the file alone; each layer's output lengths follow
   from its kernel, stride, padding and dilation;
 - an adaptive average pool (squeeze-excitation) averages over the real time steps only;
-- the temporal pooling (models/_layers.TimePooling) weighs and counts real frames only.
+- the temporal pooling (models/_pooling.TimePooling) weighs and counts real frames only.
 Convolution, batch norm in eval mode, ReLU and residual sums act on each time step, so every
 real time step sees exactly what it sees alone and the embeddings agree up to the float
 rounding of batched kernels (tests/test_padded_batches.py: cosine > 0.9999 for 1-20 s files).
@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from models._layers import TimePooling
+from models._pooling import TimePooling
 
 TIME_LAYERS = (nn.Conv1d, nn.Conv2d, nn.MaxPool1d, nn.MaxPool2d)
 AVERAGES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)

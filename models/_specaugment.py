@@ -1,7 +1,7 @@
 """SpecAugment (Park et al. 2019) at the end of every encoder's front end, with its options.
 
 The masks are drawn per sample on the training device and applied only in training mode;
-`attach_spec_augment` gives an encoder's front end (models/_layers.FrontEnd) the SpecAugment the
+`attach_spec_augment` gives an encoder's front end (models/_frontends.FrontEnd) the SpecAugment the
 options ask for; the trainer calls it once for the model it trains. It holds no parameters, so checkpoints are the same with and without it.
 """
 import argparse
@@ -115,14 +115,14 @@ def spec_augment_from_options(specaugment=False, specaug_time_masks=1, specaug_f
 
 
 def attach_spec_augment(encoder, **options):
-    """Give the encoder's front end (`encoder.features`, a models._layers.FrontEnd) the
+    """Give the encoder's front end (`encoder.features`, a models._frontends.FrontEnd) the
     SpecAugment the options ask for: the trainer calls this once for the model it trains, so no
     MainModel handles it. It holds no parameters: checkpoints are the same with and without."""
     spec_augment = spec_augment_from_options(**options)
     if spec_augment is None:
         return encoder
     if not hasattr(getattr(encoder, "features", None), "spec_augment"):
-        raise UserError(f"--specaugment masks the features of a front end of models/_layers.py, which "
+        raise UserError(f"--specaugment masks the features of a front end of models/_frontends.py, which "
                         f"{type(encoder).__name__} does not use; drop --specaugment")
     encoder.features.spec_augment = spec_augment
     return encoder

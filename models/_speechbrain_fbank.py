@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from models._layers import FrontEnd
+from models._frontends import FrontEnd
 from speakernet.core.audio import HOP, SAMPLE_RATE
 
 N_FFT = 400           # also the window: 25 ms at 16 kHz

@@ -19,7 +19,7 @@ import torchaudio
 import yaml
 
 from conftest import SR, train_argv
-from models._layers import KaldiFbankFrontend
+from models._frontends import KaldiFbankFrontend
 from models.CAMPPlus import CAMPPlus, MainModel, PoveyKaldiFbank
 from models.ResNet import MeanNormalization
 from speakernet.model.embedder import Embedder

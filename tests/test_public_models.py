@@ -19,7 +19,7 @@ import yaml
 
 import trainSpeakerNet
 from conftest import SR, train_argv
-from models._layers import KaldiFbankFrontend
+from models._frontends import KaldiFbankFrontend
 from models.ResNet import ResNet
 from speakernet.model.embedder import Embedder
 from speakernet.core.errors import CheckpointError

@@ -6,7 +6,7 @@ import torch
 
 from speakernet.run import plugins
 from speakernet.core.errors import UserError
-from models._layers import LogMelFrontend, LogSpectrogramFrontend
+from models._frontends import LogMelFrontend, LogSpectrogramFrontend
 from models._specaugment import SpecAugment, attach_spec_augment, spec_augment_from_options
 from models.ECAPA_TDNN import MFCCFrontend
 from speakernet.run.options import parse_options

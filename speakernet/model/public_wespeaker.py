@@ -13,7 +13,7 @@ other features) is refused in one line naming the file, never approximated. The 
 ('projection', over wespeaker's own speaker order) is not loaded.
 
 The embedding equals wespeaker's own (wespeaker/cli/speaker.py, bin/extract.py): whole files,
-Kaldi filterbanks of the samples x 2^15 with CMN (models._layers.KaldiFbankFrontend), the
+Kaldi filterbanks of the samples x 2^15 with CMN (models._frontends.KaldiFbankFrontend), the
 network in eval mode.
 """
 

@@ -6,7 +6,7 @@ import math
 from speakernet.core.audio import HOP, SAMPLE_RATE
 from speakernet.core.errors import OptionError
 from speakernet.run import plugins
-from models._layers import N_FFT
+from models._frontends import N_FFT
 
 FRAMES_PER_HOUR = 3600 * SAMPLE_RATE // HOP
 # Upper bounds of the options that size what is allocated: each far above any recipe's value,
