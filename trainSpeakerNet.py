@@ -7,7 +7,6 @@
 Every input is validated before any training time is spent or any file is written.
 """
 import logging
-import os
 import random
 import signal
 import sys
@@ -30,6 +29,7 @@ from speakernet.run import resume
 from speakernet.run import run_lock
 from speakernet.run import run_log
 from speakernet.run import tracking
+from speakernet.run.distributed import close_distributed, init_distributed, share_buffers
 # The modes besides training; their helpers stay importable from here too.
 from speakernet.tools.commands import (calibrate_only, evaluate_only, extract_only,  # noqa: F401
                                  load_initial_weights, make_extractor, newest_checkpoint,
@@ -73,27 +73,6 @@ def views_per_group(options, contract):
         raise OptionError(f"--trainfunc {options.trainfunc} needs at least {needed} utterances per "
                           f"speaker; set --nPerSpeaker {needed}")
     return views
-
-
-def init_distributed(options):
-    """(rank, world_size, local_rank); initialises the process group under torchrun."""
-    if not options.distributed:
-        return 0, 1, 0
-    if "RANK" not in os.environ:
-        raise OptionError("--distributed needs torchrun (e.g. torchrun --nproc_per_node 2 trainSpeakerNet.py ...)")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    backend = "nccl" if torch.cuda.is_available() and options.device != "cpu" else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)     # NCCL collectives use the current device
-    dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size(), local_rank
-
-
-def share_buffers(module):
-    """Rank 0's buffers on every rank. Each rank's last step updated its BatchNorm statistics
-    with its own batch; evaluation must embed with the weights rank 0 saves."""
-    for buffer in module.buffers():
-        dist.broadcast(buffer, src=0)
 
 
 def add_log_file(path):
@@ -349,20 +328,6 @@ def run(options, argv=None):
         return result
     finally:
         close_distributed(finished)
-
-
-def close_distributed(finished):
-    """Tear the process group down on every exit path. After a normal end the ranks first meet
-    at a barrier, so none exits while another still talks to it (which aborted the process
-    with 'terminate called without an active exception'); after an error there is no barrier,
-    since the other ranks may never reach it."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    try:
-        if finished:
-            dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 class Interrupted(Exception):
