@@ -36,9 +36,9 @@ from speakernet.tools.commands import (calibrate_only, evaluate_only, extract_on
                                  prepare_save_path, verify_only)
 from speakernet.tools.validation import Validation
 from speakernet.model.embedder import resolve_device  # also checks Embedder's device
-from speakernet.data.augment import Augmenter, CollateAndMix, planner_from_options
+from speakernet.data.augment import Augmenter, planner_from_options
 from speakernet.data.sampler import SpeakerBalancedSampler, check_speed_classes, speed_factors
-from speakernet.data.train_data import TrainDataset, collate_views, training_packs
+from speakernet.data.train_data import CollateAndMix, TrainDataset, collate_views, training_packs
 from speakernet.core.train_list import read_train_list
 from speakernet.core.errors import UserError, message_of
 from speakernet.run.options import OptionError, component_values, parse_options, save_options

@@ -9,7 +9,7 @@
 Ours is the training path itself: SpeakerBalancedSampler (with augmentation planning) ->
 TrainDataset (partial reads of crops, noise crops and RIRs) -> collate_views ->
 augment.Augmenter mixing on the CPU (in the loader workers when there are any, as the trainer
-does on a CPU: DatasetLoader.CollateAndMix). The row "packed" is the same path reading the speech,
+does on a CPU: train_data.CollateAndMix). The row "packed" is the same path reading the speech,
 noise and RIR crops from packed int16 memory maps (packed_audio.py, what `--packs auto` uses
 when the packs exist; made here in a temp dir). The reference-style loader, written here only
 for the comparison, does what voxceleb_trainer's loader does: read each whole file (float64)
@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from speakernet.data import augment  # noqa: E402
 import data_prep  # noqa: E402
 from speakernet.data import packed_audio  # noqa: E402
-from speakernet.data.augment import CollateAndMix  # noqa: E402
+from speakernet.data.train_data import CollateAndMix  # noqa: E402
 from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, collate_views,  # noqa: E402
                            crop_samples, read_train_list)
 
@@ -199,7 +199,7 @@ def ours(train_list, bank, workers, augmenter, packs=()):
     in_workers = augmenter is not None and workers > 0
 
     def step(batch):
-        views, _, extras = batch
+        views, _, extras, _ = batch          # views, labels, augmentation extras, frames
         if augmenter is not None and not in_workers:
             views = augmenter(views, extras)
         return sum(v.shape[0] * v.shape[1] for v in views)

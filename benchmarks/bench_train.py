@@ -163,7 +163,7 @@ def measure_configuration(model_name, objective, args):
     from torch.utils.data import DataLoader
 
     from speakernet.data.augment import Augmenter, planner_from_options
-    from speakernet.data.augment import CollateAndMix
+    from speakernet.data.train_data import CollateAndMix
     from DatasetLoader import (SpeakerBalancedSampler, TrainDataset, collate_views,
                                read_train_list)
     from speakernet.tools.model_tools import count_macs

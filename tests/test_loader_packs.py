@@ -235,7 +235,7 @@ def test_mixing_in_workers_equals_mixing_in_the_trainer(data):
     bit-identical to collating there and mixing in the training process (the GPU/0-worker path),
     and no noise or RIR rows may be left to send."""
     from torch.utils.data import DataLoader
-    from speakernet.data.augment import CollateAndMix
+    from speakernet.data.train_data import CollateAndMix
 
     train = read_train_list(data / "train_list.txt", data / "wav")
     bank = augment.AugmentBank(data / "musan", data / "rirs")
@@ -253,10 +253,14 @@ def test_mixing_in_workers_equals_mixing_in_the_trainer(data):
     assert mixed_rows > 0, "the plan augmented nothing: the test would prove nothing"
 
 
-def test_augmented_training_is_the_same_with_and_without_workers(corpus, data, tmp_path):
+@pytest.mark.parametrize("packed", [False, True])
+def test_augmented_training_is_the_same_with_and_without_workers(corpus, data, tmp_path, packed):
     """The same augmented epoch trained with the mixing in the training process (0 workers) and
-    in two loader workers (CollateAndMix) ends with identical weights."""
+    in two loader workers (CollateAndMix) ends with identical weights; from packs too, whose
+    int16 crops the workers convert before they mix."""
     from speakernet.core import checkpoint
+    if packed:
+        packed_audio.main(["--list", str(corpus.train_list), "--root", str(corpus.root)])
     weights = []
     for workers in (0, 2):
         save_path = tmp_path / f"workers{workers}"

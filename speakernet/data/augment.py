@@ -241,26 +241,6 @@ def read_batch_augmentation(bank, specs, length, read_crop):
             "reverb": torch.tensor([s.kind == REVERB for s in specs], dtype=torch.bool)}
 
 
-class CollateAndMix:
-    """The batch, with the augmentation mixed in inside the loader workers.
-
-    For training on a CPU with worker processes: the mixing then runs in the workers beside the
-    model instead of in front of it in the training process, and only mixed crops cross the
-    process boundary, not the noise and RIR rows. On a GPU the mixing stays on the device
-    (Trainer's augment), where it is cheap. The sampler's plan fixes every random choice, so
-    a batch is bit-identical wherever it is mixed.
-    """
-
-    def __init__(self):
-        self.mix = Augmenter()
-
-    def __call__(self, batch):
-        views, labels, extras, frames = batch
-        if any(extra is not None for extra in extras):
-            views, extras = self.mix(views, extras), [None] * len(views)
-        return views, labels, extras, frames
-
-
 def fast_fft_size(n):
     """The smallest 2^a 3^b 5^c >= n (sizes the FFT handles fastest)."""
     best = 1 << (n - 1).bit_length()

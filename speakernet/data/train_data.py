@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import Dataset
 
 from speakernet.core.audio import ChangedAudio, NonFiniteAudio, crop_samples, pack_exists, pack_prefix, read_crop, to_float
-from speakernet.data.augment import read_batch_augmentation, speed_change, speed_read_length
+from speakernet.data.augment import Augmenter, read_batch_augmentation, speed_change, speed_read_length
 
 
 def training_packs(options, train_list, bank=None):
@@ -115,3 +115,23 @@ def collate_views(batch):
     nor any encoder sees the pack format."""
     views, *rest = batch
     return ([to_float(v) if v.dtype == torch.int16 else v for v in views], *rest)
+
+
+class CollateAndMix:
+    """The batch, with the augmentation mixed in inside the loader workers.
+
+    For training on a CPU with worker processes: the mixing then runs in the workers beside the
+    model instead of in front of it in the training process, and only mixed crops cross the
+    process boundary, not the noise and RIR rows. On a GPU the mixing stays on the device
+    (Trainer's augment), where it is cheap. The sampler's plan fixes every random choice, so
+    a batch is bit-identical wherever it is mixed.
+    """
+
+    def __init__(self):
+        self.mix = Augmenter()
+
+    def __call__(self, batch):
+        views, labels, extras, frames = collate_views(batch)       # packed int16 -> float32 first
+        if any(extra is not None for extra in extras):
+            views, extras = self.mix(views, extras), [None] * len(views)
+        return views, labels, extras, frames
