@@ -187,3 +187,16 @@ def test_the_list_keeps_only_confident_members():
     assert kept.sum() == 20
     mask = clustering.keep_confident(clusters, 0.5, min_size=2)
     assert np.array_equal(kept, mask)
+
+
+@pytest.mark.parametrize("start, expected", [("previous", "round1"), ("first", "stage1")])
+def test_round_two_starts_from_the_chosen_model(corpus, tmp_path, caplog, start, expected):
+    """Round 2 clusters with round 1's model either way; its training starts from round 1's
+    weights (previous) or from the first stage's (first)."""
+    save = tmp_path / "run"
+    with caplog.at_level(logging.INFO):
+        assert trainSpeakerNet.main(pipeline_argv(corpus, save, pseudo_rounds=2, pseudo_start=start)) == 0
+    assert f"round 2: embedding 36 utterances with {save / 'round1' / 'model' / 'model000000001.model'}" \
+        in caplog.text
+    options = (save / "round2" / "options.yaml").read_text()
+    assert f"initial_model: {save / expected / 'model' / 'model000000001.model'}" in options

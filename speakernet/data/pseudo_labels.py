@@ -49,6 +49,12 @@ def add_arguments(parser):
                                   "flags), e.g. 'trainfunc=aamsoftmax nPerSpeaker=1 max_epoch=4'"))
     resumable(g.add_argument("--pseudo_from", type=str, default="",
                              help="a checkpoint to cluster with in round 1 instead of training a first stage"))
+    # A model trained on its own clusters confirms them: on the demo a second round from the
+    # first round's weights had purer clusters (0.56 against 0.40) but a higher EER.
+    resumable(g.add_argument("--pseudo_start", choices=("previous", "first"), default="previous",
+                             help="where each round's training starts: the model that clustered "
+                                  "(previous) or the first stage's (first: every round retrains "
+                                  "from it on the newest clusters)"))
     # Crops of one length batch well; whole files of many lengths run several times slower on a
     # CPU (4,800 demo files: 6 minutes whole, about 1 minute as two 2 s crops).
     resumable(g.add_argument("--pseudo_frames", type=int, default=200,

@@ -107,8 +107,10 @@ class Pipeline:
         model = self.options.pseudo_from
         if not model:
             model = self.train("stage1", ["--train_list", str(unlabelled)], order=0)
+        first = model
         for number in range(1, self.options.pseudo_rounds + 1):
-            model = self.round(number, model, unlabelled)
+            origin = first if self.options.pseudo_start == "first" else model
+            model = self.round(number, model, unlabelled, origin)
         stages = sorted(self.record.values(), key=lambda s: s["order"])
         log.info("pseudo-label rounds finished in %.1f minutes; the final model is %s\n%s",
                  sum(s["minutes"] for s in stages), model, table(stages))
@@ -133,7 +135,8 @@ class Pipeline:
         self._save_record()
         return str(model)
 
-    def round(self, number, model, unlabelled):
+    def round(self, number, model, unlabelled, origin):
+        """Cluster with `model`, then train from `origin` on the clusters -> the round's model."""
         name = f"round{number}"
         if self.done(name):
             return self.record[name]["model"]
@@ -148,7 +151,7 @@ class Pipeline:
             write_text(summary, json.dumps(clustering, indent=1) + "\n")
         extra = self.round_argv + [
             "--train_list", str(listed), "--nClasses", str(clustering["kept_clusters"]),
-            "--initial_model", str(model)]
+            "--initial_model", str(origin)]
         return self.train(name, extra, number, clustering, time.perf_counter() - start)
 
     def cluster(self, model, unlabelled, listed, number):
