@@ -5,6 +5,7 @@ import threading
 import time
 
 import numpy as np
+from scipy.stats import t as student_t
 import pytest
 
 import ablate
@@ -42,6 +43,14 @@ def test_summary_against_direct_computations():
     assert better.difference == pytest.approx(rows["better"].eer - rows["base"].eer)
     assert better.difference_interval[1] < 0 and better.p_value < 0.01
     assert rows["base"].difference is None
+    # Welch's t over the seeds' EERs, written out: t, the Welch-Satterthwaite degrees of freedom
+    x = [compute_eer(r.scores, labels)[0] for r in variants["better"].values()]
+    y = [compute_eer(r.scores, labels)[0] for r in variants["base"].values()]
+    vx, vy = np.var(x, ddof=1) / len(x), np.var(y, ddof=1) / len(y)
+    t = (np.mean(x) - np.mean(y)) / np.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    assert better.seed_p_value == pytest.approx(2 * student_t.sf(abs(t), df))
+    assert rows["broken"].seed_p_value is None                      # one seed: no test over seeds
     assert rows["broken"].runs == 1 and rows["broken"].failed == ["seed 1: exit status 2"]
     assert rows["broken"].eer_sd is None
     table = ablation.markdown_table(list(rows.values()))

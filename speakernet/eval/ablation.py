@@ -6,7 +6,10 @@ Two sources of uncertainty are kept apart. The spread over seeds is training's o
 The interval and the paired test are over trials (tuneThreshold's file bootstrap): in each
 replicate every run is weighted by the same resampled files, the figure of a variant is the
 mean of its seeds' figures, and the difference to the base is taken replicate by replicate,
-so what the trials share cancels from it.
+so what the trials share cancels from it. The trials' test cannot see the seeds' spread, so
+each variant is also compared with the base over seeds: Welch's t-test of the per-seed EERs
+(two-sided, unequal variances; Welch 1947), which needs two seeds or more on each side. A
+difference is worth reporting when both tests support it.
 """
 import csv
 import io
@@ -45,7 +48,9 @@ class VariantRow:
     min_dcf_interval: tuple = None
     difference: float = None                          # mean EER minus the base's
     difference_interval: tuple = None
-    p_value: float = None
+    p_value: float = None                             # over trials (file bootstrap)
+    seed_p_value: float = None                        # over seeds (Welch's t-test)
+    seed_eers: list = field(default_factory=list)     # each seed's EER, %
 
 
 def read_run_scores(save_path):
@@ -96,6 +101,7 @@ def summarise(variants, p_target=0.05, replicates=1000, seed=0):
         eers = [m.eer for m in whole]
         row = rows[name]
         row.eer, row.eer_sd = float(np.mean(eers)), float(np.std(eers, ddof=1)) if len(eers) > 1 else None
+        row.seed_eers = [float(e) for e in eers]
         row.min_dcf = float(np.mean([m.min_dcf[key].value for m in whole]))
         replicate_means[name] = {k: np.mean([figures[i][k] for i in mine], axis=0) for k in ("eer", key)}
         row.eer_interval = _bounds(replicate_means[name]["eer"])
@@ -110,7 +116,19 @@ def summarise(variants, p_target=0.05, replicates=1000, seed=0):
             differences = means["eer"] - replicate_means[base]["eer"]
             row.difference_interval = _bounds(differences)
             row.p_value = float(min(1.0, 2 * min(np.mean(differences <= 0), np.mean(differences >= 0))))
+            row.seed_p_value = welch_p_value(row.seed_eers, rows[base].seed_eers)
     return list(rows.values())
+
+
+def welch_p_value(a, b):
+    """Two-sided p of Welch's t-test between two samples, or None with fewer than two values on
+    a side or no spread on either."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+    if np.var(a) == 0 and np.var(b) == 0:
+        return None
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def _bounds(values):
@@ -118,7 +136,7 @@ def _bounds(values):
 
 
 COLUMNS = ("variant", "runs", "EER %", "sd over seeds", "95% interval", "minDCF", "95% interval",
-           "EER - base", "95% interval", "p")
+           "EER - base", "95% interval", "p (trials)", "p (seeds)")
 
 
 def _cells(row, p_target):
@@ -131,7 +149,7 @@ def _cells(row, p_target):
     runs = f"{row.runs}" + (f" ({len(row.failed)} failed)" if row.failed else "")
     return [row.name, runs, number(row.eer, 2), number(row.eer_sd, 2), span(row.eer_interval, 2),
             number(row.min_dcf, 4), span(row.min_dcf_interval, 4), number(row.difference, 2),
-            span(row.difference_interval, 2), number(row.p_value, 3)]
+            span(row.difference_interval, 2), number(row.p_value, 3), number(row.seed_p_value, 3)]
 
 
 def markdown_table(rows, p_target=0.05):
