@@ -23,14 +23,18 @@ EXTERNAL = ("pip", "pytest")           # python3 -m pip / pytest: not this proje
 
 
 def code_lines(text):
-    """Lines of fenced or indented code blocks, and inline `code` spans."""
-    fenced = False
+    """Lines of fenced or indented code blocks (a line ending in a backslash continues on the
+    next), and inline `code` spans."""
+    fenced, pending = False, ""
     for line in text.splitlines():
         if line.startswith("```"):
             fenced = not fenced
             continue
         if fenced or line.startswith("    "):
-            yield line.strip()
+            line = pending + line.strip()
+            pending = line[:-1] if line.endswith("\\") else ""
+            if not pending:
+                yield line
         else:
             yield from re.findall(r"`([^`]+)`", line)
 
