@@ -12,7 +12,7 @@ import torch
 import trainSpeakerNet
 from conftest import make_corpus, train_argv
 from speakernet.core import checkpoint
-from speakernet.data import clustering, pseudo_labels
+from speakernet.data import clustering, pseudo_labels, spectral
 from speakernet.core.errors import OptionError
 
 ROUND = "trainfunc=aamsoftmax nPerSpeaker=1 batch_size=4 max_epoch=1 margin=0.2 scale=30"
@@ -121,12 +121,23 @@ def test_a_rerun_skips_finished_stages_and_a_failed_round_resumes(corpus, tmp_pa
     assert [s["name"] for s in stages] == ["stage1", "round1", "round2"]
 
 
-def test_a_round_starts_from_a_given_checkpoint(finished, corpus, tmp_path):
+@pytest.mark.parametrize("method", ["kmeans", "spectral"])
+def test_a_round_starts_from_a_given_checkpoint(finished, corpus, tmp_path, method):
     save = tmp_path / "run"
     start = finished / "round1" / "model" / "model000000001.model"
-    assert trainSpeakerNet.main(pipeline_argv(corpus, save, pseudo_from=start)) == 0
+    assert trainSpeakerNet.main(pipeline_argv(corpus, save, pseudo_from=start, pseudo_method=method)) == 0
     assert not (save / "stage1").exists()
     assert str(start) in (save / "round1" / "options.yaml").read_text()
+    assert json.loads((save / "round1" / "clusters.json").read_text())["method"] == method
+
+
+def test_spectral_clustering_refuses_a_list_above_its_limit(corpus, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(spectral, "SPECTRAL_LIMIT", 30)
+    with caplog.at_level(logging.ERROR):
+        assert trainSpeakerNet.main(pipeline_argv(corpus, tmp_path / "run", pseudo_method="spectral")) == 2
+    assert "up to 30 utterances" in caplog.records[-1].getMessage()
+    assert "use --pseudo_method kmeans" in caplog.records[-1].getMessage()
+    assert not (tmp_path / "run" / "stage1").exists()
 
 
 @pytest.mark.parametrize("overrides, words", [

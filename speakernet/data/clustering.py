@@ -64,7 +64,7 @@ def unit_rows(x):
     return F.normalize(x, dim=1)
 
 
-def _chunk_rows(k):
+def chunk_rows(k):
     return max(1, CHUNK_ELEMENTS // max(k, 1))
 
 
@@ -73,7 +73,7 @@ def assign(x, centroids, progress=False):
     n, k = len(x), len(centroids)
     assignment = torch.empty(n, dtype=torch.int64)
     similarity, margin = torch.empty(n), torch.empty(n)
-    step = _chunk_rows(k)
+    step = chunk_rows(k)
     for start in tqdm(range(0, n, step), desc="assigning", unit="chunk", leave=False,
                       disable=None if progress else True):
         best, index = (x[start:start + step] @ centroids.T).topk(2, dim=1)
@@ -184,7 +184,7 @@ def final_assignment(x, centroids, rounds=3):
         before = centroids[empty].clone()
         reseed_empty(centroids, empty, x, similarity)
         # only a point with a moved centroid (old or new place) as best or runner-up can change
-        runner_up, step = similarity - margin, _chunk_rows(2 * len(empty))
+        runner_up, step = similarity - margin, chunk_rows(2 * len(empty))
         near = torch.cat([(x[start:start + step] @ torch.cat([before, centroids[empty]]).T)
                           .max(dim=1).values for start in range(0, len(x), step)])
         rows = (near >= runner_up - 1e-6).nonzero().flatten()
@@ -230,13 +230,28 @@ def spherical_kmeans(x, k, seed=0, iterations=None, batch_size=None):
     return Clusters(centroids, *result, seconds=seconds)
 
 
+def clusters_of(x, assignment, k, seconds=None):
+    """Clusters for a given `assignment` of unit rows `x` (from another method): centroids are
+    the clusters' unit means; similarity and margin are taken to them, the assignment kept."""
+    centroids = F.normalize(torch.zeros(k, x.shape[1]).index_add_(0, assignment, x), dim=1)
+    similarity, margin = torch.empty(len(x)), torch.empty(len(x))
+    step = chunk_rows(k)
+    for start in range(0, len(x), step):
+        block = x[start:start + step] @ centroids.T
+        own = assignment[start:start + step, None]
+        similarity[start:start + step] = block.gather(1, own)[:, 0]
+        block.scatter_(1, own, -float("inf"))
+        margin[start:start + step] = similarity[start:start + step] - block.max(dim=1).values
+    return Clusters(centroids, assignment, similarity, margin, seconds=seconds or {})
+
+
 def silhouette(x, assignment):
     """Mean silhouette coefficient of `assignment` under cosine distance (0 for singletons)."""
     x, labels = unit_rows(x), torch.as_tensor(np.asarray(assignment)).long()
     k, n = int(labels.max()) + 1, len(x)
     sizes = torch.bincount(labels, minlength=k).double()
     scores = torch.empty(n, dtype=torch.float64)
-    step = _chunk_rows(n)
+    step = chunk_rows(n)
     for start in range(0, n, step):
         rows = torch.arange(start, min(start + step, n))
         distance = (1 - x[rows] @ x.T).clamp_(min=0)

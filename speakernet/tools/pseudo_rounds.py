@@ -164,12 +164,13 @@ class Pipeline:
         pseudo_labels.finite_or_fail(embeddings, model)
         seed = options.seed + number
         k, scores = pseudo_labels.choose_clusters(embeddings, options, seed)
-        labels, clusters = pseudo_labels.pseudo_labels(embeddings, k, options.pseudo_keep, seed)
+        labels, clusters = pseudo_labels.pseudo_labels(embeddings, k, options.pseudo_keep, seed,
+                                                        options.pseudo_method)
         if (labels >= 0).sum() == 0:
             raise OptionError(f"round {number}: no cluster of {k} kept 2 or more utterances; "
                               f"lower --pseudo_clusters or raise --pseudo_keep")
         pseudo_labels.write_list(listed, self.paths, labels)
-        record = {"clusters": k, "k_scores": {str(c): s for c, s in scores.items()},
+        record = {"clusters": k, "method": options.pseudo_method, "k_scores": {str(c): s for c, s in scores.items()},
                   "utterances": len(labels), "kept": int((labels >= 0).sum()),
                   "kept_clusters": int(labels.max()) + 1,
                   **pseudo_labels.diagnostics(labels, clusters, self.truth)}
