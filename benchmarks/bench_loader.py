@@ -142,16 +142,17 @@ class ReferenceStyleDataset(Dataset):
 
 
 # ---------------------------------------------------------------------------- measuring
-def worker_cpu(pids):
-    """User + system CPU seconds of processes `pids`, from /proc (Linux)."""
-    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+def process_usage(pids):
+    """(user + system CPU seconds, minor page faults) of processes `pids`, from /proc (Linux)."""
+    tick, seconds, faults = os.sysconf("SC_CLK_TCK"), 0.0, 0
     for pid in pids:
         try:
             fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            seconds += (int(fields[11]) + int(fields[12])) / tick
+            faults += int(fields[7])
         except (OSError, IndexError, ValueError):
             pass
-    return total
+    return seconds, faults
 
 
 class Phases:
@@ -171,19 +172,20 @@ class Phases:
 
 
 def measure(make_loader, step, batches, warmup):
-    """-> (segments, wall seconds, CPU seconds of this process and its loader workers)."""
+    """-> (segments, wall seconds, CPU seconds and minor page faults of this process and its
+    loader workers)."""
     phases = Phases(batches[:warmup], batches[warmup:])
     loader = make_loader(phases)
     for batch in loader:                                     # warm-up pass: workers start, caches fill
         step(batch)
     phases.current = 1
     it = iter(loader)
-    pids = [w.pid for w in getattr(it, "_workers", [])]
-    wall0, cpu0, wcpu0 = time.perf_counter(), time.process_time(), worker_cpu(pids)
+    pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
+    wall0, (cpu0, faults0) = time.perf_counter(), process_usage(pids)
     segments = sum(step(batch) for batch in it)
     wall = time.perf_counter() - wall0
-    cpu = time.process_time() - cpu0 + worker_cpu(pids) - wcpu0
-    return segments, wall, cpu
+    cpu, faults = process_usage(pids)
+    return segments, wall, cpu - cpu0, faults - faults0
 
 
 def loader_for(dataset, workers, collate_fn=None):
@@ -286,17 +288,18 @@ def main(argv=None):
                                       packs if name == "packed" else ())
                 results[config].append(measure(make, step, plans[aug][:args.warmup + n], args.warmup))
         print("medians of %d interleaved rounds" % args.repeat)
-        print("%-10s %-8s %-8s %12s %12s %16s" % ("loader", "augment", "workers", "segments/s", "CPU s/batch",
-                                                  "segments/CPU-s"))
+        print("%-10s %-8s %-8s %12s %12s %16s %14s" % ("loader", "augment", "workers", "segments/s",
+                                                       "CPU s/batch", "segments/CPU-s", "faults/batch"))
         per_core = {}
         for config in configs:
             workers, aug, name, n = config
             segments = results[config][0][0]
             wall = float(np.median([r[1] for r in results[config]]))
             cpu = float(np.median([r[2] for r in results[config]]))
+            faults = float(np.median([r[3] for r in results[config]]))
             per_core[name, aug, workers] = segments / cpu
-            print("%-10s %-8s %-8d %12.0f %12.3f %16.0f" % (name, "on" if aug else "off", workers,
-                                                            segments / wall, cpu / n, segments / cpu))
+            print("%-10s %-8s %-8d %12.0f %12.3f %16.0f %14.0f" % (
+                name, "on" if aug else "off", workers, segments / wall, cpu / n, segments / cpu, faults / n))
         for name in [r for r, _ in runs if r != "reference"] if not args.skip_reference else []:
             for workers in args.workers:
                 for aug in (False, True):
