@@ -50,6 +50,8 @@ def build_parser():
     p.add_argument("--devices", default="auto", help="CUDA indices to run on, one run per device at a "
                    "time (e.g. 0,1); auto: every GPU when there are several, else one run at a time")
     p.add_argument("--dry_run", action="store_true", help="list the runs and exit")
+    p.add_argument("--report", action="store_true", help="write the table of the runs finished so far "
+                   "and train nothing (another ablation may still be running them)")
     return p
 
 
@@ -178,9 +180,9 @@ def devices_of(text):
     return [int(d) for d in items]
 
 
-def run_all(runs, devices=(None,)):
-    """{variant: {seed: RunScores or why not}}, running what is not finished yet, one run per
-    device at a time; the results are collected in the plan's order."""
+def run_all(runs, devices=(None,), train_missing=True):
+    """{variant: {seed: RunScores or why not}}, running what is not finished yet (unless not
+    `train_missing`), one run per device at a time; the results are collected in the plan's order."""
     free = queue.Queue()
     for device in devices:
         free.put(device)
@@ -189,6 +191,8 @@ def run_all(runs, devices=(None,)):
         label = f"[{number}/{len(runs)}] {name}, seed {seed}"
         if finished(save, max_epoch):
             log.info("%s: finished earlier, in %s", label, save)
+        elif not train_missing:
+            return ablation.NOT_FINISHED
         else:
             device = free.get()
             try:
@@ -232,7 +236,7 @@ def main(argv=None):
             for name, seed, save, run, _ in runs:
                 log.info("%s, seed %d: trainSpeakerNet.py %s", name, seed, " ".join(run))
             return 0
-        results = run_all(runs, devices)
+        results = run_all(runs, devices, train_missing=not args.report)
         rows = ablation.summarise(results, args.p_target, args.replicates)
         paths = ablation.write_outputs(rows, args.save_path, args.p_target, title=f"ablation of {args.config}")
     except UserError as err:

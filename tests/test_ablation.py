@@ -183,3 +183,26 @@ def test_bad_device_lists_are_one_line(tiny_config, tmp_path, caplog, devices, m
                             "trainfunc=angleproto,softmaxproto", "--devices", devices, "--dry_run"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and message in errors[0]
+
+
+def test_report_tables_the_finished_runs_and_trains_nothing(tiny_config, tmp_path, monkeypatch):
+    """--report: runs finished so far are in the table, the others are counted 'to run' and
+    nothing is trained (another ablation may be running them)."""
+    rng = np.random.default_rng(1)
+    offset = rng.normal(0, 1.0, 40)
+    a, b = rng.integers(0, 40, 500), rng.integers(0, 40, 500)
+    labels = (rng.random(500) < 0.3).astype(int)
+    scores = {1: run_scores(rng, 2.0, offset, a, b, labels), 2: run_scores(rng, 2.5, offset, a, b, labels)}
+
+    def never_train(argv, device=None):
+        raise AssertionError("--report trained a run")
+    monkeypatch.setattr(ablate, "train", never_train)
+    monkeypatch.setattr(ablate, "finished", lambda save, max_epoch: save.name != "seed3")
+    monkeypatch.setattr(ablation, "read_run_scores", lambda save: scores[int(save.name[4:])])
+    argv = ["--config", str(tiny_config), "--save_path", str(tmp_path / "a"), "--vary",
+            "trainfunc=angleproto,softmaxproto", "--seeds", "1,2,3", "--replicates", "50", "--report"]
+    assert ablate.main(argv) == 0
+    table = (tmp_path / "a" / "ablation.md").read_text()
+    assert table.count("| 2 (1 to run) |") == 2 and "failed" not in table.split("Runs without")[0]
+    expected = np.mean([compute_eer(scores[s].scores, labels)[0] for s in (1, 2)])
+    assert f"| trainfunc=angleproto | 2 (1 to run) | {expected:.2f} |" in table

@@ -25,6 +25,8 @@ from speakernet.core.errors import UserError
 from speakernet.eval.intervals import bootstrap_replicates
 from speakernet.eval.metrics import compute_metrics
 
+NOT_FINISHED = "not finished yet"   # why a run has no scores in a table written with --report
+
 
 @dataclass
 class RunScores:
@@ -146,7 +148,9 @@ def _cells(row, p_target):
     def span(bounds, digits):
         return "" if bounds is None else f"{bounds[0]:.{digits}f} to {bounds[1]:.{digits}f}"
 
-    runs = f"{row.runs}" + (f" ({len(row.failed)} failed)" if row.failed else "")
+    pending = sum(why.endswith(NOT_FINISHED) for why in row.failed)
+    failed = len(row.failed) - pending
+    runs = f"{row.runs}" + (f" ({failed} failed)" if failed else "") + (f" ({pending} to run)" if pending else "")
     return [row.name, runs, number(row.eer, 2), number(row.eer_sd, 2), span(row.eer_interval, 2),
             number(row.min_dcf, 4), span(row.min_dcf_interval, 4), number(row.difference, 2),
             span(row.difference_interval, 2), number(row.p_value, 3), number(row.seed_p_value, 3)]
