@@ -184,6 +184,19 @@ def test_outside_paths_are_allowed_by_option(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ soak
+@pytest.mark.parametrize("fds, growth", [
+    ([16, 20, 20, 20, 20, 20, 20, 21], 0),     # a file open for a moment at the last sample
+    ([16, 20, 20, 20, 21, 22, 23, 24], 3),     # one descriptor leaked per epoch
+    ([16, 20, 20, 20, 20, 20, 21, 21], 1),     # one leaked once, late
+])
+def test_the_soak_verdict_tells_a_leak_from_a_passing_file(fds, growth):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import soak
+
+    samples = [soak.Sample(epoch, float(epoch), 100.0, 90.0, count, 2) for epoch, count in enumerate(fds, 1)]
+    assert soak.verdict(samples)["fd_growth"] == growth
+
+
 def test_many_epochs_leak_no_file_descriptors_or_workers(tmp_path):
     """Eight epochs, each evaluated, with two persistent loader workers: the trainer's open
     descriptors and child processes after the last epoch are no more than after the fourth."""
