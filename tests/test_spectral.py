@@ -3,6 +3,7 @@ of points that k-means cuts apart; its confidence figures are those of its own c
 import numpy as np
 import pytest
 import scipy.sparse
+import scipy.sparse.linalg
 import torch
 
 from speakernet.core.errors import OptionError
@@ -88,4 +89,13 @@ def test_too_many_utterances_or_clusters_are_refused(monkeypatch):
         spectral.spectral_clusters(points, 39)
     monkeypatch.setattr(spectral, "SPECTRAL_LIMIT", 30)
     with pytest.raises(OptionError, match="up to 30 utterances .* use --pseudo_method kmeans"):
+        spectral.spectral_clusters(points, 2)
+
+
+def test_eigenvectors_that_do_not_converge_are_one_line(monkeypatch):
+    def no_convergence(*args, **kwargs):
+        raise scipy.sparse.linalg.ArpackNoConvergence("no convergence", None, None)
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh", no_convergence)
+    points, _ = two_arcs(points=20)
+    with pytest.raises(OptionError, match="did not converge; use --pseudo_method kmeans"):
         spectral.spectral_clusters(points, 2)

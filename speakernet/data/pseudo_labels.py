@@ -4,9 +4,10 @@ against true labels (never used for training).
 
 A round (speakernet/tools/pseudo_rounds.py runs them) embeds every utterance of the unlabelled
 training list with the newest model, clusters the embeddings (spherical k-means,
-speakernet/data/clustering.py, or spectral clustering, speakernet/data/spectral.py) into K pseudo-speakers, keeps the members of each cluster closest
-to it, and trains a supervised objective on the list of kept utterances. This is the second
-stage of the iterative self-supervised pipelines (Cai et al. 2021, "An iterative framework for
+speakernet/data/clustering.py, or spectral clustering, speakernet/data/spectral.py) into K
+pseudo-speakers, keeps the members of each cluster closest to it, and trains a supervised
+objective on the list of kept utterances. This is the second stage of the iterative
+self-supervised pipelines (Cai et al. 2021, "An iterative framework for
 self-supervised deep speaker representation learning"; Tao et al. 2022, "Self-supervised
 speaker recognition with loss-gated learning"; Han et al. 2023, cluster-aware DINO).
 

@@ -54,7 +54,12 @@ def spectral_embedding(graph, k, seed):
     scale = scipy.sparse.diags(1.0 / np.sqrt(degree))
     affinity = scale @ graph @ scale
     start = np.random.default_rng(seed).standard_normal(graph.shape[0])
-    _, vectors = scipy.sparse.linalg.eigsh(affinity, k=k, which="LA", v0=start)
+    try:
+        _, vectors = scipy.sparse.linalg.eigsh(affinity, k=k, which="LA", v0=start)
+    except scipy.sparse.linalg.ArpackNoConvergence:
+        raise OptionError(f"spectral clustering: the {k} leading eigenvectors of the "
+                          f"{graph.shape[0]}-utterance graph did not converge; use --pseudo_method "
+                          f"kmeans") from None
     return F.normalize(torch.from_numpy(vectors).float(), dim=1)
 
 
